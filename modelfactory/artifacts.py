@@ -1,0 +1,113 @@
+"""Immutable, content-addressed artifact folders: MF_HOME/artifacts/<sha256>/ with a manifest.json.
+
+An artifact's id is the hash of what determines it (a stage's name, version, params and input ids, or a
+dataset's normalised content), so the id is known before the work is done and a finished folder is a cache
+hit. Folders are written under a temporary name and renamed into place, so a crash never leaves a
+half-written artifact that looks finished.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import settings
+
+MANIFEST = "manifest.json"
+
+
+def content_hash(obj: Any) -> str:
+    """sha256 of a JSON-serialisable object in canonical form."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def file_hash(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dir_hash(path: Path) -> str:
+    """Hash of a folder's files (relative names + contents): identifies a pretrained model dir."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        rel = p.relative_to(path).as_posix()
+        if rel.startswith(".") or "/." in rel:
+            continue
+        h.update(rel.encode() + b"\0" + file_hash(p).encode())
+    return h.hexdigest()
+
+
+@dataclass
+class Artifact:
+    id: str
+    path: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.get("kind", "")
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.manifest.get("metrics", {})
+
+
+class ArtifactStore:
+    def __init__(self, root: Path | None = None):
+        self.root = root or settings().artifacts
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, artifact_id: str) -> Path:
+        return self.root / artifact_id
+
+    def exists(self, artifact_id: str) -> bool:
+        return (self.path(artifact_id) / MANIFEST).is_file()
+
+    def get(self, artifact_id: str) -> Artifact:
+        p = self.path(artifact_id)
+        manifest = json.loads((p / MANIFEST).read_text())
+        return Artifact(artifact_id, p, manifest)
+
+    @contextmanager
+    def create(self, artifact_id: str, *, kind: str, producer: str, params: dict | None = None,
+               inputs: dict[str, str] | None = None) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """Yield (tmp_dir, manifest_extra); on success write the manifest and rename into place.
+
+        Whatever the caller puts in manifest_extra (metrics, files) lands in manifest.json.
+        """
+        tmp = self.root / f".tmp-{artifact_id[:12]}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        extra: dict[str, Any] = {}
+        try:
+            yield tmp, extra
+            manifest = {
+                "id": artifact_id,
+                "kind": kind,
+                "producer": producer,
+                "params": params or {},
+                "inputs": inputs or {},
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                **extra,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+            final = self.path(artifact_id)
+            if final.exists():  # someone else finished the same artifact first: theirs is as good as ours
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)

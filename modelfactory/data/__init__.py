@@ -1,0 +1,1 @@
+"""Datasets: ingest, row-level validation, content-addressed versions, deterministic splits. Knows nothing of models."""

@@ -1,0 +1,37 @@
+"""Deterministic stratified train/val/test split: the same rows and seed always give the same split."""
+
+from __future__ import annotations
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from ..errors import MFError
+
+MIN_ROWS_PER_LABEL = 3  # so that every label can appear in train, val and test
+
+
+def check_labels(df: pd.DataFrame) -> None:
+    counts = df["label"].value_counts()
+    if len(counts) < 2:
+        only = counts.index[0] if len(counts) else "none"
+        raise MFError(f"only one class ('{only}') in the data: a classifier needs at least 2")
+    rare = counts[counts < MIN_ROWS_PER_LABEL]
+    if len(rare):
+        names = ", ".join(f"'{k}' ({v} row{'s' if v > 1 else ''})" for k, v in rare.items())
+        raise MFError(f"label {names} would never be seen in training: every label needs at least "
+                      f"{MIN_ROWS_PER_LABEL} rows")
+
+
+def stratified_split(df: pd.DataFrame, *, val: float, test: float, seed: int,
+                     max_rows: int | None = None) -> dict[str, pd.DataFrame]:
+    """Split by label proportions. `max_rows` takes a stratified sample first (quick runs on big data)."""
+    check_labels(df)
+    df = df.reset_index(drop=True)
+    if max_rows and len(df) > max_rows:
+        df, _ = train_test_split(df, train_size=max_rows, stratify=df["label"], random_state=seed)
+        check_labels(df)
+    rest, test_df = train_test_split(df, test_size=test, stratify=df["label"], random_state=seed)
+    train_df, val_df = train_test_split(rest, test_size=val / (1 - test), stratify=rest["label"],
+                                        random_state=seed)
+    return {name: part.reset_index(drop=True) for name, part in
+            (("train", train_df), ("val", val_df), ("test", test_df))}

@@ -1,0 +1,108 @@
+"""Immutable dataset versions: the same normalised rows always get the same id (sha256) and version number."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import func, select
+
+from ..artifacts import ArtifactStore, content_hash
+from ..errors import MFError, NotFound
+from ..store import DatasetVersion, session
+from .ingest import RowCheck, Table, raise_on_errors, read_table
+
+ROWS_FILE = "rows.parquet"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+
+
+@dataclass
+class DatasetRef:
+    name: str
+    version: int
+    artifact_id: str
+    n_rows: int
+    stats: dict
+    skipped: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def check_name(name: str, what: str = "dataset") -> str:
+    if not NAME_RE.match(name):
+        raise MFError(f"bad {what} name '{name}': use lowercase letters, digits, '.', '_' or '-'")
+    return name
+
+
+def stats_of(rows: list[dict[str, str]]) -> dict:
+    out: dict = {"rows": len(rows)}
+    if rows and "label" in rows[0]:
+        counts = Counter(r["label"] for r in rows)
+        out["labels"] = dict(sorted(counts.items()))
+    if rows and "text" in rows[0]:
+        lengths = sorted(len(r["text"]) for r in rows)
+        out["text_chars_median"] = lengths[len(lengths) // 2]
+    return out
+
+
+def add_table(name: str, table: Table, *, tenant: str = "default", source: str | None = None) -> DatasetRef:
+    """Store `table.rows` as a content-addressed artifact and register it as the next version of `name`."""
+    check_name(name)
+    rows = table.rows
+    artifact_id = content_hash({"kind": "dataset", "rows": rows})
+    store = ArtifactStore()
+    stats = stats_of(rows)
+    if not store.exists(artifact_id):
+        with store.create(artifact_id, kind="dataset", producer="ingest",
+                          params={"source": source or table.source}) as (tmp, extra):
+            pd.DataFrame(rows).to_parquet(tmp / ROWS_FILE, index=False)
+            extra["metrics"] = stats
+    with session() as s:
+        existing = s.scalar(select(DatasetVersion).where(DatasetVersion.name == name,
+                                                         DatasetVersion.artifact_id == artifact_id))
+        if existing is None:
+            latest = s.scalar(select(func.max(DatasetVersion.version)).where(DatasetVersion.name == name)) or 0
+            existing = DatasetVersion(name=name, version=latest + 1, artifact_id=artifact_id, tenant=tenant,
+                                      source=source or table.source, n_rows=len(rows), stats=stats)
+            s.add(existing)
+            s.flush()
+        return DatasetRef(existing.name, existing.version, artifact_id, existing.n_rows, existing.stats,
+                          skipped=len(table.errors))
+
+
+def add_file(name: str, path: str | Path, roles: Mapping[str, str], *, skip_bad_rows: bool = False,
+             checks: Mapping[str, RowCheck] | None = None, tenant: str = "default") -> DatasetRef:
+    table = read_table(path, roles, checks)
+    raise_on_errors(table, skip_bad_rows)
+    if not table.rows:
+        raise MFError(f"{path}: every row is bad; nothing to add")
+    return add_table(name, table, tenant=tenant, source=str(Path(path).resolve()))
+
+
+def resolve(ref: str) -> DatasetRef:
+    """`name` (latest) or `name@version`."""
+    name, _, ver = ref.partition("@")
+    with session() as s:
+        q = select(DatasetVersion).where(DatasetVersion.name == name)
+        if ver:
+            if not ver.isdigit():
+                raise MFError(f"bad dataset version '{ver}' in '{ref}': expected a number")
+            q = q.where(DatasetVersion.version == int(ver))
+        row = s.scalar(q.order_by(DatasetVersion.version.desc()).limit(1))
+        if row is None:
+            raise NotFound(f"no dataset '{ref}' (see `mf data ls`)")
+        return DatasetRef(row.name, row.version, row.artifact_id, row.n_rows, row.stats)
+
+
+def list_versions() -> list[DatasetVersion]:
+    with session() as s:
+        return list(s.scalars(select(DatasetVersion).order_by(DatasetVersion.name, DatasetVersion.version)))
+
+
+def load_rows(artifact_id: str) -> pd.DataFrame:
+    return pd.read_parquet(ArtifactStore().path(artifact_id) / ROWS_FILE)

@@ -1,0 +1,19 @@
+"""One error type users see. The CLI prints its message on one line and exits with its code.
+
+Exit codes: 2 = bad input (spec, data, arguments), 3 = targets infeasible, 1 = anything unexpected.
+"""
+
+
+class MFError(Exception):
+    """A problem the user can fix, described in one line."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class NotFound(MFError):
+    """A named dataset, model or order does not exist."""

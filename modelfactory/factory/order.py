@@ -1,0 +1,139 @@
+"""Run an order end to end: ingest -> plan -> stages -> targets -> registry -> report."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import registry, tasks
+from ..config import settings
+from ..data import versions
+from ..data.versions import DatasetRef
+from ..registry.card import model_card
+from ..report import metrics_table, ratios
+from ..store import Order, session, utcnow
+from .planner import CANDIDATES, Plan, plan
+from .runner import NodeResult, Reporter, run_plan
+from .spec import OrderSpec
+
+
+@dataclass
+class OrderResult:
+    order_id: int
+    dataset: DatasetRef
+    model: registry.ModelRef
+    metrics: dict[str, dict]
+    targets_met: dict[str, bool]
+    deployed: bool
+    report_path: Path
+    results: dict[str, NodeResult] = field(default_factory=dict)
+
+    @property
+    def missed(self) -> list[str]:
+        return [k for k, ok in self.targets_met.items() if not ok]
+
+
+def ingest(spec: OrderSpec, skip_bad_rows: bool = False) -> DatasetRef:
+    if spec.data.dataset:
+        return versions.resolve(spec.data.dataset)
+    task = tasks.get(spec.task)
+    roles = {role: getattr(spec.data, role) for role in task.roles}
+    name = re.sub(r"[^a-z0-9._-]+", "-", Path(spec.data.path).name.split(".")[0].lower()).strip("-") or spec.name
+    return versions.add_file(name, spec.data.path, roles, skip_bad_rows=skip_bad_rows or spec.data.skip_bad_rows,
+                             checks=task.row_checks(), tenant=spec.tenant)
+
+
+def check_targets(spec: OrderSpec, metrics: dict[str, dict], deployed: str) -> dict[str, bool]:
+    t, m = spec.targets, metrics[deployed]
+    met: dict[str, bool] = {}
+    if t.min_accuracy_ratio is not None:
+        met["min_accuracy_ratio"] = m["accuracy"] / metrics["teacher"]["accuracy"] >= t.min_accuracy_ratio
+    if t.max_latency_ms is not None:
+        met["max_latency_ms"] = m["latency_ms_p50"] <= t.max_latency_ms
+    if t.max_size_mb is not None:
+        met["max_size_mb"] = m["size_bytes"] / 1e6 <= t.max_size_mb
+    return met
+
+
+def run_order(spec: OrderSpec, *, reporter: Reporter | None = None, skip_bad_rows: bool = False,
+              on_ingest=None) -> OrderResult:
+    with session() as s:
+        order = Order(name=spec.name, tenant=spec.tenant, spec=spec.model_dump(mode="json"), state="running")
+        s.add(order)
+        s.flush()
+        order_id = order.id
+    try:
+        dataset = ingest(spec, skip_bad_rows)
+        if on_ingest:
+            on_ingest(dataset)
+        the_plan = plan(spec, dataset.artifact_id)
+        results = run_plan(the_plan, order_id=order_id, reporter=reporter)
+        result = _register(spec, order_id, dataset, the_plan, results)
+    except BaseException as e:
+        with session() as s:
+            o = s.get(Order, order_id)
+            o.state, o.error, o.finished = "failed", str(e).splitlines()[0] if str(e) else type(e).__name__, utcnow()
+        raise
+    with session() as s:
+        o = s.get(Order, order_id)
+        o.state = "done" if not result.missed else "missed_targets"
+        o.report_path, o.finished = str(result.report_path), utcnow()
+    return result
+
+
+def _register(spec: OrderSpec, order_id: int, dataset: DatasetRef, the_plan: Plan,
+              results: dict[str, NodeResult]) -> OrderResult:
+    metrics = {cand: results[f"evaluate_{cand}"].artifact.metrics for cand in CANDIDATES
+               if f"evaluate_{cand}" in results}
+    deployed = the_plan.deployed
+    targets_met = check_targets(spec, metrics, deployed)
+    deploy = spec.deploy and all(targets_met.values())
+    split = results["split"].artifact
+    lineage: dict[str, Any] = {
+        "order": order_id, "order_name": spec.name, "tenant": spec.tenant,
+        "dataset": str(dataset), "dataset_artifact": dataset.artifact_id, "split": split.id,
+        "teacher_base": spec.teacher.model, "teacher": results["teacher"].artifact.id,
+        "recipe": {"student": spec.student.model_dump(mode="json"), "quantize": spec.quantize},
+        "student": results["student"].artifact.id, "deployed": results[CANDIDATES[deployed]].artifact.id,
+    }
+    labels = split.manifest["labels"]
+
+    def card(name: str, version: int) -> str:
+        return model_card(name, version, task=spec.task, labels=labels, metrics=metrics, lineage=lineage,
+                          targets=spec.targets.model_dump(exclude_none=True), targets_met=targets_met,
+                          deployed=deployed)
+
+    ref = registry.register(name=spec.name, tenant=spec.tenant, task=spec.task,
+                            artifact_id=results[CANDIDATES[deployed]].artifact.id,
+                            metrics={**metrics, "deployed": deployed, "ratios": ratios(metrics, deployed)},
+                            lineage=lineage, card_fn=card, order_id=order_id,
+                            aliases=("prod",) if deploy else ())
+    report_path = _write_report(spec, order_id, dataset, results, metrics, targets_met, ref, deployed, deploy)
+    return OrderResult(order_id, dataset, ref, metrics, targets_met, deploy, report_path, results)
+
+
+def _write_report(spec: OrderSpec, order_id: int, dataset: DatasetRef, results: dict[str, NodeResult],
+                  metrics: dict[str, dict], targets_met: dict[str, bool], ref: registry.ModelRef, deployed: str,
+                  deploy: bool) -> Path:
+    folder = settings().orders / str(order_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    r = ratios(metrics, deployed)
+    lines = [f"# Order {order_id}: {spec.name}", "",
+             f"Task `{spec.task}` on dataset `{dataset}` ({dataset.n_rows} rows) for tenant `{spec.tenant}`.", "",
+             "## Stages", "", "| stage | artifact | |", "|---|---|---|"]
+    for name, res in results.items():
+        how = "cache hit" if res.cached else (f"resumed from step {res.resumed_from_step}"
+                                              if res.resumed_from_step else "ran")
+        lines.append(f"| {name} | `{res.artifact.id[:12]}` | {how} |")
+    lines += ["", "## Test-split evaluation", "", metrics_table(metrics), ""]
+    if r:
+        lines.append(f"Deployed `{deployed}` keeps **{r['accuracy_ratio']:.1%}** of the teacher's accuracy at "
+                     f"**{r['size_reduction']:.1f}x** smaller and **{r['latency_speedup']:.1f}x** faster (batch 1).")
+    lines += ["", "## Targets", ""]
+    lines += [f"- {k}: {'met' if ok else '**missed**'}" for k, ok in targets_met.items()] or ["- none set"]
+    lines += ["", f"Registered as **{ref}**" + (" and promoted to `prod`." if deploy else " (not promoted).")]
+    path = folder / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

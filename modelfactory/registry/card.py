@@ -1,0 +1,42 @@
+"""A model card (Mitchell et al. 2019, in brief): what the model is for, how it was made, how well it does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..report import metrics_table
+
+
+def model_card(name: str, version: int, *, task: str, labels: list[str], metrics: dict[str, dict],
+               lineage: dict[str, Any], targets: dict[str, Any], targets_met: dict[str, bool],
+               deployed: str) -> str:
+    lines = [
+        f"# {name} v{version}",
+        "",
+        f"**Task:** {task} · **labels:** {', '.join(labels)}",
+        f"**Deployed model:** `{deployed}` (ONNX, served with onnxruntime on CPU)",
+        "",
+        "## How it was made",
+        "",
+        f"- Order `{lineage.get('order')}` for tenant `{lineage.get('tenant')}`",
+        f"- Data: dataset `{lineage.get('dataset')}` (artifact `{str(lineage.get('dataset_artifact'))[:12]}`), "
+        f"split `{str(lineage.get('split'))[:12]}`",
+        f"- Teacher: `{lineage.get('teacher_base')}` fine-tuned → artifact `{str(lineage.get('teacher'))[:12]}`",
+        f"- Recipe: {lineage.get('recipe')}",
+        f"- Student: artifact `{str(lineage.get('student'))[:12]}` → ONNX `{str(lineage.get('deployed'))[:12]}`",
+        "",
+        "## Evaluation (held-out test split)",
+        "",
+        metrics_table(metrics),
+        "",
+        "## Targets",
+        "",
+    ]
+    if not targets:
+        lines.append("No targets were set.")
+    for k, v in targets.items():
+        lines.append(f"- {k} = {v}: {'met' if targets_met.get(k) else '**missed**'}")
+    lines += ["", "## Intended use and limits", "",
+              "Trained only on the order's data: expect it to do as well as the test split says on data like it, "
+              "and worse on text or images unlike it. Labels outside the list above are never predicted."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,39 @@
+"""Readable reports: the side-by-side metrics table used by the order report, the model card and the CLI."""
+
+from __future__ import annotations
+
+COLUMNS = [("accuracy", "accuracy", "{:.4f}"), ("macro_f1", "macro-F1", "{:.4f}"),
+           ("size_bytes", "size (MB)", None), ("parameters", "params (M)", None),
+           ("latency_ms_p50", "p50 batch-1 (ms)", "{:.2f}"), ("throughput", "batch-32 (rows/s)", "{:.0f}")]
+
+
+def cell(key: str, value) -> str:
+    if value is None:
+        return "–"
+    if key == "size_bytes":
+        return f"{value / 1e6:.1f}"
+    if key == "parameters":
+        return f"{value / 1e6:.2f}"
+    fmt = next(f for k, _, f in COLUMNS if k == key)
+    return fmt.format(value)
+
+
+def metrics_rows(metrics: dict[str, dict]) -> list[list[str]]:
+    return [[name, *(cell(k, m.get(k)) for k, _, _ in COLUMNS)] for name, m in metrics.items()]
+
+
+def metrics_table(metrics: dict[str, dict]) -> str:
+    header = ["model", *(title for _, title, _ in COLUMNS)]
+    rows = metrics_rows(metrics)
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def ratios(metrics: dict[str, dict], student: str = "student_int8", teacher: str = "teacher") -> dict[str, float]:
+    s, t = metrics.get(student), metrics.get(teacher)
+    if not s or not t:
+        return {}
+    return {"accuracy_ratio": s["accuracy"] / t["accuracy"] if t["accuracy"] else 0.0,
+            "size_reduction": t["size_bytes"] / s["size_bytes"],
+            "latency_speedup": t["latency_ms_p50"] / s["latency_ms_p50"]}

@@ -1,0 +1,134 @@
+"""SQLAlchemy models and sessions: a SQLite file under MF_HOME by default, PostgreSQL when MF_DATABASE_URL says so.
+
+The artifact folders are the truth about *what* was produced; the database is the index that answers
+*which* (dataset versions, model versions, aliases, orders, stage runs) without walking the disk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from .config import settings
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DatasetVersion(Base):
+    __tablename__ = "dataset_versions"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    artifact_id: Mapped[str] = mapped_column(String(64), index=True)
+    tenant: Mapped[str] = mapped_column(String(100), default="default")
+    source: Mapped[str] = mapped_column(Text)
+    n_rows: Mapped[int] = mapped_column(Integer)
+    stats: Mapped[dict] = mapped_column(JSON, default=dict)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Order(Base):
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    tenant: Mapped[str] = mapped_column(String(100), default="default")
+    spec: Mapped[dict] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(20), default="running")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    report_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class StageRun(Base):
+    __tablename__ = "stage_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    node: Mapped[str] = mapped_column(String(100))
+    stage: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(20))  # running | done | cached | failed
+    resumed_from_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    started: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    tenant: Mapped[str] = mapped_column(String(100), default="default")
+    task: Mapped[str] = mapped_column(String(100))
+    artifact_id: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    lineage: Mapped[dict] = mapped_column(JSON, default=dict)
+    card: Mapped[str] = mapped_column(Text, default="")
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), nullable=True)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Alias(Base):
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("name", "alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    alias: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # WAL lets readers and one writer work at once
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def engine() -> Engine:
+    return _engine(settings().database_url)
+
+
+@contextmanager
+def session() -> Iterator[Session]:
+    """A unit of work: commits on success, rolls back on error."""
+    maker = sessionmaker(engine(), expire_on_commit=False)
+    with maker() as s:
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise

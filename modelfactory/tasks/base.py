@@ -1,0 +1,145 @@
+"""The contract every task family implements, so the factory, the search, the pool and the server never
+special-case a task (scikit-learn's one-estimator-contract idea).
+
+A family turns table rows into tensors, builds a teacher from a pretrained checkpoint, builds a student from a
+teacher, exports an ONNX model dir, and loads that dir back as a `Predictor` that needs only onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data.ingest import RowCheck
+
+META_FILE = "mf_model.json"
+ONNX_FILE = "model.onnx"
+
+
+@dataclass
+class Bundle:
+    """A trainable model and everything needed to feed it (tokenizer, image transform, labels)."""
+
+    model: torch.nn.Module
+    preprocessor: Any
+    labels: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Encoded:
+    """A split turned into model-ready examples; `collate` batches any subset of them."""
+
+    examples: list[Any]
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+@dataclass
+class Outputs:
+    logits: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class Predictor(ABC):
+    """An exported model dir loaded for inference: raw inputs in, labels and probabilities out."""
+
+    labels: list[str]
+    session: Any  # onnxruntime.InferenceSession
+
+    @abstractmethod
+    def encode(self, inputs: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Raw inputs (texts, images) -> the ONNX graph's feeds."""
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        logits = self.session.run(None, dict(feeds))[0]
+        return softmax(logits)
+
+    def predict_proba(self, inputs: Sequence[Any], batch_size: int = 64) -> np.ndarray:
+        parts = [self.run(self.encode(inputs[i:i + batch_size])) for i in range(0, len(inputs), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.labels)), dtype=np.float32)
+
+    def predict(self, inputs: Sequence[Any]) -> list[tuple[str, dict[str, float]]]:
+        probs = self.predict_proba(inputs)
+        return [(self.labels[int(p.argmax())], {lab: float(v) for lab, v in zip(self.labels, p)}) for p in probs]
+
+    @property
+    @abstractmethod
+    def signature(self) -> dict[str, list[dict[str, Any]]]:
+        """Public inputs/outputs in Open Inference Protocol terms (name, datatype, shape with -1)."""
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def read_meta(model_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(model_dir) / META_FILE).read_text())
+
+
+def write_meta(model_dir: Path, meta: dict[str, Any]) -> None:
+    (Path(model_dir) / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+class TaskFamily(ABC):
+    name: ClassVar[str]
+    roles: ClassVar[tuple[str, ...]]  # columns a dataset must provide, by role
+
+    def row_checks(self) -> dict[str, RowCheck]:
+        """Extra per-role row checks beyond 'present and non-empty'."""
+        return {}
+
+    # --- models -------------------------------------------------------------------------------------
+    @abstractmethod
+    def load_teacher(self, pretrained: str, labels: list[str], params: Mapping[str, Any]) -> Bundle:
+        """A pretrained backbone with a fresh head for `labels`."""
+
+    @abstractmethod
+    def build_student(self, teacher: Bundle, params: Mapping[str, Any]) -> Bundle:
+        """A smaller model of the same family, initialised from the teacher where shapes allow."""
+
+    @abstractmethod
+    def save(self, bundle: Bundle, out_dir: Path) -> None:
+        """A model dir that `load` (and from_pretrained-style tools) can read back."""
+
+    @abstractmethod
+    def load(self, model_dir: Path) -> Bundle: ...
+
+    # --- data ---------------------------------------------------------------------------------------
+    @abstractmethod
+    def encode(self, bundle: Bundle, df: pd.DataFrame) -> Encoded: ...
+
+    @abstractmethod
+    def collate(self, encoded: Encoded, indices: Sequence[int]) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def forward(self, model: torch.nn.Module, batch: Mapping[str, torch.Tensor], *, hidden_states: bool = False,
+                attentions: bool = False) -> Outputs: ...
+
+    def loss(self, outputs: Outputs, targets: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(outputs.logits, targets)
+
+    def raw_inputs(self, df: pd.DataFrame) -> list[Any]:
+        """The split's raw inputs as a client would send them (texts, images)."""
+        return df[self.roles[0]].tolist()
+
+    # --- export and inference -------------------------------------------------------------------------
+    @abstractmethod
+    def export_onnx(self, bundle: Bundle, out_dir: Path, sample: pd.DataFrame) -> None:
+        """Write model.onnx + preprocessing files + mf_model.json into out_dir."""
+
+    @abstractmethod
+    def load_predictor(self, model_dir: Path, threads: int | None = None) -> Predictor: ...

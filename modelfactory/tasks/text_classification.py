@@ -1,0 +1,216 @@
+"""Text classification: a Hugging Face encoder + classification head; tokenizer saved beside the ONNX graph."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .base import (
+    ONNX_FILE,
+    Bundle,
+    Encoded,
+    Outputs,
+    Predictor,
+    TaskFamily,
+    read_meta,
+    write_meta,
+)
+from .pretrained import load_error, resolve
+
+DEFAULT_MAX_LENGTH = 128
+_LAYER_RE = re.compile(r"(\.layers?\.)(\d+)(\.)")
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def layer_map(teacher_layers: int, student_layers: int, strategy: str | Sequence[int] = "bottom") -> list[int]:
+    """Which teacher layer initialises each student layer.
+
+    'bottom' keeps the lowest layers (top-layer dropping is the most robust choice in Sajjad et al. 2020,
+    "Poor Man's BERT"); 'uniform' keeps every k-th layer, DistilBERT style; a list names them explicitly.
+    """
+    if not isinstance(strategy, str):
+        chosen = list(strategy)
+    elif strategy == "bottom":
+        chosen = list(range(student_layers))
+    elif strategy == "uniform":
+        step = teacher_layers / student_layers
+        chosen = [min(teacher_layers - 1, int(round((i + 1) * step)) - 1) for i in range(student_layers)]
+    else:
+        raise ValueError(f"unknown layer map '{strategy}' (use 'bottom', 'uniform' or a list of layer indices)")
+    if len(chosen) != student_layers or any(not 0 <= i < teacher_layers for i in chosen):
+        raise ValueError(f"layer map {chosen} does not fit {student_layers} student / {teacher_layers} teacher layers")
+    return chosen
+
+
+class TextClassification(TaskFamily):
+    name = "text-classification"
+    roles = ("text", "label")
+
+    # --- models -------------------------------------------------------------------------------------
+    def load_teacher(self, pretrained: str, labels: list[str], params: Mapping[str, Any]) -> Bundle:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        _quiet_transformers()
+        path = resolve(pretrained)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                label2id={lab: i for i, lab in enumerate(labels)})
+        except OSError as e:
+            raise load_error(pretrained, e) from e
+        max_length = int(params.get("max_length") or DEFAULT_MAX_LENGTH)
+        return Bundle(model, tokenizer, list(labels), {"max_length": max_length})
+
+    def build_student(self, teacher: Bundle, params: Mapping[str, Any]) -> Bundle:
+        from transformers import AutoModelForSequenceClassification
+
+        tcfg = teacher.model.config
+        cfg = copy.deepcopy(tcfg)
+        cfg.num_hidden_layers = int(params.get("layers") or max(1, tcfg.num_hidden_layers // 3))
+        hidden = int(params.get("hidden") or tcfg.hidden_size)
+        if hidden != tcfg.hidden_size:
+            cfg.hidden_size = hidden
+            cfg.num_attention_heads = int(params.get("heads") or max(1, hidden // 64))
+            cfg.intermediate_size = int(params.get("ffn") or 4 * hidden)
+        elif params.get("heads") or params.get("ffn"):
+            cfg.num_attention_heads = int(params.get("heads") or tcfg.num_attention_heads)
+            cfg.intermediate_size = int(params.get("ffn") or tcfg.intermediate_size)
+        student = AutoModelForSequenceClassification.from_config(cfg)
+        chosen = layer_map(tcfg.num_hidden_layers, cfg.num_hidden_layers, params.get("layer_map", "bottom"))
+        _init_from_teacher(student, teacher.model, chosen)
+        return Bundle(student, teacher.preprocessor, teacher.labels,
+                      {**teacher.extra, "layer_map": chosen})
+
+    def save(self, bundle: Bundle, out_dir: Path) -> None:
+        bundle.model.save_pretrained(out_dir)  # config.json + model.safetensors
+        bundle.preprocessor.save_pretrained(out_dir)
+        write_meta(out_dir, {"task": self.name, "labels": bundle.labels, **bundle.extra})
+
+    def load(self, model_dir: Path) -> Bundle:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        _quiet_transformers()
+        meta = read_meta(model_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        extra = {k: v for k, v in meta.items() if k not in ("task", "labels")}
+        return Bundle(model, tokenizer, meta["labels"], extra)
+
+    # --- data ---------------------------------------------------------------------------------------
+    def encode(self, bundle: Bundle, df: pd.DataFrame) -> Encoded:
+        enc = bundle.preprocessor(df["text"].tolist(), truncation=True,
+                                  max_length=bundle.extra.get("max_length", DEFAULT_MAX_LENGTH))
+        index = {lab: i for i, lab in enumerate(bundle.labels)}
+        targets = torch.tensor([index[lab] for lab in df["label"]], dtype=torch.long)
+        pad = bundle.preprocessor.pad_token_id or 0
+        return Encoded([(ids, pad) for ids in enc["input_ids"]], targets)
+
+    def collate(self, encoded: Encoded, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        seqs = [encoded.examples[i][0] for i in indices]
+        pad = encoded.examples[indices[0]][1]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, : len(s)] = torch.tensor(s)
+            mask[row, : len(s)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def forward(self, model: torch.nn.Module, batch: Mapping[str, torch.Tensor], *, hidden_states: bool = False,
+                attentions: bool = False) -> Outputs:
+        out = model(**batch, output_hidden_states=hidden_states, output_attentions=attentions)
+        return Outputs(out.logits, out.hidden_states, out.attentions)
+
+    # --- export and inference -------------------------------------------------------------------------
+    def export_onnx(self, bundle: Bundle, out_dir: Path, sample: pd.DataFrame) -> None:
+        model = bundle.model.eval()
+        batch = self.collate(self.encode(bundle, sample.head(2)), [0, 1] if len(sample) > 1 else [0])
+
+        class LogitsOnly(torch.nn.Module):
+            def __init__(self, inner: torch.nn.Module):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, input_ids, attention_mask):
+                return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+        import warnings
+
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                LogitsOnly(model), (batch["input_ids"], batch["attention_mask"]), str(out_dir / ONNX_FILE),
+                input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                              "attention_mask": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}},
+                opset_version=17, dynamo=False,
+            )
+        bundle.preprocessor.save_pretrained(out_dir)
+        tok = bundle.preprocessor
+        write_meta(out_dir, {
+            "task": self.name, "labels": bundle.labels, "format": "onnx",
+            "max_length": bundle.extra.get("max_length", DEFAULT_MAX_LENGTH),
+            "pad_id": tok.pad_token_id or 0, "pad_token": tok.pad_token or "[PAD]",
+        })
+
+    def load_predictor(self, model_dir: Path, threads: int | None = None) -> Predictor:
+        return TextPredictor(Path(model_dir), threads)
+
+
+def _init_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module, chosen: list[int]) -> int:
+    """Copy every teacher tensor whose (layer-remapped) name and shape match; returns how many were copied."""
+    t_state = teacher.state_dict()
+    s_state = student.state_dict()
+    copied = 0
+    for key, tensor in s_state.items():
+        src = _LAYER_RE.sub(lambda m: f"{m.group(1)}{chosen[int(m.group(2))]}{m.group(3)}", key, count=1)
+        if src in t_state and t_state[src].shape == tensor.shape:
+            s_state[key] = t_state[src].clone()
+            copied += 1
+    student.load_state_dict(s_state)
+    return copied
+
+
+class TextPredictor(Predictor):
+    def __init__(self, model_dir: Path, threads: int | None = None):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        meta = read_meta(model_dir)
+        self.model_dir = model_dir
+        self.labels = meta["labels"]
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tokenizer.enable_truncation(int(meta.get("max_length", DEFAULT_MAX_LENGTH)))
+        self.tokenizer.enable_padding(pad_id=int(meta.get("pad_id", 0)), pad_token=meta.get("pad_token", "[PAD]"))
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(model_dir / ONNX_FILE), opts, providers=["CPUExecutionProvider"])
+
+    def encode(self, inputs: Sequence[Any]) -> dict[str, np.ndarray]:
+        encs = self.tokenizer.encode_batch([str(t) for t in inputs])
+        return {"input_ids": np.asarray([e.ids for e in encs], dtype=np.int64),
+                "attention_mask": np.asarray([e.attention_mask for e in encs], dtype=np.int64)}
+
+    @property
+    def signature(self) -> dict[str, list[dict[str, Any]]]:
+        return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(self.labels)]}]}
+
+

@@ -1,0 +1,78 @@
+"""Shared fixtures: an isolated MF_HOME per test, a tiny BERT teacher the tests build (real tokenizer, random
+small weights), and small samples of the real demo corpus."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def mf_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "mfhome"
+    monkeypatch.setenv("MF_HOME", str(home))
+    monkeypatch.delenv("MF_DATABASE_URL", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """A 2-layer, 64-wide BERT with MiniLM's real tokenizer, saved as a Hugging Face model dir."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from modelfactory.tasks.pretrained import resolve
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(resolve("sentence-transformers/all-MiniLM-L6-v2"))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=128, max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def corpus_df() -> pd.DataFrame:
+    from modelfactory.data import builtin
+    from modelfactory.data.ingest import read_table
+
+    c = builtin.corpus("rotten-tomatoes")
+    return pd.DataFrame(read_table(c.path(), c.roles).rows)
+
+
+def sample_csv(df: pd.DataFrame, path: Path, n: int, seed: int = 0) -> Path:
+    """n rows per label from the real corpus, written as a CSV with text/label columns."""
+    parts = [g.sample(n=min(n, len(g)), random_state=seed) for _, g in df.groupby("label")]
+    pd.concat(parts).sample(frac=1, random_state=seed).to_csv(path, index=False)
+    return path
+
+
+def tiny_order(name: str, data: Path, teacher: Path, **overrides) -> dict:
+    spec = {
+        "name": name,
+        "task": "text-classification",
+        "data": {"path": str(data)},
+        "teacher": {"model": str(teacher), "epochs": 1, "max_length": 32, "lr": 1e-3},
+        "student": {"layers": 1, "epochs": 1, "lr": 1e-3},
+        "split": {"val": 0.15, "test": 0.2, "seed": 0},
+    }
+    for key, value in overrides.items():
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    return spec
+
+
+def run_mf(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "modelfactory.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=REPO)
