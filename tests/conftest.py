@@ -59,12 +59,12 @@ def sample_csv(df: pd.DataFrame, path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-def tiny_order(name: str, data: Path, teacher: Path, **overrides) -> dict:
+def tiny_order(name: str, data: Path, teacher_dir: Path, **overrides) -> dict:
     spec = {
         "name": name,
         "task": "text-classification",
         "data": {"path": str(data)},
-        "teacher": {"model": str(teacher), "epochs": 1, "max_length": 32, "lr": 1e-3},
+        "teacher": {"model": str(teacher_dir), "epochs": 1, "max_length": 32, "lr": 1e-3},
         "student": {"layers": 1, "epochs": 1, "lr": 1e-3},
         "split": {"val": 0.15, "test": 0.2, "seed": 0},
     }

@@ -56,6 +56,7 @@ class StudentSpec(Strict):
     heads: int | None = Field(None, ge=1)
     ffn: int | None = Field(None, ge=8)
     layer_map: Literal["bottom", "uniform"] | list[int] = "bottom"
+    freeze_embeddings: bool = True
     epochs: float = Field(3.0, gt=0)
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(32, gt=0)

@@ -92,6 +92,10 @@ class TextClassification(TaskFamily):
         student = AutoModelForSequenceClassification.from_config(cfg)
         chosen = layer_map(tcfg.num_hidden_layers, cfg.num_hidden_layers, params.get("layer_map", "bottom"))
         _init_from_teacher(student, teacher.model, chosen)
+        if params.get("freeze_embeddings") and hidden == tcfg.hidden_size:
+            # Copied from the fine-tuned teacher already; freezing them saves the dense update of the largest
+            # matrix at every step and keeps rare tokens where the teacher put them.
+            student.get_input_embeddings().requires_grad_(False)
         return Bundle(student, teacher.preprocessor, teacher.labels,
                       {**teacher.extra, "layer_map": chosen})
 
