@@ -132,7 +132,8 @@ def demo(rows: Annotated[int | None, typer.Option(help="Rows to sample from the 
 
 @order_app.command("run")
 def order_run(spec_file: Annotated[Path, typer.Argument(help="order.yaml or .json")],
-              skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows", help="Skip bad rows instead of stopping.")] = False,
+              skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows",
+                                                          help="Skip bad rows instead of stopping.")] = False,
               as_json: JsonFlag = False) -> None:
     """Run an order spec end to end in this process (finished stages are cache hits; a killed stage resumes)."""
     from .factory.spec import load_spec
@@ -194,7 +195,8 @@ def data_show(ref: str, as_json: JsonFlag = False) -> None:
 @app.command()
 def predict(model: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or NAME@ALIAS")],
             texts: Annotated[list[str] | None, typer.Argument(help="Inputs to classify.")] = None,
-            file: Annotated[Path | None, typer.Option("--file", help="JSONL rows with a 'text' field (or plain lines).")] = None,
+            file: Annotated[Path | None, typer.Option("--file",
+                                                      help="JSONL rows with a 'text' field (or plain lines).")] = None,
             as_json: JsonFlag = False) -> None:
     """Classify inputs with a registered model's ONNX graph (the tokenizer saved beside it does the preprocessing)."""
     from . import registry, tasks

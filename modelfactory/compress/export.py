@@ -22,8 +22,10 @@ def export_and_verify(task: TaskFamily, bundle: Bundle, out_dir: Path, sample: p
     encoded = task.encode(bundle, sample)
     bundle.model.eval()
     with torch.no_grad():
-        parts = [torch.softmax(task.forward(bundle.model, task.collate(encoded, list(range(i, min(i + 16, len(encoded))))))
-                               .logits, dim=-1).numpy() for i in range(0, len(encoded), 16)]
+        parts = []
+        for i in range(0, len(encoded), 16):
+            batch = task.collate(encoded, list(range(i, min(i + 16, len(encoded)))))
+            parts.append(torch.softmax(task.forward(bundle.model, batch).logits, dim=-1).numpy())
     torch_probs = np.concatenate(parts)
     diff = float(np.abs(onnx_probs - torch_probs).max())
     agree = float((onnx_probs.argmax(1) == torch_probs.argmax(1)).mean())

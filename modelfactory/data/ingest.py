@@ -107,8 +107,7 @@ def _records_parquet(path: Path) -> Iterator[tuple[int, dict]]:
 
     table = pq.read_table(path)
     yield 0, {"__header__": table.column_names}
-    for i, row in enumerate(table.to_pylist(), start=1):
-        yield i, row
+    yield from enumerate(table.to_pylist(), start=1)
 
 
 def read_table(path: str | Path, roles: Mapping[str, str], checks: Mapping[str, RowCheck] | None = None) -> Table:

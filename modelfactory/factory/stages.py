@@ -15,13 +15,12 @@ import torch
 from .. import tasks
 from ..artifacts import Artifact
 from ..compress.distill import kd_objective
+from ..compress.evaluate import evaluate_model
 from ..compress.export import export_and_verify
-from ..compress.measure import latency_ms, throughput
 from ..compress.quantize import quantize_dynamic_int8
 from ..data.split import stratified_split
 from ..data.versions import load_rows
-from ..tasks.base import ONNX_FILE, read_meta
-from ..tasks.metrics import classification_metrics
+from ..tasks.base import ONNX_FILE
 from ..train.loop import Checkpoint, config_from, fit
 
 SPLITS = ("train", "val", "test")
@@ -160,18 +159,8 @@ def quantize_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[
 
 @stage("evaluate", version=1, kind="evaluation")
 def evaluate_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
-    task = tasks.get(params["task"])
     model = inputs["model"]
-    test = read_split(inputs["split"], "test")
-    raw = task.raw_inputs(test)
-    probs = task.load_predictor(model.path).predict_proba(raw)  # all cores for accuracy; timing below uses `threads`
-    labels = read_meta(model.path)["labels"]
-    metrics = classification_metrics(test["label"].tolist(), [labels[i] for i in probs.argmax(1)], labels)
-    predictor = task.load_predictor(model.path, threads=params.get("threads", 1))
-    sample = raw[: params.get("latency_rows", 200)]
-    metrics.update(latency_ms(predictor, sample))
-    metrics["throughput"] = throughput(predictor, raw, batch_size=32, min_seconds=params.get("throughput_seconds", 1.0))
-    metrics["size_bytes"] = (model.path / ONNX_FILE).stat().st_size
+    metrics = evaluate_model(tasks.get(params["task"]), model.path, read_split(inputs["split"], "test"),
+                             threads=params.get("threads", 1))
     metrics["parameters"] = model.metrics.get("parameters")
-    metrics["threads"] = params.get("threads", 1)
     return {"metrics": metrics, "model": model.id, "precision": model.manifest.get("precision")}
