@@ -35,7 +35,6 @@ def main() -> None:
     from modelfactory.data import builtin, versions
     from modelfactory.data.ingest import read_table
     from modelfactory.factory.order import run_order
-    from modelfactory.factory.planner import CANDIDATES
     from modelfactory.factory.spec import parse_spec
     from modelfactory.factory.stages import read_split
     from modelfactory.report import metrics_table
@@ -51,7 +50,7 @@ def main() -> None:
     test = read_split(result.results["split"].artifact, "test")
 
     rows: dict[str, dict] = {}
-    for name, node in CANDIDATES.items():
+    for name, node in result.candidates.items():
         path = result.results[node].artifact.path
         one = evaluate_model(task, path, test, threads=1, latency_rows=300, throughput_seconds=2.0)
         default = evaluate_model(task, path, test, threads=None, latency_rows=300, throughput_seconds=2.0)

@@ -284,6 +284,7 @@ def models_ls(as_json: JsonFlag = False) -> None:
 def models_show(ref: str, as_json: JsonFlag = False) -> None:
     """Show a model version: metrics of teacher and student side by side, lineage, model card."""
     from . import registry
+    from .report import recipe_str
 
     r = registry.resolve(ref)
     if as_json:
@@ -294,7 +295,7 @@ def models_show(ref: str, as_json: JsonFlag = False) -> None:
     lin = r.lineage
     chain = [f"order {lin.get('order')} ({lin.get('order_name')})", f"dataset {lin.get('dataset')}",
              f"teacher {str(lin.get('teacher'))[:12]} ← {lin.get('teacher_base')}",
-             f"recipe {json.dumps(lin.get('recipe'))}", f"student {str(lin.get('student'))[:12]}",
+             f"recipe {recipe_str(lin.get('recipe') or [])}", f"student {str(lin.get('student'))[:12]}",
              f"deployed {str(lin.get('deployed'))[:12]}"]
     console.print("  " + "\n  → ".join(chain))
     console.print(f"ONNX: {r.onnx_path}")

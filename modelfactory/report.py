@@ -37,3 +37,13 @@ def ratios(metrics: dict[str, dict], student: str = "student_int8", teacher: str
     return {"accuracy_ratio": s["accuracy"] / t["accuracy"] if t["accuracy"] else 0.0,
             "size_reduction": t["size_bytes"] / s["size_bytes"],
             "latency_speedup": t["latency_ms_p50"] / s["latency_ms_p50"]}
+
+
+def recipe_str(steps: list[dict]) -> str:
+    """[{"distill": {"layers": 2}}, {"quantize": {"mode": "static"}}] -> 'distill(layers=2) → quantize(mode=static)'."""
+    out = []
+    for step in steps:
+        for kind, params in step.items():
+            shown = ", ".join(f"{k}={v}" for k, v in (params or {}).items() if v is not None)
+            out.append(f"{kind}({shown})")
+    return " → ".join(out)

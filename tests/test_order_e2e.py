@@ -57,7 +57,7 @@ def test_tiny_order_through_every_stage(reviews_csv, tiny_teacher, tmp_path):
     ref = registry.resolve("reviews")
     assert (ref.version, ref.aliases) == (1, ["latest", "prod"])
     assert ref.lineage["teacher"] == result.results["teacher"].artifact.id
-    assert ref.lineage["dataset"] == "reviews@1" and ref.lineage["recipe"]["student"]["layers"] == 1
+    assert ref.lineage["dataset"] == "reviews@1" and ref.lineage["recipe"][0]["distill"]["layers"] == 1
     assert "# reviews v1" in ref.card and "## Evaluation" in ref.card
     assert result.report_path.read_text().count("| ran |") == len(result.results)
 

@@ -8,15 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from .. import registry, tasks
+from ..compress.search import SearchResult, infeasible_message
 from ..config import settings
 from ..data import versions
 from ..data.versions import DatasetRef
+from ..errors import MFError
 from ..registry.card import model_card
 from ..report import metrics_table, ratios
 from ..store import Order, session, utcnow
-from .planner import CANDIDATES, Plan, plan
+from .planner import Plan, plan, teacher_plan
 from .runner import NodeResult, Reporter, run_plan
 from .spec import OrderSpec
+from .trials import chosen_plan, recipe_from, run_search, search_report, targets_of
 
 
 @dataclass
@@ -29,6 +32,7 @@ class OrderResult:
     deployed: bool
     report_path: Path
     results: dict[str, NodeResult] = field(default_factory=dict)
+    candidates: dict[str, str] = field(default_factory=dict)  # report name -> node with its ONNX dir
 
     @property
     def missed(self) -> list[str]:
@@ -68,13 +72,25 @@ def run_order(spec: OrderSpec, *, reporter: Reporter | None = None, skip_bad_row
         dataset = ingest(spec, skip_bad_rows)
         if on_ingest:
             on_ingest(dataset)
-        the_plan = plan(spec, dataset.artifact_id)
-        results = run_plan(the_plan, order_id=order_id, reporter=reporter)
-        result = _register(spec, order_id, dataset, the_plan, results)
+        searched = None
+        if spec.search is None:
+            the_plan = plan(spec, dataset.artifact_id)
+            results = run_plan(the_plan, order_id=order_id, reporter=reporter)
+        else:
+            tplan = teacher_plan(spec, dataset.artifact_id)
+            teacher = run_plan(tplan, order_id=order_id, reporter=reporter)
+            searched, runs = run_search(spec, teacher, order_id=order_id, reporter=reporter)
+            if searched.chosen is None:
+                report = _write_report(spec, order_id, dataset, teacher, _metrics(tplan, teacher), {}, None,
+                                       "teacher", False, searched)
+                raise MFError(f"{infeasible_message(searched, targets_of(spec))} (report: {report})", exit_code=3)
+            the_plan, results = chosen_plan(spec, tplan, runs, searched.chosen, teacher)
+        result = _register(spec, order_id, dataset, the_plan, results, searched)
     except BaseException as e:
         with session() as s:
             o = s.get(Order, order_id)
-            o.state, o.error, o.finished = "failed", str(e).splitlines()[0] if str(e) else type(e).__name__, utcnow()
+            o.state = "infeasible" if getattr(e, "exit_code", 0) == 3 else "failed"
+            o.error, o.finished = str(e).splitlines()[0] if str(e) else type(e).__name__, utcnow()
         raise
     with session() as s:
         o = s.get(Order, order_id)
@@ -83,20 +99,24 @@ def run_order(spec: OrderSpec, *, reporter: Reporter | None = None, skip_bad_row
     return result
 
 
+def _metrics(the_plan: Plan, results: dict[str, NodeResult]) -> dict[str, dict]:
+    return {cand: results[f"evaluate_{cand}"].artifact.metrics for cand in the_plan.candidates}
+
+
 def _register(spec: OrderSpec, order_id: int, dataset: DatasetRef, the_plan: Plan,
-              results: dict[str, NodeResult]) -> OrderResult:
-    metrics = {cand: results[f"evaluate_{cand}"].artifact.metrics for cand in CANDIDATES
-               if f"evaluate_{cand}" in results}
+              results: dict[str, NodeResult], searched: SearchResult | None) -> OrderResult:
+    metrics = _metrics(the_plan, results)
     deployed = the_plan.deployed
     targets_met = check_targets(spec, metrics, deployed)
     deploy = spec.deploy and all(targets_met.values())
     split = results["split"].artifact
+    steps = recipe_from(spec, searched.chosen.params) if searched and searched.chosen else spec.steps()
     lineage: dict[str, Any] = {
         "order": order_id, "order_name": spec.name, "tenant": spec.tenant,
         "dataset": str(dataset), "dataset_artifact": dataset.artifact_id, "split": split.id,
         "teacher_base": spec.teacher.model, "teacher": results["teacher"].artifact.id,
-        "recipe": {"student": spec.student.model_dump(mode="json"), "quantize": spec.quantize},
-        "student": results["student"].artifact.id, "deployed": results[CANDIDATES[deployed]].artifact.id,
+        "recipe": [step.model_dump(mode="json", exclude_none=True) for step in steps],
+        "student": results["student"].artifact.id, "deployed": results[the_plan.candidates[deployed]].artifact.id,
     }
     labels = split.manifest["labels"]
 
@@ -106,17 +126,19 @@ def _register(spec: OrderSpec, order_id: int, dataset: DatasetRef, the_plan: Pla
                           deployed=deployed)
 
     ref = registry.register(name=spec.name, tenant=spec.tenant, task=spec.task,
-                            artifact_id=results[CANDIDATES[deployed]].artifact.id,
+                            artifact_id=results[the_plan.candidates[deployed]].artifact.id,
                             metrics={**metrics, "deployed": deployed, "ratios": ratios(metrics, deployed)},
                             lineage=lineage, card_fn=card, order_id=order_id,
                             aliases=("prod",) if deploy else ())
-    report_path = _write_report(spec, order_id, dataset, results, metrics, targets_met, ref, deployed, deploy)
-    return OrderResult(order_id, dataset, ref, metrics, targets_met, deploy, report_path, results)
+    report_path = _write_report(spec, order_id, dataset, results, metrics, targets_met, ref, deployed, deploy,
+                                searched)
+    return OrderResult(order_id, dataset, ref, metrics, targets_met, deploy, report_path, results,
+                       the_plan.candidates)
 
 
 def _write_report(spec: OrderSpec, order_id: int, dataset: DatasetRef, results: dict[str, NodeResult],
-                  metrics: dict[str, dict], targets_met: dict[str, bool], ref: registry.ModelRef, deployed: str,
-                  deploy: bool) -> Path:
+                  metrics: dict[str, dict], targets_met: dict[str, bool], ref: registry.ModelRef | None,
+                  deployed: str, deploy: bool, searched: SearchResult | None = None) -> Path:
     folder = settings().orders / str(order_id)
     folder.mkdir(parents=True, exist_ok=True)
     r = ratios(metrics, deployed)
@@ -131,9 +153,15 @@ def _write_report(spec: OrderSpec, order_id: int, dataset: DatasetRef, results: 
     if r:
         lines.append(f"Deployed `{deployed}` keeps **{r['accuracy_ratio']:.1%}** of the teacher's accuracy at "
                      f"**{r['size_reduction']:.1f}x** smaller and **{r['latency_speedup']:.1f}x** faster (batch 1).")
+    if searched is not None:
+        lines += [""] + search_report(searched, spec, folder)
     lines += ["", "## Targets", ""]
     lines += [f"- {k}: {'met' if ok else '**missed**'}" for k, ok in targets_met.items()] or ["- none set"]
-    lines += ["", f"Registered as **{ref}**" + (" and promoted to `prod`." if deploy else " (not promoted).")]
+    if ref is None:
+        lines += ["", "**No recipe met every target: nothing was registered.** "
+                      + infeasible_message(searched, targets_of(spec)) if searched else ""]
+    else:
+        lines += ["", f"Registered as **{ref}**" + (" and promoted to `prod`." if deploy else " (not promoted).")]
     path = folder / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -1,4 +1,9 @@
-"""Order -> DAG of stages. Nodes name their inputs by node name; the runner turns names into artifact ids."""
+"""Order -> DAG of stages. Nodes name their inputs by node name; the runner turns names into artifact ids.
+
+The teacher half (split, fine-tune, export, quantize) is shared by every student an order tries; the student half
+is a chain built from the recipe (distill -> [prune -> recover] -> export -> optimize -> quantize), so a search
+trial is just another chain under its own prefix, cached stage by stage like any other.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..tasks import pretrained
-from .spec import OrderSpec
-
-# The models an order evaluates, side by side in its report: name -> node producing its ONNX dir.
-CANDIDATES = {"teacher": "export_teacher", "teacher_int8": "quantize_teacher",
-              "student": "export_student", "student_int8": "quantize_student"}
+from .spec import OrderSpec, RecipeStep
 
 
 @dataclass
@@ -24,15 +25,20 @@ class Node:
 @dataclass
 class Plan:
     nodes: list[Node]
+    candidates: dict[str, str]  # model name in the report -> node that produced its ONNX dir
     deployed: str  # the candidate that ships
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
 
 
-def plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
-    task = spec.task
-    t, s = spec.teacher, spec.student
+def _evaluate(name: str, producer: str, task: str, prefix: str = "") -> Node:
+    return Node(f"{prefix}evaluate_{name}", "evaluate", {"task": task, "threads": 1},
+                {"model": producer, "split": "split"})
+
+
+def teacher_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
+    task, t = spec.task, spec.teacher
     nodes = [
         Node("split", "split", spec.split.model_dump(), {"dataset": f"@{dataset_artifact}"}),
         Node("teacher", "finetune_teacher",
@@ -40,19 +46,53 @@ def plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
               "epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size, "max_length": t.max_length,
               "seed": spec.split.seed, "_checkpoint_every": t.checkpoint_every},
              {"split": "split"}),
-        Node("student", "distill", {"task": task, **s.model_dump(exclude={"checkpoint_every"}), "seed": spec.split.seed,
-                                    "_checkpoint_every": s.checkpoint_every},
-             {"split": "split", "teacher": "teacher"}),
         Node("export_teacher", "export_onnx", {"task": task}, {"model": "teacher", "split": "split"}),
-        Node("export_student", "export_onnx", {"task": task}, {"model": "student", "split": "split"}),
     ]
-    quantized = spec.quantize != "none"
-    if quantized:
-        nodes += [Node("quantize_teacher", "quantize", {"mode": spec.quantize}, {"onnx": "export_teacher"}),
-                  Node("quantize_student", "quantize", {"mode": spec.quantize}, {"onnx": "export_student"})]
-    for cand, producer in CANDIDATES.items():
-        if producer.startswith("quantize") and not quantized:
-            continue
-        nodes.append(Node(f"evaluate_{cand}", "evaluate", {"task": task, "threads": 1},
-                          {"model": producer, "split": "split"}))
-    return Plan(nodes, deployed="student_int8" if quantized else "student")
+    source = "export_teacher"
+    if spec.optimize_onnx:
+        nodes.append(Node("optimize_teacher", "optimize_onnx", {"task": task}, {"onnx": source, "model": "teacher"}))
+        source = "optimize_teacher"
+    # The baseline to beat: what a user gets for free by quantizing the teacher (dynamic INT8, no calibration).
+    nodes.append(Node("quantize_teacher", "quantize", {"mode": "dynamic"}, {"onnx": source, "split": "split"}))
+    candidates = {"teacher": "export_teacher", "teacher_int8": "quantize_teacher"}
+    nodes += [_evaluate(name, producer, task) for name, producer in candidates.items()]
+    return Plan(nodes, candidates, deployed="teacher")
+
+
+def student_chain(spec: OrderSpec, steps: list[RecipeStep], prefix: str = "") -> Plan:
+    """Nodes for one student recipe; node names carry `prefix` (e.g. 'trial3/'), candidate names do not."""
+    task, seed = spec.task, spec.split.seed
+    model_steps = [s for s in steps if s.kind != "quantize"]
+    nodes: list[Node] = []
+    prev = ""
+    for i, step in enumerate(model_steps):
+        name = f"{prefix}student" if i == len(model_steps) - 1 else f"{prefix}student.{i + 1}.{step.kind}"
+        body = getattr(step, step.kind).model_dump(mode="json")
+        ckpt = body.pop("checkpoint_every", None)
+        if step.kind == "prune":
+            nodes.append(Node(name, "prune", {"task": task, **body}, {"model": prev, "split": "split"}))
+        else:
+            inputs = {"split": "split", "teacher": "teacher"} | ({"init": prev} if step.kind == "recover" else {})
+            nodes.append(Node(name, "distill", {"task": task, **body, "seed": seed, "_checkpoint_every": ckpt},
+                              inputs))
+        prev = name
+    export = f"{prefix}export_student"
+    nodes.append(Node(export, "export_onnx", {"task": task}, {"model": prev, "split": "split"}))
+    candidates = {"student": export}
+    quantize = next((s.quantize for s in steps if s.kind == "quantize"), None)
+    if quantize is not None:
+        source = export
+        if spec.optimize_onnx:
+            source = f"{prefix}optimize_student"
+            nodes.append(Node(source, "optimize_onnx", {"task": task}, {"onnx": export, "model": prev}))
+        nodes.append(Node(f"{prefix}quantize_student", "quantize", quantize.model_dump(mode="json"),
+                          {"onnx": source, "split": "split"}))
+        candidates["student_int8"] = f"{prefix}quantize_student"
+    nodes += [_evaluate(name, producer, task, prefix) for name, producer in candidates.items()]
+    return Plan(nodes, candidates, deployed=list(candidates)[-1])
+
+
+def plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
+    teacher = teacher_plan(spec, dataset_artifact)
+    student = student_chain(spec, spec.steps())
+    return Plan(teacher.nodes + student.nodes, teacher.candidates | student.candidates, student.deployed)

@@ -44,10 +44,11 @@ def node_key(node: Node, produced: dict[str, NodeResult]) -> tuple[str, dict[str
 
 
 def run_plan(plan: Plan, *, order_id: int | None = None, reporter: Reporter | None = None,
-             should_stop=lambda: False) -> dict[str, NodeResult]:
+             should_stop=lambda: False, produced: dict[str, NodeResult] | None = None) -> dict[str, NodeResult]:
+    """Run `plan`'s nodes in order; `produced` seeds results of nodes run before (e.g. the shared teacher)."""
     reporter = reporter or SilentReporter()
     store = ArtifactStore()
-    produced: dict[str, NodeResult] = {}
+    produced = dict(produced or {})
     for node in plan.nodes:
         key, ids = node_key(node, produced)
         stage = STAGES[node.stage]

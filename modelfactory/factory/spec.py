@@ -57,12 +57,80 @@ class StudentSpec(Strict):
     ffn: int | None = Field(None, ge=8)
     layer_map: Literal["bottom", "uniform"] | list[int] = "bottom"
     freeze_embeddings: bool = True
+    vocab: Literal["full", "train"] = Field("full", description="'train' keeps only the tokens the data uses")
+    hidden_weight: float = Field(0.0, ge=0, description="weight of the hidden-state MSE loss (TinyBERT)")
+    attention_weight: float = Field(0.0, ge=0, description="weight of the attention-distribution KL loss (MiniLM)")
     epochs: float = Field(3.0, gt=0)
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(32, gt=0)
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft-label KD loss vs the true labels")
     temperature: float = Field(2.0, gt=0)
     checkpoint_every: int = Field(50, gt=0, description="training steps between checkpoints")
+
+
+class RecoverSpec(Strict):
+    """A distillation step that continues from the previous model (after pruning) instead of building one."""
+
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(32, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1)
+    temperature: float = Field(2.0, gt=0)
+    hidden_weight: float = Field(0.0, ge=0)
+    attention_weight: float = Field(0.0, ge=0)
+    checkpoint_every: int = Field(50, gt=0)
+
+
+class PruneSpec(Strict):
+    ratio: float = Field(gt=0, lt=1, description="share of attention heads and FFN channels to remove")
+
+
+class QuantizeSpec(Strict):
+    mode: Literal["dynamic", "static"] = "dynamic"
+    per_channel: bool = True
+    calibration_rows: int = Field(128, gt=0)
+
+
+class RecipeStep(Strict):
+    """One compression step; exactly one of its fields is set."""
+
+    distill: StudentSpec | None = None
+    recover: RecoverSpec | None = None
+    prune: PruneSpec | None = None
+    quantize: QuantizeSpec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RecipeStep:
+        if sum(x is not None for x in (self.distill, self.recover, self.prune, self.quantize)) != 1:
+            raise ValueError("a recipe step is exactly one of: distill, recover, prune, quantize")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("distill", "recover", "prune", "quantize") if getattr(self, k) is not None)
+
+
+class SearchSpec(Strict):
+    """Budgeted multi-objective recipe search: each trial samples one choice per entry of `space`."""
+
+    max_trials: int = Field(8, ge=1, le=500)
+    max_minutes: float = Field(30.0, gt=0)
+    seed: int = 0
+    space: dict[str, list[Any]] = Field(default_factory=lambda: {
+        "layers": [1, 2, 3], "hidden": [None, 256, 128], "vocab": ["train"], "prune_ratio": [0.0, 0.4],
+        "alpha": [0.5, 0.9], "quantize": ["dynamic", "static"]})
+
+    @field_validator("space")
+    @classmethod
+    def _known_dims(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        known = {"layers", "hidden", "heads", "ffn", "vocab", "prune_ratio", "alpha", "temperature",
+                 "hidden_weight", "attention_weight", "quantize", "epochs"}
+        unknown = sorted(set(v) - known)
+        if unknown:
+            raise ValueError(f"unknown search dimension(s) {unknown}; known: {sorted(known)}")
+        if any(not isinstance(c, list) or not c for c in v.values()):
+            raise ValueError("each search dimension is a non-empty list of choices")
+        return v
 
 
 class Targets(Strict):
@@ -80,8 +148,33 @@ class OrderSpec(Strict):
     student: StudentSpec = StudentSpec()
     split: SplitSpec = SplitSpec()
     targets: Targets = Targets()
-    quantize: Literal["dynamic", "none"] = "dynamic"
+    quantize: Literal["dynamic", "static", "none"] = "dynamic"
+    recipe: list[RecipeStep] | None = Field(None, description="compression chain; default: distill -> quantize")
+    optimize_onnx: bool = Field(True, description="onnxruntime graph optimisation before quantization")
+    search: SearchSpec | None = None
     deploy: bool = True
+
+    @model_validator(mode="after")
+    def _recipe_shape(self) -> OrderSpec:
+        if self.recipe is None:
+            return self
+        kinds = [step.kind for step in self.recipe]
+        if not kinds or kinds[0] != "distill":
+            raise ValueError("recipe: the first step must be 'distill' (it builds the student)")
+        if "distill" in kinds[1:]:
+            raise ValueError("recipe: only the first step builds a student; use 'recover' to distil further")
+        if "quantize" in kinds[:-1] or kinds.count("quantize") > 1:
+            raise ValueError("recipe: 'quantize' can only be the last step")
+        return self
+
+    def steps(self) -> list[RecipeStep]:
+        """The recipe, or the shorthand `student` + `quantize` as one."""
+        if self.recipe is not None:
+            return self.recipe
+        steps = [RecipeStep(distill=self.student)]
+        if self.quantize != "none":
+            steps.append(RecipeStep(quantize=QuantizeSpec(mode=self.quantize)))
+        return steps
 
     @field_validator("task")
     @classmethod

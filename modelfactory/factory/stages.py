@@ -4,6 +4,7 @@ in what a stage computes invalidates its cache. They only glue the layers that d
 from __future__ import annotations
 
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,11 @@ import torch
 
 from .. import tasks
 from ..artifacts import Artifact
-from ..compress.distill import kd_objective
+from ..compress.distill import DistillConfig, distill_loss, make_connectors, uniform_layer_map
 from ..compress.evaluate import evaluate_model
 from ..compress.export import export_and_verify
-from ..compress.quantize import quantize_dynamic_int8
+from ..compress.prune import prune_model
+from ..compress.quantize import optimize_onnx, quantize_dynamic_int8, quantize_static_int8
 from ..data.split import stratified_split
 from ..data.versions import load_rows
 from ..tasks.base import ONNX_FILE
@@ -57,13 +59,16 @@ def read_split(split: Artifact, part: str) -> pd.DataFrame:
     return pd.read_parquet(split.path / f"{part}.parquet")
 
 
+def _chunks(n: int, size: int) -> list[list[int]]:
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
 def _evaluate_torch(task: tasks.TaskFamily, bundle: tasks.Bundle, df: pd.DataFrame) -> float:
     encoded = task.encode(bundle, df)
     bundle.model.eval()
     correct = 0
     with torch.no_grad():
-        for i in range(0, len(encoded), 64):
-            idx = list(range(i, min(i + 64, len(encoded))))
+        for idx in _chunks(len(encoded), 64):
             logits = task.forward(bundle.model, task.collate(encoded, idx)).logits
             correct += int((logits.argmax(-1) == encoded.targets[idx]).sum())
     return correct / max(1, len(encoded))
@@ -102,28 +107,45 @@ def finetune_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[
             "task": task.name, "labels": labels}
 
 
-@stage("distill", version=1, kind="model")
+@stage("distill", version=2, kind="model")
 def distill_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
+    """Train a student against the teacher: a new one built from the teacher (depth/width/heads/FFN, vocabulary
+    cut to the data), or, given an `init` model (e.g. a pruned one), recover that model's accuracy."""
     task = tasks.get(params["task"])
     split = inputs["split"]
+    train_df = read_split(split, "train")
     teacher = task.load(inputs["teacher"].path)
-    student = task.build_student(teacher, params)
-    train = task.encode(student, read_split(split, "train"))
-
+    if "init" in inputs:
+        student = task.load(inputs["init"].path)
+    else:
+        student = task.specialize(task.build_student(teacher, params), train_df, params)
+    cfg = DistillConfig(alpha=params["alpha"], temperature=params["temperature"],
+                        hidden_weight=params.get("hidden_weight", 0.0),
+                        attention_weight=params.get("attention_weight", 0.0))
+    s_train = task.encode(student, train_df)
+    t_train = task.encode(teacher, train_df)  # the student's vocabulary may differ from the teacher's
     teacher.model.eval()
     with torch.no_grad():  # soft labels once, not every epoch
-        teacher_logits = torch.cat([
-            task.forward(teacher.model, task.collate(train, list(range(i, min(i + 64, len(train)))))).logits
-            for i in range(0, len(train), 64)])
-    del teacher
+        t_logits = torch.cat([task.forward(teacher.model, task.collate(t_train, chunk)).logits
+                              for chunk in _chunks(len(t_train), 64)])
+    s_layers = student.model.config.num_hidden_layers
+    layer_map = uniform_layer_map(s_layers, teacher.model.config.num_hidden_layers)
+    connectors = make_connectors(student.model.config.hidden_size, teacher.model.config.hidden_size, s_layers)
+    trainable = torch.nn.ModuleDict({"student": student.model, "connectors": connectors})
 
     def loss_fn(model, batch, idx):
-        logits = task.forward(model, batch).logits
-        return kd_objective(logits, teacher_logits[idx], train.targets[idx], alpha=params["alpha"],
-                            temperature=params["temperature"])
+        s_out = task.forward(model["student"], batch, hidden_states=cfg.hidden_weight > 0,
+                             attentions=cfg.attention_weight > 0)
+        t_out = None
+        if cfg.needs_live_teacher:
+            with torch.no_grad():
+                t_out = task.forward(teacher.model, task.collate(t_train, idx), hidden_states=cfg.hidden_weight > 0,
+                                     attentions=cfg.attention_weight > 0)
+        return distill_loss(cfg, s_out, t_logits[idx], s_train.targets[idx], t=t_out, layer_map=layer_map,
+                            connectors=model["connectors"], mask=batch.get("attention_mask"))
 
-    cfg = config_from(params, checkpoint_every=params.get("_checkpoint_every", 50))
-    result = fit(student.model, len(train), lambda idx: task.collate(train, idx), loss_fn, cfg,
+    tcfg = config_from(params, checkpoint_every=params.get("_checkpoint_every", 50))
+    result = fit(trainable, len(s_train), lambda idx: task.collate(s_train, idx), loss_fn, tcfg,
                  Checkpoint(ctx.work / "checkpoint"),
                  on_step=lambda s, t, loss: ctx.progress(s, t, f"loss {loss:.3f}"), should_stop=ctx.should_stop)
     ctx.notes["resumed_from_step"] = result.resumed_from_step
@@ -144,17 +166,59 @@ def export_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[st
     return {"metrics": {**parity, "parameters": n_params}, "task": task.name, "precision": "fp32"}
 
 
-@stage("quantize", version=1, kind="onnx")
+def _copy_model_files(src: Path, dst: Path) -> None:
+    """Tokenizer, mf_model.json: everything in an ONNX model dir but the graph and the manifest."""
+    for f in src.iterdir():
+        if f.name not in (ONNX_FILE, "manifest.json") and f.is_file():
+            shutil.copy2(f, dst / f.name)
+
+
+@stage("optimize_onnx", version=1, kind="onnx")
+def optimize_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
+    task = tasks.get(params["task"])
+    src = inputs["onnx"]
+    _copy_model_files(src.path, ctx.out)
+    hints = task.onnx_optimizer_hints(task.load(inputs["model"].path))
+    optimized = optimize_onnx(src.path / ONNX_FILE, ctx.out / ONNX_FILE, hints)
+    return {"task": src.manifest.get("task"), "precision": "fp32",
+            "metrics": {"parameters": src.metrics.get("parameters"), "optimized": optimized}}
+
+
+@stage("quantize", version=2, kind="onnx")
 def quantize_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
     src = inputs["onnx"]
-    for f in src.path.iterdir():  # tokenizer, mf_model.json: everything but the graph and the manifest
-        if f.name not in (ONNX_FILE, "manifest.json") and f.is_file():
-            shutil.copy2(f, ctx.out / f.name)
-    if params["mode"] != "dynamic":
+    _copy_model_files(src.path, ctx.out)
+    if params["mode"] == "dynamic":
+        quantize_dynamic_int8(src.path / ONNX_FILE, ctx.out / ONNX_FILE)
+    elif params["mode"] == "static":
+        task = tasks.get(src.manifest["task"])
+        predictor = task.load_predictor(src.path)
+        train = read_split(inputs["split"], "train")
+        rows = task.raw_inputs(train.sample(n=min(len(train), params.get("calibration_rows", 128)), random_state=0))
+        quantize_static_int8(src.path / ONNX_FILE, ctx.out / ONNX_FILE, [predictor.encode([x]) for x in rows],
+                             per_channel=params.get("per_channel", True))
+    else:
         raise ValueError(f"unknown quantization mode '{params['mode']}'")
-    quantize_dynamic_int8(src.path / ONNX_FILE, ctx.out / ONNX_FILE)
-    return {"task": src.manifest.get("task"), "precision": "int8-dynamic",
+    return {"task": src.manifest.get("task"), "precision": f"int8-{params['mode']}",
             "metrics": {"parameters": src.metrics.get("parameters")}}
+
+
+@stage("prune", version=1, kind="model")
+def prune_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
+    """Structured pruning: heads and FFN channels really removed (a smaller dense model, not a mask)."""
+    task = tasks.get(params["task"])
+    bundle = task.load(inputs["model"].path)
+    sample = read_split(inputs["split"], "train").head(4)
+    example = task.collate(task.encode(bundle, sample), list(range(len(sample))))
+    with warnings.catch_warnings():  # "not reloadable by from_pretrained": the task's load re-applies the pruning
+        warnings.simplefilter("ignore")
+        report = prune_model(bundle.model.eval(), dict(example), ratio=params["ratio"])
+    history = [*bundle.extra.get("prune_history", []),
+               {"ratio": params["ratio"], "heads_before": report["heads_before"], "ffn_before": report["ffn_before"]}]
+    bundle.extra["prune_history"] = history
+    task.save(bundle, ctx.out)
+    return {"metrics": {**report, "parameters": sum(p.numel() for p in bundle.model.parameters())},
+            "task": task.name, "labels": bundle.labels}
 
 
 @stage("evaluate", version=1, kind="evaluation")

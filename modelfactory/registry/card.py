@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..report import metrics_table
+from ..report import metrics_table, recipe_str
 
 
 def model_card(name: str, version: int, *, task: str, labels: list[str], metrics: dict[str, dict],
@@ -22,7 +22,7 @@ def model_card(name: str, version: int, *, task: str, labels: list[str], metrics
         f"- Data: dataset `{lineage.get('dataset')}` (artifact `{str(lineage.get('dataset_artifact'))[:12]}`), "
         f"split `{str(lineage.get('split'))[:12]}`",
         f"- Teacher: `{lineage.get('teacher_base')}` fine-tuned → artifact `{str(lineage.get('teacher'))[:12]}`",
-        f"- Recipe: {lineage.get('recipe')}",
+        f"- Recipe: {recipe_str(lineage.get('recipe') or [])}",
         f"- Student: artifact `{str(lineage.get('student'))[:12]}` → ONNX `{str(lineage.get('deployed'))[:12]}`",
         "",
         "## Evaluation (held-out test split)",

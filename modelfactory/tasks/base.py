@@ -111,6 +111,14 @@ class TaskFamily(ABC):
     def build_student(self, teacher: Bundle, params: Mapping[str, Any]) -> Bundle:
         """A smaller model of the same family, initialised from the teacher where shapes allow."""
 
+    def specialize(self, bundle: Bundle, train: pd.DataFrame, params: Mapping[str, Any]) -> Bundle:
+        """Shrink a student's input layer to what the data uses (e.g. vocabulary pruning); default: unchanged."""
+        return bundle
+
+    def onnx_optimizer_hints(self, bundle: Bundle) -> dict[str, Any] | None:
+        """How onnxruntime's graph optimizer should see this model (model_type, heads, width), or None."""
+        return None
+
     @abstractmethod
     def save(self, bundle: Bundle, out_dir: Path) -> None:
         """A model dir that `load` (and from_pretrained-style tools) can read back."""

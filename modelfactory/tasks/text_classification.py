@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -99,6 +100,20 @@ class TextClassification(TaskFamily):
         return Bundle(student, teacher.preprocessor, teacher.labels,
                       {**teacher.extra, "layer_map": chosen})
 
+    def specialize(self, bundle: Bundle, train: pd.DataFrame, params: Mapping[str, Any]) -> Bundle:
+        if params.get("vocab", "full") == "full":
+            return bundle
+        if params["vocab"] != "train":
+            raise ValueError(f"unknown vocab mode '{params['vocab']}' (use 'full' or 'train')")
+        return shrink_vocab(bundle, train["text"].tolist())
+
+    def onnx_optimizer_hints(self, bundle: Bundle) -> dict[str, Any] | None:
+        cfg = bundle.model.config
+        if cfg.model_type not in ("bert", "roberta", "distilbert", "xlm-roberta", "electra"):
+            return None
+        return {"model_type": "bert" if cfg.model_type != "distilbert" else "bert",
+                "num_heads": cfg.num_attention_heads, "hidden_size": cfg.hidden_size}
+
     def save(self, bundle: Bundle, out_dir: Path) -> None:
         bundle.model.save_pretrained(out_dir)  # config.json + model.safetensors
         bundle.preprocessor.save_pretrained(out_dir)
@@ -109,7 +124,10 @@ class TextClassification(TaskFamily):
 
         _quiet_transformers()
         meta = read_meta(model_dir)
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        if meta.get("prune_history"):
+            model = _load_pruned(Path(model_dir), meta["prune_history"])
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         extra = {k: v for k, v in meta.items() if k not in ("task", "labels")}
         return Bundle(model, tokenizer, meta["labels"], extra)
@@ -136,6 +154,8 @@ class TextClassification(TaskFamily):
 
     def forward(self, model: torch.nn.Module, batch: Mapping[str, torch.Tensor], *, hidden_states: bool = False,
                 attentions: bool = False) -> Outputs:
+        if attentions and getattr(model.config, "_attn_implementation", "eager") != "eager":
+            model.set_attn_implementation("eager")  # fused attention kernels do not return the weights
         out = model(**batch, output_hidden_states=hidden_states, output_attentions=attentions)
         return Outputs(out.logits, out.hidden_states, out.attentions)
 
@@ -187,6 +207,60 @@ def _init_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module, chose
             copied += 1
     student.load_state_dict(s_state)
     return copied
+
+
+def _load_pruned(model_dir: Path, history: list[dict]) -> torch.nn.Module:
+    """Rebuild a head-pruned model: BERT's config cannot describe heads narrower than hidden/heads, so build the
+    original shape, re-apply the same structured pruning (the shapes depend only on the ratios), then load the
+    saved weights strictly, which fails loudly if any shape differs."""
+    import warnings
+
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from ..compress.prune import prune_model
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    cfg.num_attention_heads = history[0]["heads_before"]
+    cfg.intermediate_size = history[0]["ffn_before"]
+    model = AutoModelForSequenceClassification.from_config(cfg).eval()
+    ids = torch.ones((1, 8), dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for step in history:
+            prune_model(model, {"input_ids": ids, "attention_mask": ids}, ratio=step["ratio"])
+    model.load_state_dict(load_file(str(model_dir / "model.safetensors")), strict=True)
+    return model
+
+
+def shrink_vocab(bundle: Bundle, texts: Sequence[str]) -> Bundle:
+    """Keep only the word pieces the training texts use (plus special and single-character pieces, so unseen
+    words still split into characters rather than [UNK]) and slice the embedding matrix to match.
+
+    WordPiece is greedy longest-match-first, so every kept text tokenizes exactly as before; the embedding
+    matrix, which dominates a small student's size, shrinks to the data's vocabulary.
+    """
+    tok = bundle.preprocessor
+    backend = json.loads(tok.backend_tokenizer.to_str())
+    if backend["model"]["type"] != "WordPiece" or not hasattr(tok, "do_lower_case"):
+        raise ValueError("vocabulary pruning supports WordPiece (BERT-style) tokenizers only")
+    vocab = tok.get_vocab()
+    used = {i for ids in tok(list(texts), truncation=False)["input_ids"] for i in ids}
+    used |= set(tok.all_special_ids)
+    used |= {i for piece, i in vocab.items() if len(piece.removeprefix("##")) == 1}
+    keep = sorted(used)
+    by_id = {i: piece for piece, i in vocab.items()}
+    new_tok = type(tok)(vocab={by_id[i]: n for n, i in enumerate(keep)}, do_lower_case=tok.do_lower_case,
+                        strip_accents=backend["normalizer"].get("strip_accents") if backend.get("normalizer") else None)
+    model = bundle.model
+    old = model.get_input_embeddings()
+    new = torch.nn.Embedding(len(keep), old.embedding_dim, padding_idx=keep.index(tok.pad_token_id))
+    new.weight.data.copy_(old.weight.data[torch.tensor(keep)])
+    new.weight.requires_grad_(old.weight.requires_grad)
+    model.set_input_embeddings(new)
+    model.config.vocab_size = len(keep)
+    model.config.pad_token_id = new_tok.pad_token_id
+    return Bundle(model, new_tok, bundle.labels, {**bundle.extra, "vocab_size": len(keep)})
 
 
 class TextPredictor(Predictor):

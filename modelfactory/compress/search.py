@@ -1,0 +1,167 @@
+"""Budgeted multi-objective recipe search (Optuna): maximise accuracy ratio, minimise size and batch-1 latency.
+
+The search knows nothing of stages or tasks: it samples a recipe, hands it to `evaluate` (which the factory
+runs through its cached stage runner, so a re-run re-uses finished trials) and keeps the measured objectives.
+It returns every trial, the Pareto front and the choice: the fastest, then smallest, front point that meets
+every target — or none, with the best trade-offs spelled out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+
+@dataclass
+class Trial:
+    number: int
+    params: dict[str, Any]
+    accuracy_ratio: float
+    size_mb: float
+    latency_ms: float
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. node prefix, accuracy
+
+    def dominates(self, other: Trial) -> bool:
+        better_eq = (self.accuracy_ratio >= other.accuracy_ratio and self.size_mb <= other.size_mb
+                     and self.latency_ms <= other.latency_ms)
+        strictly = (self.accuracy_ratio > other.accuracy_ratio or self.size_mb < other.size_mb
+                    or self.latency_ms < other.latency_ms)
+        return better_eq and strictly
+
+
+@dataclass
+class Targets:
+    min_accuracy_ratio: float | None = None
+    max_latency_ms: float | None = None
+    max_size_mb: float | None = None
+
+    def met_by(self, t: Trial) -> bool:
+        return ((self.min_accuracy_ratio is None or t.accuracy_ratio >= self.min_accuracy_ratio)
+                and (self.max_latency_ms is None or t.latency_ms <= self.max_latency_ms)
+                and (self.max_size_mb is None or t.size_mb <= self.max_size_mb))
+
+
+@dataclass
+class SearchResult:
+    trials: list[Trial]
+    front: list[Trial]
+    chosen: Trial | None
+    stopped_by: str  # "max_trials" | "max_minutes"
+
+
+def pareto_front(trials: list[Trial]) -> list[Trial]:
+    return [t for t in trials if not any(o.dominates(t) for o in trials if o is not t)]
+
+
+def choose(front: list[Trial], targets: Targets) -> Trial | None:
+    feasible = [t for t in front if targets.met_by(t)]
+    return min(feasible, key=lambda t: (t.latency_ms, t.size_mb, -t.accuracy_ratio)) if feasible else None
+
+
+def search(space: dict[str, list[Any]], evaluate: Callable[[int, dict[str, Any]], Trial], *, max_trials: int,
+           max_minutes: float, seed: int = 0, targets: Targets | None = None) -> SearchResult:
+    """Run up to `max_trials` trials or until `max_minutes` have passed (a trial in flight finishes)."""
+    optuna.logging.set_verbosity(logging.WARNING)
+    sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(max_trials, 8)))
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    trials: list[Trial] = []
+    seen: dict[tuple, Trial] = {}
+    deadline = time.monotonic() + max_minutes * 60
+    stopped_by = "max_trials"
+    for _ in range(max_trials):
+        if time.monotonic() >= deadline:
+            stopped_by = "max_minutes"
+            break
+        ot = study.ask()
+        params = {name: choices[ot.suggest_int(f"{name}_idx", 0, len(choices) - 1)] if len(choices) > 1
+                  else choices[0] for name, choices in space.items()}
+        key = tuple(sorted((k, repr(v)) for k, v in params.items()))
+        if key in seen:  # the sampler proposed a recipe already measured: tell it the same figures
+            t = seen[key]
+        else:
+            t = evaluate(len(seen), params)
+            seen[key] = t
+            trials.append(t)
+        study.tell(ot, [t.accuracy_ratio, t.size_mb, t.latency_ms])
+    front = pareto_front(trials)
+    return SearchResult(trials, front, choose(front, targets or Targets()), stopped_by)
+
+
+def infeasible_message(result: SearchResult, targets: Targets) -> str:
+    """What the best trade-offs were, in the terms of the targets that could not all be met."""
+    ts = result.trials
+    parts = []
+    if targets.max_latency_ms is not None:
+        fast = [t for t in ts if t.latency_ms <= targets.max_latency_ms]
+        parts.append(f"best accuracy ratio at ≤{targets.max_latency_ms:g} ms was "
+                     f"{max(t.accuracy_ratio for t in fast):.3f}" if fast else
+                     f"no recipe ran in ≤{targets.max_latency_ms:g} ms "
+                     f"(fastest {min(t.latency_ms for t in ts):.2f} ms)")
+    if targets.max_size_mb is not None:
+        small = [t for t in ts if t.size_mb <= targets.max_size_mb]
+        parts.append(f"best accuracy ratio at ≤{targets.max_size_mb:g} MB was "
+                     f"{max(t.accuracy_ratio for t in small):.3f}" if small else
+                     f"no recipe fit in ≤{targets.max_size_mb:g} MB (smallest {min(t.size_mb for t in ts):.1f} MB)")
+    if targets.min_accuracy_ratio is not None:
+        good = [t for t in ts if t.accuracy_ratio >= targets.min_accuracy_ratio]
+        if good:
+            best = min(good, key=lambda t: t.latency_ms)
+            parts.append(f"at ≥{targets.min_accuracy_ratio:g} the fastest was {best.latency_ms:.2f} ms "
+                         f"({best.size_mb:.1f} MB)")
+        else:
+            parts.append(f"no recipe reached an accuracy ratio of {targets.min_accuracy_ratio:g} "
+                         f"(best {max(t.accuracy_ratio for t in ts):.3f})")
+    return f"no recipe met every target in {len(ts)} trials: " + "; ".join(parts)
+
+
+def front_table(result: SearchResult) -> str:
+    rows = ["| trial | recipe | accuracy ratio | size (MB) | p50 batch-1 (ms) | on front | chosen |",
+            "|---|---|---|---|---|---|---|"]
+    front = {id(t) for t in result.front}
+    for t in sorted(result.trials, key=lambda t: (-t.accuracy_ratio, t.latency_ms)):
+        recipe = ", ".join(f"{k}={v}" for k, v in t.params.items())
+        rows.append(f"| {t.number} | {recipe} | {t.accuracy_ratio:.3f} | {t.size_mb:.2f} | {t.latency_ms:.2f} | "
+                    f"{'yes' if id(t) in front else ''} | {'**yes**' if t is result.chosen else ''} |")
+    return "\n".join(rows)
+
+
+def plot_front(result: SearchResult, path: Path, targets: Targets, title: str = "") -> Path:
+    """Accuracy ratio vs latency; marker area ∝ file size; the front joined by a line; targets dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    xs = [t.latency_ms for t in result.trials]
+    ys = [t.accuracy_ratio for t in result.trials]
+    sizes = [max(20.0, 12.0 * t.size_mb) for t in result.trials]
+    ax.scatter(xs, ys, s=sizes, alpha=0.35, color="tab:gray", label="trial (area ∝ MB)")
+    front = sorted(result.front, key=lambda t: t.latency_ms)
+    ax.plot([t.latency_ms for t in front], [t.accuracy_ratio for t in front], "-o", color="tab:blue",
+            label="Pareto front")
+    for t in result.trials:
+        ax.annotate(f"{t.number}: {t.size_mb:.1f} MB", (t.latency_ms, t.accuracy_ratio), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    if result.chosen:
+        ax.scatter([result.chosen.latency_ms], [result.chosen.accuracy_ratio], s=160, facecolors="none",
+                   edgecolors="tab:red", linewidths=2, label="chosen")
+    if targets.min_accuracy_ratio is not None:
+        ax.axhline(targets.min_accuracy_ratio, ls="--", color="tab:green", lw=1, label="target accuracy ratio")
+    if targets.max_latency_ms is not None:
+        ax.axvline(targets.max_latency_ms, ls="--", color="tab:orange", lw=1, label="target latency")
+    ax.set_xlabel("batch-1 p50 latency (ms, 1 thread)")
+    ax.set_ylabel("accuracy ratio to fp32 teacher")
+    ax.set_title(title or "recipe search")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

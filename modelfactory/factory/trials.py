@@ -1,0 +1,77 @@
+"""Recipe search inside an order: each trial is a student chain planned under its own prefix and run through
+the same cached stage runner, so finished trials are cache hits when the search runs again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..compress.search import SearchResult, Targets, Trial, plot_front, search
+from .planner import Plan, student_chain
+from .runner import NodeResult, Reporter, run_plan
+from .spec import OrderSpec, PruneSpec, QuantizeSpec, RecipeStep, RecoverSpec
+
+DISTILL_DIMS = ("layers", "hidden", "heads", "ffn", "vocab", "alpha", "temperature", "hidden_weight",
+                "attention_weight", "epochs")
+
+
+def recipe_from(spec: OrderSpec, params: dict[str, Any]) -> list[RecipeStep]:
+    """A sampled point of the search space -> a recipe, with the order's `student` section as defaults."""
+    distill = spec.student.model_copy(update={k: params[k] for k in DISTILL_DIMS if k in params})
+    steps = [RecipeStep(distill=distill)]
+    if params.get("prune_ratio"):
+        steps += [RecipeStep(prune=PruneSpec(ratio=params["prune_ratio"])),
+                  RecipeStep(recover=RecoverSpec(epochs=max(1.0, distill.epochs / 2), lr=distill.lr,
+                                                 alpha=distill.alpha, temperature=distill.temperature,
+                                                 hidden_weight=distill.hidden_weight))]
+    mode = params.get("quantize", spec.quantize)
+    if mode != "none":
+        steps.append(RecipeStep(quantize=QuantizeSpec(mode=mode)))
+    return steps
+
+
+def run_search(spec: OrderSpec, teacher: dict[str, NodeResult], *, order_id: int | None,
+               reporter: Reporter | None) -> tuple[SearchResult, dict[int, tuple[Plan, dict[str, NodeResult]]]]:
+    assert spec.search is not None
+    teacher_acc = teacher["evaluate_teacher"].artifact.metrics["accuracy"]
+    runs: dict[int, tuple[Plan, dict[str, NodeResult]]] = {}
+
+    def evaluate(number: int, params: dict[str, Any]) -> Trial:
+        prefix = f"trial{number}/"
+        chain = student_chain(spec, recipe_from(spec, params), prefix=prefix)
+        results = run_plan(chain, order_id=order_id, reporter=reporter, produced=teacher)
+        runs[number] = (chain, results)
+        m = results[f"{prefix}evaluate_{chain.deployed}"].artifact.metrics
+        return Trial(number, params, accuracy_ratio=m["accuracy"] / teacher_acc, size_mb=m["size_bytes"] / 1e6,
+                     latency_ms=m["latency_ms_p50"], extra={"accuracy": m["accuracy"]})
+
+    s = spec.search
+    result = search(s.space, evaluate, max_trials=s.max_trials, max_minutes=s.max_minutes, seed=s.seed,
+                    targets=targets_of(spec))
+    return result, runs
+
+
+def targets_of(spec: OrderSpec) -> Targets:
+    return Targets(**spec.targets.model_dump())
+
+
+def chosen_plan(spec: OrderSpec, teacher_plan: Plan, runs: dict[int, tuple[Plan, dict[str, NodeResult]]],
+                trial: Trial, teacher: dict[str, NodeResult]) -> tuple[Plan, dict[str, NodeResult]]:
+    """The order's plan as if the chosen recipe had been its only one: names without the trial prefix."""
+    chain, results = runs[trial.number]
+    prefix = f"trial{trial.number}/"
+    renamed = {name.removeprefix(prefix): res for name, res in results.items() if name.startswith(prefix)}
+    candidates = {k: v.removeprefix(prefix) for k, v in chain.candidates.items()}
+    merged = Plan(teacher_plan.nodes + chain.nodes, teacher_plan.candidates | candidates, chain.deployed)
+    return merged, {**teacher, **renamed}
+
+
+def search_report(result: SearchResult, spec: OrderSpec, folder: Path) -> list[str]:
+    from ..compress.search import front_table
+
+    png = plot_front(result, folder / "pareto.png", targets_of(spec), title=f"{spec.name}: recipe search")
+    lines = ["## Recipe search", "",
+             f"{len(result.trials)} trials (stopped by {result.stopped_by}); objectives measured on the test split: "
+             "accuracy ratio to the fp32 teacher, ONNX file size, batch-1 p50 latency (1 thread).", "",
+             front_table(result), "", f"![Pareto front]({png.name})", ""]
+    return lines

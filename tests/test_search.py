@@ -1,0 +1,88 @@
+"""Recipe search logic on synthetic objectives (fast), plus one tiny real search through the factory (slow)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import yaml
+
+from modelfactory.compress.search import Targets, Trial, choose, infeasible_message, pareto_front, search
+
+from .conftest import run_mf, sample_csv, tiny_order
+
+
+def _t(n, acc, mb, ms):
+    return Trial(n, {"n": n}, accuracy_ratio=acc, size_mb=mb, latency_ms=ms)
+
+
+def test_pareto_front_is_exactly_the_non_dominated_points():
+    trials = [_t(0, 0.99, 10, 5), _t(1, 0.95, 2, 1), _t(2, 0.94, 3, 2), _t(3, 0.99, 10, 6), _t(4, 0.90, 1, 3)]
+    front = pareto_front(trials)
+    assert {t.number for t in front} == {0, 1, 4}
+    for a, b in itertools.permutations(front, 2):
+        assert not a.dominates(b)
+    for t in [t for t in trials if t not in front]:
+        assert any(f.dominates(t) for f in front)
+
+
+def test_choose_prefers_fastest_feasible_then_smallest():
+    front = [_t(0, 0.99, 10, 5), _t(1, 0.97, 2, 1), _t(2, 0.97, 1, 1)]
+    assert choose(front, Targets(min_accuracy_ratio=0.97)).number == 2
+    assert choose(front, Targets(min_accuracy_ratio=0.98)).number == 0
+    assert choose(front, Targets(min_accuracy_ratio=0.995)) is None
+
+
+def test_infeasible_message_names_the_best_trade_offs():
+    trials = [_t(0, 0.99, 10, 11.2), _t(1, 0.93, 2, 4.0), _t(2, 0.90, 1, 3.0)]
+    from modelfactory.compress.search import SearchResult
+
+    result = SearchResult(trials, pareto_front(trials), None, "max_trials")
+    msg = infeasible_message(result, Targets(min_accuracy_ratio=0.97, max_latency_ms=5))
+    assert "best accuracy ratio at ≤5 ms was 0.930" in msg
+    assert "at ≥0.97 the fastest was 11.20 ms" in msg
+
+
+def test_search_respects_the_budget_and_measures_each_recipe_once():
+    calls = []
+
+    def evaluate(number, params):
+        calls.append(params)
+        layers, quant = params["layers"], params["quantize"]
+        return Trial(number, params, accuracy_ratio=0.9 + 0.03 * layers, size_mb=5.0 * layers / (2 if quant else 1),
+                     latency_ms=1.0 * layers)
+
+    space = {"layers": [1, 2, 3], "quantize": [True, False]}
+    result = search(space, evaluate, max_trials=10, max_minutes=5, seed=0, targets=Targets(min_accuracy_ratio=0.95))
+    assert len(result.trials) <= 6 and len(calls) == len(result.trials)  # 6 distinct recipes at most
+    assert len({tuple(sorted(c.items())) for c in calls}) == len(calls)
+    assert result.chosen is not None and result.chosen.accuracy_ratio >= 0.95
+    assert result.chosen in result.front
+    short = search(space, evaluate, max_trials=2, max_minutes=5, seed=0)
+    assert len(short.trials) <= 2 and short.stopped_by == "max_trials"
+
+
+@pytest.mark.slow
+def test_tiny_search_through_the_factory_and_infeasible_targets_exit_3(tmp_path, corpus_df, tiny_teacher, mf_home):
+    data = sample_csv(corpus_df, tmp_path / "reviews.csv", 60)
+    spec = tiny_order("searched", data, tiny_teacher,
+                      search={"max_trials": 3, "max_minutes": 10, "space": {"layers": [1, 2], "vocab": ["train"],
+                                                                              "quantize": ["dynamic"]}})
+    order = tmp_path / "order.yaml"
+    order.write_text(yaml.safe_dump(spec))
+    proc = run_mf("order", "run", str(order), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = (mf_home / "orders" / "1" / "report.md").read_text()
+    assert "## Recipe search" in report and "| trial | recipe |" in report
+    assert (mf_home / "orders" / "1" / "pareto.png").stat().st_size > 1000
+
+    again = run_mf("order", "run", str(order))  # finished trials are cache hits
+    assert again.returncode == 0 and "trial0/student" in again.stdout and "cache hit" in again.stdout
+    assert "done in" not in again.stdout.split("trial0/student", 1)[1].splitlines()[0]
+
+    spec["targets"] = {"max_latency_ms": 0.0001}
+    order.write_text(yaml.safe_dump(spec))
+    proc = run_mf("order", "run", str(order))
+    assert proc.returncode == 3, proc.stderr
+    assert "no recipe met every target" in proc.stderr and "no recipe ran in ≤0.0001 ms" in proc.stderr
+    assert "Traceback" not in proc.stderr
