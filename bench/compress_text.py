@@ -33,14 +33,13 @@ def main() -> None:
     from modelfactory import tasks
     from modelfactory.compress.evaluate import evaluate_model
     from modelfactory.data import builtin, versions
-    from modelfactory.data.ingest import read_table
     from modelfactory.factory.order import run_order
     from modelfactory.factory.spec import parse_spec
     from modelfactory.factory.stages import read_split
     from modelfactory.report import metrics_table
 
     corpus = builtin.corpus("rotten-tomatoes")
-    ds = versions.add_table(corpus.name, read_table(corpus.path(), corpus.roles), tenant="demo")
+    ds = versions.add_table(corpus.name, corpus.table(), tenant="demo")
     raw = yaml.safe_load(resources.files("modelfactory.examples").joinpath("rotten_tomatoes.yaml").read_text())
     raw["data"] = {"dataset": str(ds)}
     spec = parse_spec(raw, "demo order")

