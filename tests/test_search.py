@@ -86,3 +86,15 @@ def test_tiny_search_through_the_factory_and_infeasible_targets_exit_3(tmp_path,
     assert proc.returncode == 3, proc.stderr
     assert "no recipe met every target" in proc.stderr and "no recipe ran in ≤0.0001 ms" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_first_trial_is_the_baseline_recipe():
+    seen = []
+
+    def evaluate(number, params):
+        seen.append(params)
+        return Trial(number, params, accuracy_ratio=0.9, size_mb=1.0, latency_ms=1.0)
+
+    search({"layers": [3, 1, 2], "quantize": ["static", "dynamic"], "vocab": ["train"]}, evaluate, max_trials=3,
+           max_minutes=5, seed=1)
+    assert seen[0] == {"layers": 3, "quantize": "static", "vocab": "train"}

@@ -66,10 +66,15 @@ def choose(front: list[Trial], targets: Targets) -> Trial | None:
 
 def search(space: dict[str, list[Any]], evaluate: Callable[[int, dict[str, Any]], Trial], *, max_trials: int,
            max_minutes: float, seed: int = 0, targets: Targets | None = None) -> SearchResult:
-    """Run up to `max_trials` trials or until `max_minutes` have passed (a trial in flight finishes)."""
+    """Run up to `max_trials` trials or until `max_minutes` have passed (a trial in flight finishes).
+
+    The first trial takes each dimension's first choice, so list the baseline first."""
     optuna.logging.set_verbosity(logging.WARNING)
     sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(max_trials, 8)))
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    # Trial 0 is every dimension's first choice: the order's baseline recipe is always measured, whatever the
+    # sampler's random first generation would have picked.
+    study.enqueue_trial({f"{name}_idx": 0 for name, choices in space.items() if len(choices) > 1})
     trials: list[Trial] = []
     seen: dict[tuple, Trial] = {}
     deadline = time.monotonic() + max_minutes * 60

@@ -124,7 +124,7 @@ class SearchSpec(Strict):
     @classmethod
     def _known_dims(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
         known = {"layers", "hidden", "heads", "ffn", "vocab", "prune_ratio", "alpha", "temperature",
-                 "hidden_weight", "attention_weight", "quantize", "epochs"}
+                 "hidden_weight", "attention_weight", "quantize", "epochs", "lr"}
         unknown = sorted(set(v) - known)
         if unknown:
             raise ValueError(f"unknown search dimension(s) {unknown}; known: {sorted(known)}")
