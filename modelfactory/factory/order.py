@@ -33,6 +33,7 @@ class OrderResult:
     report_path: Path
     results: dict[str, NodeResult] = field(default_factory=dict)
     candidates: dict[str, str] = field(default_factory=dict)  # report name -> node with its ONNX dir
+    searched: SearchResult | None = None
 
     @property
     def missed(self) -> list[str]:
@@ -133,7 +134,7 @@ def _register(spec: OrderSpec, order_id: int, dataset: DatasetRef, the_plan: Pla
     report_path = _write_report(spec, order_id, dataset, results, metrics, targets_met, ref, deployed, deploy,
                                 searched)
     return OrderResult(order_id, dataset, ref, metrics, targets_met, deploy, report_path, results,
-                       the_plan.candidates)
+                       the_plan.candidates, searched)
 
 
 def _write_report(spec: OrderSpec, order_id: int, dataset: DatasetRef, results: dict[str, NodeResult],
