@@ -1,10 +1,12 @@
 """Recipe search vs the teacher and the INT8 teacher, on two real labeled text corpora, side by side in one run.
 
-For each corpus it runs (or re-uses from the stage cache) an order with a budgeted recipe search, then measures in
-this process, on the same test rows: the fp32 teacher, the teacher simply quantized to INT8 (the baseline a user
-gets for free) and the searched INT8 student — accuracy, macro-F1, file size, batch-1 p50/p95 latency with one
-onnxruntime thread and with its default threads, batch-32 throughput. Writes bench/results/compress.{json,md}
-and copies each search's Pareto plot beside them.
+For each corpus it runs (or re-uses from the stage cache) an order with a budgeted recipe search and no target
+(so the whole Pareto front is kept), then measures in this process, on the same test rows: the fp32 teacher, the
+teacher simply quantized to INT8 (the baseline a user gets for free), the search's most accurate INT8 student and
+its fastest one that keeps >= 95% of the teacher's accuracy — accuracy, macro-F1, file size, batch-1 p50/p95
+latency with one onnxruntime thread and with its default threads, batch-32 throughput — and checks the issue's
+bars (>= 97% of the teacher at >= 10x smaller and faster than the INT8 teacher). Writes
+bench/results/compress.{json,md} and copies each search's Pareto plot beside them.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/compress.py [--home .mf-bench] [--trials 6] [--minutes 25]
 """
@@ -19,7 +21,6 @@ import shutil
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-BARS = {"accuracy_ratio": 0.97, "size_vs_teacher_int8": 10.0, "latency_vs_teacher_int8": 10.0}
 ANCHORS = [  # published reference points, for scale (not measured here)
     ("DistilBERT (Sanh et al. 2019)", "97% of BERT-base on GLUE", "1.7x fewer parameters", "1.6x faster"),
     ("TinyBERT-4 (Jiao et al. 2020)", "96.8% of BERT-base on GLUE", "7.5x smaller", "9.4x faster"),
@@ -34,15 +35,22 @@ SEARCH_SPACE = {"layers": [1, 2], "hidden": [None, 192], "vocab": ["train"], "pr
                 "quantize": ["static", "dynamic"], "lr": [1.5e-4, 6e-4]}
 
 
+# Per corpus: teacher epochs (the rotten-tomatoes teacher is the demo's, so its fine-tune is a cache hit) and
+# student epochs (the smaller corpus gets more passes).
+EPOCHS = {"rotten-tomatoes": (1, 2), "convention-2012": (3, 4)}
+
+
 def order_for(corpus: str, dataset: str, trials: int, minutes: float) -> dict:
+    teacher_epochs, student_epochs = EPOCHS.get(corpus, (2, 3))
     return {
         "name": f"bench-{corpus}", "tenant": "bench", "task": "text-classification",
         "data": {"dataset": dataset},
-        "teacher": {"model": "sentence-transformers/all-MiniLM-L6-v2", "epochs": 1, "max_length": 64, "lr": 8e-5},
-        "student": {"layers": 2, "epochs": 2, "lr": 1.5e-4, "alpha": 0.7},
+        "teacher": {"model": "sentence-transformers/all-MiniLM-L6-v2", "epochs": teacher_epochs, "max_length": 64,
+                    "lr": 8e-5},
+        "student": {"layers": 2, "epochs": student_epochs, "lr": 1.5e-4, "alpha": 0.7},
         "split": {"val": 0.1, "test": 0.15, "seed": 0, "max_rows": 5000},
         "search": {"max_trials": trials, "max_minutes": minutes, "seed": 0, "space": SEARCH_SPACE},
-        "targets": {"min_accuracy_ratio": BARS["accuracy_ratio"]},
+        # No target: the search keeps its whole Pareto front; the bars are checked below on the trials themselves.
     }
 
 
@@ -71,17 +79,18 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from modelfactory import tasks
+    from modelfactory.artifacts import ArtifactStore
     from modelfactory.compress.evaluate import evaluate_model
     from modelfactory.compress.search import front_table
     from modelfactory.data import builtin, versions
-    from modelfactory.errors import MFError
     from modelfactory.factory.order import run_order
     from modelfactory.factory.spec import parse_spec
     from modelfactory.factory.stages import read_split
     from modelfactory.report import metrics_table
 
+    store = ArtifactStore()
     out: dict = {"benchmark": "compress", "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                 "cores": os.cpu_count(), "bars": BARS, "search_space": SEARCH_SPACE, "datasets": {}}
+                 "cores": os.cpu_count(), "search_space": SEARCH_SPACE, "datasets": {}}
     md = [f"# Compression benchmark: searched student vs teacher ({out['when']})", "",
           f"{os.cpu_count()} CPU cores. Latency: batch-1 model time (tokenization excluded), p50 over 300 test rows.",
           "Bars (from the issue): INT8 student ≥ 97% of the fp32 teacher's accuracy, ≥ 10x smaller file and ≥ 10x "
@@ -92,51 +101,56 @@ def main() -> None:
         ds = versions.add_table(corpus.name, corpus.table(), tenant="bench")
         spec = parse_spec(order_for(name, str(ds), args.trials, args.minutes), f"bench order {name}")
         print(f"== {name}: {ds} ({ds.n_rows} rows), search of up to {args.trials} trials", flush=True)
-        try:
-            result = run_order(spec, reporter=PrintReporter())
-        except MFError as e:  # infeasible: still report the trade-offs that were found
-            out["datasets"][name] = {"dataset": str(ds), "error": str(e)}
-            md += [f"## {name}", "", f"**No recipe met the accuracy bar:** {e}", ""]
-            continue
+        result = run_order(spec, reporter=PrintReporter())
         task = tasks.get(spec.task)
         test = read_split(result.results["split"].artifact, "test")
+        trials = result.searched.trials
+        best = max(trials, key=lambda t: (t.accuracy_ratio, -t.latency_ms))
+        ok = [t for t in trials if t.accuracy_ratio >= 0.95]
+        fast = min(ok, key=lambda t: t.latency_ms) if ok else None
+        picks = {"teacher": result.results[result.candidates["teacher"]].artifact,
+                 "teacher_int8": result.results[result.candidates["teacher_int8"]].artifact,
+                 f"student_best (trial {best.number})": store.get(best.extra["artifact"])}
+        if fast is not None and fast is not best:
+            picks[f"student_fastest≥0.95 (trial {fast.number})"] = store.get(fast.extra["artifact"])
         rows = {}
-        for cand in ("teacher", "teacher_int8", "student_int8"):
-            path = result.results[result.candidates[cand]].artifact.path
-            one = evaluate_model(task, path, test, threads=1, latency_rows=300, throughput_seconds=2.0)
-            dflt = evaluate_model(task, path, test, threads=None, latency_rows=300, throughput_seconds=2.0)
+        for cand, art in picks.items():
+            one = evaluate_model(task, art.path, test, threads=1, latency_rows=300, throughput_seconds=2.0)
+            dflt = evaluate_model(task, art.path, test, threads=None, latency_rows=300, throughput_seconds=2.0)
             one.pop("confusion", None)
-            rows[cand] = {**one, "parameters": result.results[result.candidates[cand]].artifact.metrics.get(
-                "parameters"), "latency_ms_p50_default_threads": dflt["latency_ms_p50"],
-                "throughput_default_threads": dflt["throughput"]}
-        t, q, s = rows["teacher"], rows["teacher_int8"], rows["student_int8"]
-        achieved = {"accuracy_ratio": s["accuracy"] / t["accuracy"],
-                    "size_vs_teacher_int8": q["size_bytes"] / s["size_bytes"],
-                    "latency_vs_teacher_int8": q["latency_ms_p50"] / s["latency_ms_p50"],
-                    "latency_vs_teacher_int8_default_threads": q["latency_ms_p50_default_threads"]
-                    / s["latency_ms_p50_default_threads"],
-                    "size_vs_teacher_fp32": t["size_bytes"] / s["size_bytes"],
-                    "latency_vs_teacher_fp32": t["latency_ms_p50"] / s["latency_ms_p50"]}
-        passed = {k: achieved[k] >= bar for k, bar in BARS.items()}
+            rows[cand] = {**one, "parameters": art.metrics.get("parameters"),
+                          "latency_ms_p50_default_threads": dflt["latency_ms_p50"],
+                          "throughput_default_threads": dflt["throughput"]}
+        t, q = rows["teacher"], rows["teacher_int8"]
+        achieved = {}
+        for cand, s in list(rows.items())[2:]:
+            achieved[cand] = {"accuracy_ratio": s["accuracy"] / t["accuracy"],
+                              "size_vs_teacher_int8": q["size_bytes"] / s["size_bytes"],
+                              "latency_vs_teacher_int8": q["latency_ms_p50"] / s["latency_ms_p50"],
+                              "size_vs_teacher_fp32": t["size_bytes"] / s["size_bytes"],
+                              "latency_vs_teacher_fp32": t["latency_ms_p50"] / s["latency_ms_p50"]}
         plot = result.report_path.parent / "pareto.png"
         if plot.exists():
             shutil.copy(plot, RESULTS / f"compress_{name}_pareto.png")
         out["datasets"][name] = {"dataset": str(ds), "test_rows": len(test), "models": rows, "achieved": achieved,
-                                 "passed": passed, "recipe": result.model.lineage.get("recipe"),
-                                 "report": str(result.report_path)}
+                                 "trials": [{"number": x.number, "params": x.params, "accuracy_ratio": x.accuracy_ratio,
+                                             "size_mb": x.size_mb, "latency_ms": x.latency_ms} for x in trials]}
         md += [f"## {name} (`{ds}`, {len(test)} test rows)", "", corpus.description, "",
-               f"Chosen recipe: `{json.dumps(result.model.lineage.get('recipe'))}`", "", metrics_table(rows), "",
+               f"Best-accuracy recipe (trial {best.number}): `{json.dumps(best.extra['recipe'])}`", "",
+               metrics_table(rows), "",
                "| model | p95 1 thread (ms) | p50 default threads (ms) | batch-32 default threads (rows/s) |",
                "|---|---|---|---|"]
         md += [f"| {n} | {r['latency_ms_p95']:.2f} | {r['latency_ms_p50_default_threads']:.2f} | "
                f"{r['throughput_default_threads']:.0f} |" for n, r in rows.items()]
-        md += ["", "| bar | needed | measured | |", "|---|---|---|---|"]
-        md += [f"| {k} | ≥ {BARS[k]} | {achieved[k]:.3f} | {'pass' if passed[k] else 'FAIL'} |" for k in BARS]
-        md += [f"| (size vs fp32 teacher) | | {achieved['size_vs_teacher_fp32']:.1f}x | |",
-               f"| (latency vs fp32 teacher) | | {achieved['latency_vs_teacher_fp32']:.1f}x | |", "",
-               f"![Pareto front](compress_{name}_pareto.png)", "", "Every trial of the search:", "",
+        md += ["", "| student | accuracy ratio (≥ 0.97) | smaller than INT8 teacher (≥ 10x) | "
+               "faster than INT8 teacher (≥ 10x) | smaller / faster than fp32 teacher |", "|---|---|---|---|---|"]
+        md += [f"| {c} | {a['accuracy_ratio']:.3f} {'pass' if a['accuracy_ratio'] >= 0.97 else 'FAIL'} | "
+               f"{a['size_vs_teacher_int8']:.1f}x {'pass' if a['size_vs_teacher_int8'] >= 10 else 'FAIL'} | "
+               f"{a['latency_vs_teacher_int8']:.1f}x {'pass' if a['latency_vs_teacher_int8'] >= 10 else 'FAIL'} | "
+               f"{a['size_vs_teacher_fp32']:.1f}x / {a['latency_vs_teacher_fp32']:.1f}x |" for c, a in achieved.items()]
+        md += ["", f"![Pareto front](compress_{name}_pareto.png)", "", "Every trial of the search:", "",
                front_table(result.searched), ""]
-        print("\n".join(md[-25:]), flush=True)
+        print("\n".join(md[-30:]), flush=True)
     md += ["## Published anchor points (for reference, not measured here)", "",
            "| method | accuracy kept | size | speed |", "|---|---|---|---|"]
     md += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in ANCHORS]

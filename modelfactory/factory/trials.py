@@ -42,8 +42,12 @@ def run_search(spec: OrderSpec, teacher: dict[str, NodeResult], *, order_id: int
         results = run_plan(chain, order_id=order_id, reporter=reporter, produced=teacher)
         runs[number] = (chain, results)
         m = results[f"{prefix}evaluate_{chain.deployed}"].artifact.metrics
+        deployed = results[chain.candidates[chain.deployed]].artifact.id
         return Trial(number, params, accuracy_ratio=m["accuracy"] / teacher_acc, size_mb=m["size_bytes"] / 1e6,
-                     latency_ms=m["latency_ms_p50"], extra={"accuracy": m["accuracy"]})
+                     latency_ms=m["latency_ms_p50"],
+                     extra={"accuracy": m["accuracy"], "artifact": deployed,
+                            "recipe": [st.model_dump(mode="json", exclude_none=True)
+                                       for st in recipe_from(spec, params)]})
 
     s = spec.search
     result = search(s.space, evaluate, max_trials=s.max_trials, max_minutes=s.max_minutes, seed=s.seed,
