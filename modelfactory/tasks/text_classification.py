@@ -113,7 +113,7 @@ class TextClassification(TaskFamily):
         cfg = bundle.model.config
         if cfg.model_type not in ("bert", "roberta", "distilbert", "xlm-roberta", "electra"):
             return None
-        return {"model_type": "bert" if cfg.model_type != "distilbert" else "bert",
+        return {"model_type": "bert",  # the optimizer's BERT fusions cover these encoders
                 "num_heads": cfg.num_attention_heads, "hidden_size": cfg.hidden_size}
 
     def save(self, bundle: Bundle, out_dir: Path) -> None:
