@@ -144,12 +144,19 @@ def order_run(spec_file: Annotated[Path, typer.Argument(help="order.yaml or .jso
 def data_add(name: str, path: Path,
              text: Annotated[str, typer.Option(help="Text column.")] = "text",
              label: Annotated[str, typer.Option(help="Label column.")] = "label",
+             image: Annotated[str | None, typer.Option(
+                 "--image", help="Image-path column (paths relative to the table's folder): an image dataset.")] = None,
              skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows")] = False,
              as_json: JsonFlag = False) -> None:
-    """Add a CSV/JSONL/Parquet file as a new immutable version of dataset NAME."""
-    from .data import versions
+    """Add a CSV/JSONL/Parquet file, or a folder/.zip/.tar.gz of class folders of images, as a new immutable
+    version of dataset NAME."""
+    from .data import images, versions
 
-    ref = versions.add_file(name, path, {"text": text, "label": label}, skip_bad_rows=skip_bad_rows)
+    if images.is_image_source(path):
+        roles = {"image": "image", "label": "label"}
+    else:
+        roles = {"image": image, "label": label} if image else {"text": text, "label": label}
+    ref = versions.add_file(name, path, roles, skip_bad_rows=skip_bad_rows)
     if as_json:
         _print_json({"name": ref.name, "version": ref.version, "id": ref.artifact_id, "rows": ref.n_rows,
                      "skipped": ref.skipped, "stats": ref.stats})

@@ -38,7 +38,7 @@ def test_hidden_and_attention_losses_with_different_widths_and_heads():
     mask = torch.ones(b, seq)
     teacher_h = tuple(torch.randn(b, seq, 16) for _ in range(4))  # embeddings + 3 layers
     student_h = tuple(torch.randn(b, seq, 8, requires_grad=True) for _ in range(2))  # embeddings + 1 layer
-    conns = make_connectors(8, 16, 1)
+    conns = make_connectors([(8, 16)])
     loss = hidden_state_loss(student_h, teacher_h, [2], conns, mask)
     loss.backward()
     assert loss.item() > 0 and conns[0].weight.grad is not None
@@ -57,7 +57,7 @@ def test_distill_loss_adds_intermediate_terms_only_when_weighted():
     t = Outputs(torch.randn(2, 3), tuple(torch.randn(2, 4, 8) for _ in range(3)),
                 tuple(torch.softmax(torch.randn(2, 2, 4, 4), -1) for _ in range(2)))
     y = torch.tensor([0, 2])
-    conns = make_connectors(8, 8, 1)
+    conns = make_connectors([(8, 8)])
     base = distill_loss(DistillConfig(), s, t.logits, y, t=t, layer_map=[1], connectors=conns)
     more = distill_loss(DistillConfig(hidden_weight=1.0, attention_weight=1.0), s, t.logits, y, t=t, layer_map=[1],
                         connectors=conns)

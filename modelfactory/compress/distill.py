@@ -82,11 +82,10 @@ class DistillConfig:
         return self.hidden_weight > 0 or self.attention_weight > 0
 
 
-def make_connectors(student_width: int, teacher_width: int, n_layers: int) -> nn.ModuleList:
-    """Linear maps from student to teacher width (TinyBERT's W_h); identities when widths already match."""
-    make = (lambda: nn.Identity()) if student_width == teacher_width else (
-        lambda: nn.Linear(student_width, teacher_width, bias=False))
-    return nn.ModuleList(make() for _ in range(n_layers))
+def make_connectors(widths: Sequence[tuple[int, int]]) -> nn.ModuleList:
+    """One linear map per (student width, teacher width) pair of mapped layers (TinyBERT's W_h); an identity
+    where the widths already match."""
+    return nn.ModuleList(nn.Identity() if s == t else nn.Linear(s, t, bias=False) for s, t in widths)
 
 
 def distill_loss(cfg: DistillConfig, s: Outputs, t_logits: torch.Tensor, targets: torch.Tensor, *,

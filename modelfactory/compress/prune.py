@@ -1,12 +1,14 @@
-"""Structured pruning of transformer encoders with Torch-Pruning's dependency graph (DepGraph, Fang et al. 2023).
+"""Structured pruning with Torch-Pruning's dependency graph (DepGraph, Fang et al. 2023): one mechanism, two
+callers. `prune_channels` removes convolution channels; `prune_model` removes transformer heads and FFN channels.
 
-Only two kinds of layer may lose *output* channels: the attention query/key/value projections (whole heads, the
-same number in every layer, so one config value describes them) and the FFN up-projections. Every other
-Linear/Embedding is an ignored layer, which keeps the hidden size, embeddings, pooler and classifier intact; the
-graph then removes the matching *input* channels of the attention output projection and the FFN down-projection.
-Afterwards the attention modules' head counts and the config are rewritten so the model keeps working and
-`save_pretrained` / `from_pretrained` can rebuild it, and we check that they really can: some architectures (BERT,
-DeBERTa-v2 in transformers 5) tie the attention width to hidden_size, so a head-pruned checkpoint has no config.
+In a transformer encoder, only two kinds of layer may lose *output* channels: the attention query/key/value
+projections (whole heads, the same number in every layer, so one config value describes them) and the FFN up-
+projections. Every other Linear/Embedding is an ignored layer, which keeps the hidden size, embeddings, pooler and
+classifier intact; the graph then removes the matching *input* channels of the attention output projection and the
+FFN down-projection. Afterwards the attention modules' head counts and the config are rewritten so the model keeps
+working and `save_pretrained` / `from_pretrained` can rebuild it, and we check that they really can: some
+architectures (BERT, DeBERTa-v2 in transformers 5) tie the attention width to hidden_size, so a head-pruned
+checkpoint has no config.
 """
 
 from __future__ import annotations
@@ -105,3 +107,26 @@ def prune_model(model: nn.Module, example_inputs: dict[str, torch.Tensor], *, ra
     return {"parameters_before": parameters_before, "parameters_after": sum(p.numel() for p in model.parameters()),
             "heads_before": heads_before, "heads_after": config.num_attention_heads,
             "ffn_before": ffn_before, "ffn_after": config.intermediate_size, "reloadable": ok}
+
+
+def prune_channels(model: nn.Module, example_inputs: dict[str, torch.Tensor], *, ratio: float,
+                   ignored_layers: list[nn.Module]) -> dict:
+    """Remove about `ratio` of every convolution's output channels, in place, ranked by weight magnitude.
+
+    The dependency graph carries each removal through what consumes those channels: the batch norm after the
+    conv, the next conv's inputs, every branch joined by a residual addition, the classifier's inputs. Layers in
+    `ignored_layers` (the classifier: its outputs are the labels) keep their outputs.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+    parameters_before = sum(p.numel() for p in model.parameters())
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    channels_before = sum(m.out_channels for m in convs)
+    with torch.enable_grad():
+        pruner = tp.pruner.MetaPruner(
+            model, example_inputs, importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=ratio, global_pruning=False, ignored_layers=list(ignored_layers),
+            in_channel_groups={}, out_channel_groups={})
+        pruner.step()
+    return {"parameters_before": parameters_before, "parameters_after": sum(p.numel() for p in model.parameters()),
+            "channels_before": channels_before, "channels_after": sum(m.out_channels for m in convs)}

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-# Inside a graph, only the projections (MatMul/Gemm: where nearly all the compute is) and the embedding lookup
-# (Gather: where most of a small encoder's bytes are) are quantized. Putting Q/DQ around LayerNorm, Softmax,
-# Reshape/Transpose or the mask's Where buys no speed on CPU and costs accuracy.
-STATIC_OP_TYPES = ["MatMul", "Gemm", "Gather"]
+# Inside a graph, only the projections and convolutions (MatMul/Gemm/Conv: where nearly all the compute is), the
+# ReLUs after them (folded into the convolution's output range) and the embedding lookup (Gather: where most of a
+# small encoder's bytes are) are quantized. Putting Q/DQ around LayerNorm, Softmax, Reshape/Transpose, a resize
+# or the mask's Where buys no speed on CPU and costs accuracy.
+STATIC_OP_TYPES = ["MatMul", "Gemm", "Gather", "Conv", "Relu"]
 
 
 def _quiet_onnxruntime() -> None:

@@ -27,19 +27,20 @@ RowCheck = Callable[[str, object], str | None]
 
 @dataclass
 class RowError:
-    source: str
-    line: int
+    source: str  # the file's name, or a file's path inside an image folder/archive
+    line: int | None  # None where the source is a whole file (an image), not a line of a table
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.source}:{self.line}: {self.reason}"
+        return f"{self.source}: {self.reason}" if self.line is None else f"{self.source}:{self.line}: {self.reason}"
 
 
 @dataclass
 class Table:
-    rows: list[dict[str, str]]
+    rows: list[dict]  # role -> value: str, or bytes for an encoded image
     errors: list[RowError] = field(default_factory=list)
     source: str = ""
+    lines: list[int] = field(default_factory=list)  # each row's line in its table file (empty for image folders)
 
 
 def default_check(role: str, value: object) -> str | None:
@@ -149,16 +150,29 @@ def read_table(path: str | Path, roles: Mapping[str, str], checks: Mapping[str, 
             reason = (checks.get(role) or default_check)(role, value)
             if reason:
                 break
-            row[role] = value.strip() if isinstance(value, str) else str(value)
+            row[role] = _normalise(role, value)
         if reason:
             table.errors.append(RowError(path.name, line, reason))
         else:
             table.rows.append(row)
+            table.lines.append(line)
     if fmt == "jsonl":
         _require_columns(path, roles, seen_columns)
     if not table.rows and not table.errors:
         raise MFError(f"{path}: no data rows")
     return table
+
+
+def _normalise(role: str, value: object) -> object:
+    """Strings stripped; an image column may hold encoded bytes (Parquet binary, or Hugging Face's
+    `{"bytes", "path"}` struct) which stay bytes; anything else becomes its string form."""
+    if isinstance(value, str):
+        return value.strip()
+    if role == "image" and isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if role == "image" and isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        return _normalise(role, value.get("bytes") or value.get("path"))
+    return str(value)
 
 
 def _require_columns(path: Path, roles: Mapping[str, str], columns: set[str]) -> None:

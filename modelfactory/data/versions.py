@@ -14,7 +14,8 @@ from sqlalchemy import func, select
 from ..artifacts import ArtifactStore, content_hash
 from ..errors import MFError, NotFound
 from ..store import DatasetVersion, session
-from .ingest import RowCheck, Table, raise_on_errors, read_table
+from . import images
+from .ingest import RowCheck, RowError, Table, raise_on_errors, read_table
 
 ROWS_FILE = "rows.parquet"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
@@ -39,7 +40,7 @@ def check_name(name: str, what: str = "dataset") -> str:
     return name
 
 
-def stats_of(rows: list[dict[str, str]]) -> dict:
+def stats_of(rows: list[dict]) -> dict:
     out: dict = {"rows": len(rows)}
     if rows and "label" in rows[0]:
         counts = Counter(r["label"] for r in rows)
@@ -47,7 +48,19 @@ def stats_of(rows: list[dict[str, str]]) -> dict:
     if rows and "text" in rows[0]:
         lengths = sorted(len(r["text"]) for r in rows)
         out["text_chars_median"] = lengths[len(lengths) // 2]
+    if rows and "image" in rows[0]:
+        out |= _image_stats(rows)
     return out
+
+
+def _image_stats(rows: list[dict]) -> dict:
+    """Sizes and colour modes from each image's header (no decode), so a task can pick its input size."""
+    headers = [images.image_header(r["image"]) for r in rows]
+    sizes = Counter(h[0] for h in headers if h)
+    return {"image_size": sizes.most_common(1)[0][0] if sizes else None,
+            "image_sizes": dict(sizes.most_common(5)),
+            "image_modes": dict(sorted(Counter(h[1] for h in headers if h).items())),
+            "image_bytes_total": sum(len(r["image"]) for r in rows)}
 
 
 def add_table(name: str, table: Table, *, tenant: str = "default", source: str | None = None) -> DatasetRef:
@@ -77,11 +90,45 @@ def add_table(name: str, table: Table, *, tenant: str = "default", source: str |
 
 def add_file(name: str, path: str | Path, roles: Mapping[str, str], *, skip_bad_rows: bool = False,
              checks: Mapping[str, RowCheck] | None = None, tenant: str = "default") -> DatasetRef:
-    table = read_table(path, roles, checks)
+    """Add a table file, or an image folder/archive (roles image+label), as the next version of `name`.
+
+    A table with an `image` role names image files relative to its own folder; they are read in as bytes.
+    Image bytes are judged by decoding them, so a `checks["image"]` (meant for other values) is not applied.
+    """
+    table = read_source(path, roles, checks)
     raise_on_errors(table, skip_bad_rows)
     if not table.rows:
         raise MFError(f"{path}: every row is bad; nothing to add")
     return add_table(name, table, tenant=tenant, source=str(Path(path).resolve()))
+
+
+def read_source(path: str | Path, roles: Mapping[str, str],
+                checks: Mapping[str, RowCheck] | None = None) -> Table:
+    """Rows from a table file, or from an image folder/archive; bad rows in `errors`."""
+    path = Path(path)
+    other_checks = {role: check for role, check in (checks or {}).items() if role != "image"}
+    if images.is_image_source(path):
+        if set(roles) != images.IMAGE_ROLES:
+            raise MFError(f"{path}: a folder or archive is an image dataset (roles image and label), "
+                          f"not {' and '.join(roles)}")
+        return _apply_checks(images.read_image_folder(path), other_checks)
+    table = read_table(path, roles, other_checks)
+    return images.resolve_image_paths(table, path.parent) if "image" in roles else table
+
+
+def _apply_checks(table: Table, checks: Mapping[str, RowCheck]) -> Table:
+    """A task's extra checks (e.g. on labels) for rows that did not come through read_table."""
+    if not checks:
+        return table
+    out = Table(rows=[], errors=list(table.errors), source=table.source)
+    for row in table.rows:
+        failed = next(((role, r) for role, check in checks.items() if role in row and (r := check(role, row[role]))),
+                      None)
+        if failed:
+            out.errors.append(RowError(table.source, None, f"{failed[0]} '{row[failed[0]]}': {failed[1]}"))
+        else:
+            out.rows.append(row)
+    return out
 
 
 def resolve(ref: str) -> DatasetRef:

@@ -4,7 +4,6 @@ in what a stage computes invalidates its cache. They only glue the layers that d
 from __future__ import annotations
 
 import shutil
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +17,10 @@ from ..artifacts import Artifact
 from ..compress.distill import DistillConfig, distill_loss, make_connectors, uniform_layer_map
 from ..compress.evaluate import evaluate_model
 from ..compress.export import export_and_verify
-from ..compress.prune import prune_model
 from ..compress.quantize import optimize_onnx, quantize_dynamic_int8, quantize_static_int8
 from ..data.split import stratified_split
 from ..data.versions import load_rows
+from ..errors import MFError
 from ..tasks.base import ONNX_FILE
 from ..train.loop import Checkpoint, config_from, fit
 
@@ -90,8 +89,9 @@ def finetune_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[
     task = tasks.get(params["task"])
     split = inputs["split"]
     labels = split.manifest["labels"]
-    bundle = task.load_teacher(params["_pretrained"], labels, params)
-    train = task.encode(bundle, read_split(split, "train"))
+    train_df = read_split(split, "train")
+    bundle = task.load_teacher(params["_pretrained"], labels, params, train_df)
+    train = task.encode(bundle, train_df)
     cfg = config_from(params, checkpoint_every=params.get("_checkpoint_every", 50))
 
     def loss_fn(model, batch, idx):
@@ -128,9 +128,11 @@ def distill_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[s
     with torch.no_grad():  # soft labels once, not every epoch
         t_logits = torch.cat([task.forward(teacher.model, task.collate(t_train, chunk)).logits
                               for chunk in _chunks(len(t_train), 64)])
-    s_layers = student.model.config.num_hidden_layers
-    layer_map = uniform_layer_map(s_layers, teacher.model.config.num_hidden_layers)
-    connectors = make_connectors(student.model.config.hidden_size, teacher.model.config.hidden_size, s_layers)
+    s_widths, t_widths = task.feature_widths(student), task.feature_widths(teacher)
+    if cfg.hidden_weight and not (s_widths and t_widths):
+        raise MFError(f"hidden_weight > 0, but {task.name} models expose no intermediate features to match")
+    layer_map = uniform_layer_map(len(s_widths), len(t_widths)) if s_widths and t_widths else []
+    connectors = make_connectors([(s_widths[i], t_widths[j]) for i, j in enumerate(layer_map)])
     trainable = torch.nn.ModuleDict({"student": student.model, "connectors": connectors})
 
     def loss_fn(model, batch, idx):
@@ -205,17 +207,12 @@ def quantize_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[
 
 @stage("prune", version=1, kind="model")
 def prune_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
-    """Structured pruning: heads and FFN channels really removed (a smaller dense model, not a mask)."""
+    """Structured pruning: heads, FFN or conv channels really removed (a smaller dense model, not a mask)."""
     task = tasks.get(params["task"])
     bundle = task.load(inputs["model"].path)
     sample = read_split(inputs["split"], "train").head(4)
     example = task.collate(task.encode(bundle, sample), list(range(len(sample))))
-    with warnings.catch_warnings():  # "not reloadable by from_pretrained": the task's load re-applies the pruning
-        warnings.simplefilter("ignore")
-        report = prune_model(bundle.model.eval(), dict(example), ratio=params["ratio"])
-    history = [*bundle.extra.get("prune_history", []),
-               {"ratio": params["ratio"], "heads_before": report["heads_before"], "ffn_before": report["ffn_before"]}]
-    bundle.extra["prune_history"] = history
+    report = task.prune(bundle, example, params["ratio"])
     task.save(bundle, ctx.out)
     return {"metrics": {**report, "parameters": sum(p.numel() for p in bundle.model.parameters())},
             "task": task.name, "labels": bundle.labels}

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from ..data.ingest import RowCheck
+from ..errors import MFError
 
 META_FILE = "mf_model.json"
 ONNX_FILE = "model.onnx"
@@ -104,8 +105,10 @@ class TaskFamily(ABC):
 
     # --- models -------------------------------------------------------------------------------------
     @abstractmethod
-    def load_teacher(self, pretrained: str, labels: list[str], params: Mapping[str, Any]) -> Bundle:
-        """A pretrained backbone with a fresh head for `labels`."""
+    def load_teacher(self, pretrained: str, labels: list[str], params: Mapping[str, Any],
+                     train: pd.DataFrame) -> Bundle:
+        """A pretrained backbone with a fresh head for `labels`. `train` lets a family fit what depends on the
+        data rather than on the checkpoint (an image size, normalisation statistics)."""
 
     @abstractmethod
     def build_student(self, teacher: Bundle, params: Mapping[str, Any]) -> Bundle:
@@ -114,6 +117,17 @@ class TaskFamily(ABC):
     def specialize(self, bundle: Bundle, train: pd.DataFrame, params: Mapping[str, Any]) -> Bundle:
         """Shrink a student's input layer to what the data uses (e.g. vocabulary pruning); default: unchanged."""
         return bundle
+
+    def feature_widths(self, bundle: Bundle) -> list[int]:
+        """Widths of the intermediate representations `forward(hidden_states=True)` returns after index 0 (the
+        input embedding), one per layer or stage: what hidden-state distillation matches, through connectors.
+        Empty when the model has none to offer."""
+        return []
+
+    def prune(self, bundle: Bundle, example: Mapping[str, torch.Tensor], ratio: float) -> dict[str, Any]:
+        """Remove about `ratio` of the model's structure in place (heads, channels) and record in `bundle.extra`
+        whatever `load` needs to rebuild the smaller shape; returns a report with parameters_before/after."""
+        raise MFError(f"structured pruning is not available for {self.name} models")
 
     def onnx_optimizer_hints(self, bundle: Bundle) -> dict[str, Any] | None:
         """How onnxruntime's graph optimizer should see this model (model_type, heads, width), or None."""
@@ -141,8 +155,12 @@ class TaskFamily(ABC):
         return torch.nn.functional.cross_entropy(outputs.logits, targets)
 
     def raw_inputs(self, df: pd.DataFrame) -> list[Any]:
-        """The split's raw inputs as a client would send them (texts, images)."""
+        """The split's raw inputs as a client would send them (texts, encoded image bytes)."""
         return df[self.roles[0]].tolist()
+
+    def parse_input(self, value: str) -> Any:
+        """A command-line argument as a raw input: text as it is; a family whose inputs are files reads them."""
+        return value
 
     # --- export and inference -------------------------------------------------------------------------
     @abstractmethod

@@ -61,7 +61,8 @@ class TextClassification(TaskFamily):
     roles = ("text", "label")
 
     # --- models -------------------------------------------------------------------------------------
-    def load_teacher(self, pretrained: str, labels: list[str], params: Mapping[str, Any]) -> Bundle:
+    def load_teacher(self, pretrained: str, labels: list[str], params: Mapping[str, Any],
+                     train: pd.DataFrame | None = None) -> Bundle:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         _quiet_transformers()
@@ -108,6 +109,24 @@ class TextClassification(TaskFamily):
         if params["vocab"] != "train":
             raise ValueError(f"unknown vocab mode '{params['vocab']}' (use 'full' or 'train')")
         return shrink_vocab(bundle, train["text"].tolist())
+
+    def feature_widths(self, bundle: Bundle) -> list[int]:
+        cfg = bundle.model.config
+        return [cfg.hidden_size] * cfg.num_hidden_layers
+
+    def prune(self, bundle: Bundle, example: Mapping[str, torch.Tensor], ratio: float) -> dict[str, Any]:
+        """Attention heads and FFN channels really removed. BERT's config cannot describe the result, so each
+        step's ratio and the shape it started from go into `prune_history`; `load` re-applies them."""
+        import warnings
+
+        from ..compress.prune import prune_model
+
+        with warnings.catch_warnings():  # "not reloadable by from_pretrained": load re-applies the pruning
+            warnings.simplefilter("ignore")
+            report = prune_model(bundle.model.eval(), dict(example), ratio=ratio)
+        bundle.extra["prune_history"] = [*bundle.extra.get("prune_history", []), {
+            "ratio": ratio, "heads_before": report["heads_before"], "ffn_before": report["ffn_before"]}]
+        return report
 
     def onnx_optimizer_hints(self, bundle: Bundle) -> dict[str, Any] | None:
         cfg = bundle.model.config
