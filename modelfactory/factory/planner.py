@@ -44,7 +44,8 @@ def teacher_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
         Node("teacher", "finetune_teacher",
              {"task": task, "_pretrained": t.model, "pretrained_id": pretrained.identity(t.model),
               "epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size, "max_length": t.max_length,
-              "seed": spec.split.seed, "_checkpoint_every": t.checkpoint_every},
+              "seed": spec.split.seed, "_checkpoint_every": t.checkpoint_every,
+              **({"image_size": t.image_size} if t.image_size else {})},  # absent by default: text keys unchanged
              {"split": "split"}),
         Node("export_teacher", "export_onnx", {"task": task}, {"model": "teacher", "split": "split"}),
     ]

@@ -18,13 +18,14 @@ class Strict(BaseModel):
 
 
 class DataSpec(Strict):
-    """Either a file (`path`, with column names by role) or a registered dataset (`dataset: name[@version]`)."""
+    """Either a file (`path`, with column names by role; for images also a class-folder tree or an archive of
+    one) or a registered dataset (`dataset: name[@version]`)."""
 
     path: str | None = None
     dataset: str | None = None
     text: str = "text"
     label: str = "label"
-    image: str | None = None
+    image: str = Field("image", description="image tasks: the column of image file paths (tables only)")
     skip_bad_rows: bool = False
 
     @model_validator(mode="after")
@@ -42,11 +43,14 @@ class SplitSpec(Strict):
 
 
 class TeacherSpec(Strict):
-    model: str
+    model: str = Field(description="a local Hugging Face model dir, a hub id, or a family's built-in architecture "
+                                   "trained from scratch (e.g. 'scratch:resnet-s' for images)")
     epochs: float = Field(2.0, gt=0)
     lr: float = Field(5e-5, gt=0)
     batch_size: int = Field(32, gt=0)
-    max_length: int = Field(128, gt=4, le=4096)
+    max_length: int = Field(128, gt=4, le=4096, description="text: tokens kept per input")
+    image_size: int | None = Field(None, ge=4, le=1024, description="images: side they are resized to "
+                                                                     "(default: the data's most common size)")
     checkpoint_every: int = Field(50, gt=0, description="training steps between checkpoints")
 
 

@@ -162,6 +162,12 @@ class TaskFamily(ABC):
         """A command-line argument as a raw input: text as it is; a family whose inputs are files reads them."""
         return value
 
+    def cli_argument(self, raw: Any, folder: Path) -> str:
+        """The inverse of `parse_input`, for "try it" hints: a shell-quoted text, or a file written to `folder`."""
+        import shlex
+
+        return shlex.quote(str(raw))
+
     # --- export and inference -------------------------------------------------------------------------
     @abstractmethod
     def export_onnx(self, bundle: Bundle, out_dir: Path, sample: pd.DataFrame) -> None:

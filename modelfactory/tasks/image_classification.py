@@ -172,7 +172,9 @@ def decode_image(data: bytes, mode: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             arr = np.asarray(img.convert(mode), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+    except UnidentifiedImageError:
+        raise ValueError("not an image (unknown image format)") from None
+    except (OSError, Image.DecompressionBombError) as e:
         raise ValueError(f"not a readable image ({str(e).splitlines()[0][:120]})") from None
     return arr[..., None] if arr.ndim == 2 else arr
 
@@ -363,7 +365,22 @@ class ImageClassification(TaskFamily):
         path = Path(value)
         if not path.is_file():
             raise MFError(f"{value}: no such image file")
-        return path.read_bytes()
+        data = path.read_bytes()
+        try:
+            decode_image(data, "RGB")
+        except ValueError as e:
+            raise MFError(f"{value}: {e}") from None
+        return data
+
+    def cli_argument(self, raw: Any, folder: Path) -> str:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(raw)) as img:
+            suffix = (img.format or "png").lower()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"example.{suffix}"
+        path.write_bytes(raw)
+        return str(path)
 
     # --- export and inference -------------------------------------------------------------------------
     def export_onnx(self, bundle: Bundle, out_dir: Path, sample: pd.DataFrame) -> None:
@@ -410,7 +427,12 @@ class ImagePredictor(Predictor):
 
     def predict_proba(self, inputs: Sequence[Any], batch_size: int = 64) -> np.ndarray:
         """Images of any sizes: decoded once, run in batches of one size each, returned in input order."""
-        arrays = [as_pixels(x, self.prep.mode) for x in inputs]
+        arrays = []
+        for i, x in enumerate(inputs):
+            try:
+                arrays.append(as_pixels(x, self.prep.mode))
+            except ValueError as e:
+                raise ValueError(f"input {i + 1}: {e}") from None
         out = np.zeros((len(arrays), len(self.labels)), dtype=np.float32)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, a in enumerate(arrays):
