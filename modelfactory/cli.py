@@ -58,9 +58,10 @@ class RichReporter:
                              description=f"{node.name:<18} {how} [dim]{artifact.id[:10]}[/]")
 
 
-def _progress() -> Progress:
+def _progress(to_stderr: bool = False) -> Progress:
+    """Stage progress; on stderr when stdout carries --json output, so that stays one parseable document."""
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
+                    TimeElapsedColumn(), console=err if to_stderr else console, transient=False)
 
 
 def _metrics_table(metrics: dict[str, dict], title: str) -> Table:
@@ -79,7 +80,7 @@ def _run_order(spec, skip_bad_rows: bool, as_json: bool):
     from .factory.order import run_order
     from .report import ratios
 
-    with _progress() as progress:
+    with _progress(to_stderr=as_json) as progress:
         result = run_order(spec, reporter=RichReporter(progress), skip_bad_rows=skip_bad_rows,
                            on_ingest=lambda d: progress.console.print(
                                f"dataset [bold]{d}[/] · {d.n_rows} rows" +
@@ -95,9 +96,10 @@ def _run_order(spec, skip_bad_rows: bool, as_json: bool):
                           f"[bold]{r['size_reduction']:.1f}x[/] smaller, [bold]{r['latency_speedup']:.1f}x[/] faster "
                           f"(batch 1, 1 thread)")
         status = "[green]promoted to prod[/]" if result.deployed else "[yellow]registered, not promoted[/]"
-        console.print(f"registry: [bold]{result.model}[/] ({status}) · ONNX: {result.model.onnx_path}")
-        console.print(f"report: {result.report_path}")
-        console.print(f"try it: mf predict {result.model} {_example_argument(spec.task, result)}")
+        # soft_wrap: paths and the command stay on one line, so they can be copied as they are
+        console.print(f"registry: [bold]{result.model}[/] ({status}) · ONNX: {result.model.onnx_path}", soft_wrap=True)
+        console.print(f"report: {result.report_path}", soft_wrap=True)
+        console.print(f"try it: mf predict {result.model} {_example_argument(spec.task, result)}", soft_wrap=True)
     if result.missed:
         raise MFError("targets missed: " + ", ".join(result.missed) + f" (see {result.report_path})", exit_code=3)
     return result

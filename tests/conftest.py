@@ -76,3 +76,11 @@ def tiny_order(name: str, data: Path, teacher_dir: Path, **overrides) -> dict:
 def run_mf(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "modelfactory.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="session")
+def digits_df() -> pd.DataFrame:
+    """The built-in `digits` corpus (1,797 8x8 grey PNGs, labels '0'..'9') as image/label rows."""
+    from modelfactory.data import builtin
+
+    return pd.DataFrame(builtin.corpus("digits").table().rows)

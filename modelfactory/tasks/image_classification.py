@@ -199,7 +199,7 @@ def as_pixels(x: Any, prep_mode: str) -> np.ndarray:
 
 def _resize_float(arr: np.ndarray, size: int) -> torch.Tensor:
     """The same bilinear resize as the model's preprocessing layer, for stacking images of other sizes."""
-    x = torch.from_numpy(arr).permute(2, 0, 1)[None].to(torch.float32)
+    x = torch.from_numpy(np.array(arr, dtype=np.float32)).permute(2, 0, 1)[None]
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
 
 
