@@ -162,7 +162,7 @@ def test_channel_pruning_removes_parameters_and_reloads(which, rows, labels, tmp
     cfg_before, before = backbone.config(), n_params(bundle.model)
     batch = task.collate(task.encode(bundle, rows), list(range(len(rows))))
 
-    report = task.prune(bundle, {"pixels": batch["pixels"][:4]}, 0.5)
+    report = task.prune(bundle, {"image": batch["image"][:4]}, 0.5)
 
     after = n_params(bundle.model)
     assert (report["parameters_before"], report["parameters_after"]) == (before, after)
@@ -222,7 +222,7 @@ def test_export_passes_parity_with_a_uint8_pixels_graph(exported, rows, labels):
     assert meta["preprocessing"]["image_size"] == 8 and meta["preprocessing"]["channels"] == 1
     graph = onnx.load(str(out / "model.onnx")).graph
     (inp,) = graph.input
-    assert inp.name == "pixels" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = inp.type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims][1:] == ["height", "width", 1]
     assert dims[0].dim_param  # dynamic batch
@@ -230,9 +230,8 @@ def test_export_passes_parity_with_a_uint8_pixels_graph(exported, rows, labels):
 
     predictor = task.load_predictor(out)
     assert isinstance(predictor, ImagePredictor) and predictor.labels == labels
-    assert predictor.signature["inputs"] == [
-        {"name": "image", "datatype": "BYTES", "shape": [-1]},
-        {"name": "pixels", "datatype": "UINT8", "shape": [-1, -1, -1, 1]}]
+    assert predictor.signature["inputs"] == [  # ARCHITECTURE.md: `image` UINT8 [N, H, W, C] or encoded BYTES
+        {"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, 1], "datatypes": ["UINT8", "BYTES"]}]
     assert {o["name"]: o["datatype"] for o in predictor.signature["outputs"]} == {"label": "BYTES",
                                                                                   "probabilities": "FP32"}
 
@@ -326,7 +325,7 @@ def test_hf_teacher_loads_distils_and_refuses_channel_pruning(hf_resnet, rows, l
     assert teacher.extra["backbone"] == "hf" and teacher.labels == labels
     assert task.feature_widths(teacher) == [8, 16]  # one per stage, the embedding output excluded
     batch = task.collate(task.encode(teacher, rows), list(range(len(rows))))
-    assert batch["pixels"].shape == (len(rows), 16, 16, 1)  # 8x8 digits resized to the checkpoint's size
+    assert batch["image"].shape == (len(rows), 16, 16, 1)  # 8x8 digits resized to the checkpoint's size
     out = task.forward(teacher.model.eval(), batch, hidden_states=True)
     assert out.logits.shape == (len(rows), len(labels))  # a fresh 10-label head
     assert [h.shape[-1] for h in out.hidden_states[1:]] == [8, 16]
@@ -339,7 +338,7 @@ def test_hf_teacher_loads_distils_and_refuses_channel_pruning(hf_resnet, rows, l
     assert s_out.logits.shape == (3, len(labels)) and torch.isfinite(s_out.logits).all()
 
     with pytest.raises(MFError, match="channel pruning supports the built-in CNNs"):
-        task.prune(teacher, {"pixels": batch["pixels"][:2]}, 0.3)
+        task.prune(teacher, {"image": batch["image"][:2]}, 0.3)
 
 
 def test_hf_teacher_roundtrips_and_exports(hf_resnet, rows, labels, tmp_path):
@@ -354,7 +353,7 @@ def test_hf_teacher_roundtrips_and_exports(hf_resnet, rows, labels, tmp_path):
     assert type(loaded.model.backbone) is type(teacher.model.backbone)
     batch = task.collate(task.encode(loaded, rows), list(range(len(rows))))
     with torch.no_grad():
-        torch.testing.assert_close(loaded.model.eval()(batch["pixels"]), teacher.model.eval()(batch["pixels"]))
+        torch.testing.assert_close(loaded.model.eval()(batch["image"]), teacher.model.eval()(batch["image"]))
     onnx_dir = tmp_path / "onnx"
     onnx_dir.mkdir()
     parity = export_and_verify(task, loaded, onnx_dir, rows)

@@ -27,6 +27,7 @@ from ..errors import MFError
 from .base import ONNX_FILE, Bundle, Encoded, Outputs, Predictor, TaskFamily, read_meta, write_meta
 
 CONVNET_FILE = "convnet.json"
+INPUT = "image"  # the ONNX graph's input and the served input's name (ARCHITECTURE.md)
 WEIGHTS_FILE = "model.safetensors"
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 STATS_SAMPLE = 2000  # images looked at to choose the size and normalisation of a scratch teacher
@@ -148,8 +149,8 @@ class ImageClassifier(nn.Module):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)  # identity at the right size
         return (x - self.mean) / self.std
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(pixels, features=False)[0]
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(image, features=False)[0]
 
     def forward_features(self, pixels: torch.Tensor, features: bool = True):
         """Logits and, when asked, globally pooled features of the stem and every stage ([N, C] each)."""
@@ -352,13 +353,13 @@ class ImageClassification(TaskFamily):
         return Encoded(examples, targets)
 
     def collate(self, encoded: Encoded, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        return {"pixels": torch.stack([encoded.examples[i].to(torch.float32) for i in indices])}
+        return {"image": torch.stack([encoded.examples[i].to(torch.float32) for i in indices])}
 
     def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor], *, hidden_states: bool = False,
                 attentions: bool = False) -> Outputs:
         if attentions:
             raise MFError("image models have no attention maps to distil; set attention_weight to 0")
-        logits, feats = model.forward_features(batch["pixels"], features=hidden_states)
+        logits, feats = model.forward_features(batch["image"], features=hidden_states)
         return Outputs(logits, feats if hidden_states else None)
 
     def parse_input(self, value: str) -> Any:
@@ -392,9 +393,9 @@ class ImageClassification(TaskFamily):
         pixels = torch.from_numpy(np.stack(arrays if len({a.shape for a in arrays}) == 1 else arrays[:1]))
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (pixels,), str(out_dir / ONNX_FILE), input_names=["pixels"],
+            torch.onnx.export(model, (pixels,), str(out_dir / ONNX_FILE), input_names=[INPUT],
                               output_names=["logits"],
-                              dynamic_axes={"pixels": {0: "batch", 1: "height", 2: "width"}, "logits": {0: "batch"}},
+                              dynamic_axes={INPUT: {0: "batch", 1: "height", 2: "width"}, "logits": {0: "batch"}},
                               opset_version=17, dynamo=False)
         write_meta(out_dir, {"task": self.name, "labels": bundle.labels, "format": "onnx",
                              "preprocessing": asdict(prep)})
@@ -423,7 +424,7 @@ class ImagePredictor(Predictor):
         arrays = [as_pixels(x, self.prep.mode) for x in inputs]
         if len({a.shape for a in arrays}) > 1:
             raise ValueError("images in one batch must share a size (predict_proba groups them by size)")
-        return {"pixels": np.stack(arrays)}
+        return {INPUT: np.stack(arrays)}
 
     def predict_proba(self, inputs: Sequence[Any], batch_size: int = 64) -> np.ndarray:
         """Images of any sizes: decoded once, run in batches of one size each, returned in input order."""
@@ -440,13 +441,14 @@ class ImagePredictor(Predictor):
         for idx in groups.values():
             for start in range(0, len(idx), batch_size):
                 chunk = idx[start:start + batch_size]
-                out[chunk] = self.run({"pixels": np.stack([arrays[i] for i in chunk])})
+                out[chunk] = self.run({INPUT: np.stack([arrays[i] for i in chunk])})
         return out
 
     @property
     def signature(self) -> dict[str, list[dict[str, Any]]]:
-        """Either input: `image` (encoded PNG/JPEG/... bytes) or `pixels` (uint8 [N, H, W, C], any H and W)."""
-        return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]},
-                           {"name": "pixels", "datatype": "UINT8", "shape": [-1, -1, -1, self.prep.channels]}],
+        """One input, `image`: uint8 pixels [N, H, W, C] of any H and W, or encoded PNG/JPEG/... files as BYTES [N]
+        (`datatypes` lists both; the graph itself takes the pixels)."""
+        return {"inputs": [{"name": INPUT, "datatype": "UINT8", "shape": [-1, -1, -1, self.prep.channels],
+                            "datatypes": ["UINT8", "BYTES"]}],
                 "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
                             {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(self.labels)]}]}
