@@ -41,8 +41,9 @@ class Bar:
 
     def describe(self) -> str:
         what = "smaller file" if self.reduction == "size_bytes" else "fewer parameters"
+        base = {"teacher": "fp32 teacher", "teacher_int8": "INT8 teacher"}[self.baseline]
         return (f"INT8 student ≥ {self.accuracy_ratio:.0%} of the fp32 teacher's accuracy, ≥ {self.reduction_min:g}x "
-                f"{what} and ≥ {self.latency_min:g}x lower batch-1 latency than the {self.baseline.replace('_', ' ')}")
+                f"{what} and ≥ {self.latency_min:g}x lower batch-1 latency than the {base}")
 
 
 BARS = {"text-classification": Bar(0.97, "size_bytes", 10, 10, "teacher_int8"),  # issue 4
