@@ -1,0 +1,1 @@
+"""The compute pool: tenants, jobs, scheduling policies, workers with leases, the usage ledger."""
