@@ -7,11 +7,27 @@ The artifact folders are the truth about *what* was produced; the database is th
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
+import os
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    make_url,
+    text,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -97,6 +113,39 @@ class Alias(Base):
     version: Mapped[int] = mapped_column(Integer)
 
 
+# One lock id for "create the schema", so processes starting at once against one PostgreSQL don't race on
+# CREATE TABLE (checkfirst alone is check-then-act).
+_SCHEMA_LOCK = 0x6D66_7363  # "mfsc"
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()  # every engine made here, for the fork hook below
+
+
+def _finite(obj):
+    """NaN/Infinity are not JSON: PostgreSQL's json type rejects them (SQLite stores any text). Store null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _json_dumps(obj) -> str:
+    try:
+        return json.dumps(obj, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(obj), allow_nan=False)
+
+
+def database_url(url: str) -> str:
+    """`postgres://` and `postgresql://` (no driver) mean psycopg 3, the driver we install (SQLAlchemy's
+    default for them is psycopg2)."""
+    u = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
+    if u.drivername == "postgresql":
+        u = u.set(drivername="postgresql+psycopg")
+    return u.render_as_string(hide_password=False)
+
+
 @lru_cache(maxsize=8)
 def _engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
@@ -111,10 +160,27 @@ def _engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
+        Base.metadata.create_all(engine)
     else:
-        engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+        engine = create_engine(database_url(url), pool_pre_ping=True, json_serializer=_json_dumps)
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+            Base.metadata.create_all(conn)
+    _ENGINES.add(engine)
     return engine
+
+
+def _forget_engines_after_fork() -> None:
+    """A forked child must not reuse its parent's pooled connections (two processes on one PostgreSQL socket
+    corrupt each other's protocol stream): drop them in the child without closing the parent's."""
+    for engine in list(_ENGINES):
+        engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_engines_after_fork)
 
 
 def engine() -> Engine:

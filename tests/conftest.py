@@ -84,3 +84,49 @@ def digits_df() -> pd.DataFrame:
     from modelfactory.data import builtin
 
     return pd.DataFrame(builtin.corpus("digits").table().rows)
+
+
+# --- PostgreSQL (issue 6) ----------------------------------------------------------------------------------------
+# `postgres_url` starts one throwaway server for the session (tests/pg.py) and yields its admin URL, or skips with
+# the reason; `pg_database` gives one test a fresh, empty database and points MF_DATABASE_URL at it (dropped after).
+# MF_TEST_DATABASE=postgres runs the whole suite that way: every test on its own PostgreSQL database (and then a
+# server that cannot be had stops the run with the reason instead of skipping everything).
+
+TEST_DATABASE = os.environ.get("MF_TEST_DATABASE", "sqlite").strip().lower() or "sqlite"
+if TEST_DATABASE not in ("sqlite", "postgres"):
+    raise pytest.UsageError(f"MF_TEST_DATABASE={TEST_DATABASE!r}: expected 'sqlite' (the default) or 'postgres'")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    from . import pg
+
+    try:
+        server = pg.start()
+    except pg.Unavailable as e:
+        if TEST_DATABASE == "postgres":
+            pytest.exit(f"MF_TEST_DATABASE=postgres, but PostgreSQL is unavailable: {e}", returncode=1)
+        pytest.skip(f"PostgreSQL unavailable: {e}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server) -> str:
+    """SQLAlchemy URL (postgresql+psycopg://...) of the session's server, its `postgres` maintenance database."""
+    return postgres_server.admin_url
+
+
+@pytest.fixture
+def pg_database(postgres_server, mf_home, monkeypatch):
+    """A fresh PostgreSQL database for this test, set as MF_DATABASE_URL (after mf_home has cleared it)."""
+    url = postgres_server.create_database()
+    monkeypatch.setenv("MF_DATABASE_URL", url)
+    yield url
+    postgres_server.drop_database(url)
+
+
+@pytest.fixture(autouse=True)
+def _test_database(request, mf_home) -> str | None:
+    """MF_TEST_DATABASE=postgres: every test runs against its own PostgreSQL database."""
+    return request.getfixturevalue("pg_database") if TEST_DATABASE == "postgres" else None
