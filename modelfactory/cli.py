@@ -344,6 +344,300 @@ def models_promote(ref: str, alias: str) -> None:
     console.print(f"{name}@{ver} is now [bold]{alias}[/]")
 
 
+# --- the compute pool: tenants, jobs, orders on the pool, workers, the server, usage ---------------------------
+tenants_app = typer.Typer(help="Tenants of the compute pool: API keys, weights, quotas.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Jobs on the compute pool.", no_args_is_help=True)
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(jobs_app, name="jobs")
+
+
+def _hours(v: float | None) -> str:
+    return "∞" if v is None else f"{v:g}"
+
+
+def _duration(text: str | None) -> float | None:
+    """'90', '90s', '30m', '2h', '1d' -> seconds."""
+    if text is None:
+        return None
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m:
+        raise MFError(f"bad duration '{text}': use e.g. 90s, 30m, 2h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+@tenants_app.command("add")
+def tenants_add(name: str,
+                weight: Annotated[float, typer.Option(help="Fair-share weight.")] = 1.0,
+                cpu_hours: Annotated[float | None, typer.Option(help="Hard quota: CPU-hours per month.")] = None,
+                gpu_hours: Annotated[float | None, typer.Option(help="Hard quota: GPU-hours per month.")] = None,
+                max_slots: Annotated[int | None, typer.Option(help="Soft limit: concurrent slots.")] = None,
+                as_json: JsonFlag = False) -> None:
+    """Add a tenant and print its API key (shown this once; only its hash is stored)."""
+    from .compute.tenants import add_tenant
+
+    t, key = add_tenant(name, weight=weight, cpu_hours_month=cpu_hours, gpu_hours_month=gpu_hours,
+                        max_slots=max_slots)
+    if as_json:
+        _print_json({"name": t.name, "api_key": key, "weight": t.weight, "cpu_hours_month": t.cpu_hours_month,
+                     "gpu_hours_month": t.gpu_hours_month, "max_slots": t.max_slots})
+        return
+    console.print(f"tenant [bold]{t.name}[/] added · weight {t.weight:g} · CPU-h/month {_hours(t.cpu_hours_month)} "
+                  f"· GPU-h/month {_hours(t.gpu_hours_month)} · max slots {_hours(t.max_slots)}")
+    console.print(f"API key (shown once, keep it): [bold]{key}[/]", soft_wrap=True)
+
+
+@tenants_app.command("set")
+def tenants_set(name: str,
+                weight: Annotated[float | None, typer.Option(help="Fair-share weight.")] = None,
+                cpu_hours: Annotated[float | None, typer.Option(help="CPU-hours per month (-1: unlimited).")] = None,
+                gpu_hours: Annotated[float | None, typer.Option(help="GPU-hours per month (-1: unlimited).")] = None,
+                max_slots: Annotated[int | None, typer.Option(help="Concurrent slots (-1: unlimited).")] = None,
+                ) -> None:
+    """Change a tenant's weight or quotas."""
+    from .compute.tenants import UNSET, set_tenant
+
+    def lim(v):
+        return UNSET if v is None else (None if v < 0 else v)
+
+    t = set_tenant(name, weight=weight, cpu_hours_month=lim(cpu_hours), gpu_hours_month=lim(gpu_hours),
+                   max_slots=lim(max_slots))
+    console.print(f"tenant [bold]{t.name}[/] · weight {t.weight:g} · CPU-h/month {_hours(t.cpu_hours_month)} "
+                  f"· GPU-h/month {_hours(t.gpu_hours_month)} · max slots {_hours(t.max_slots)}")
+
+
+@tenants_app.command("ls")
+def tenants_ls(as_json: JsonFlag = False) -> None:
+    """List tenants with their weights and quotas (keys are never shown again)."""
+    from dataclasses import asdict
+
+    from .compute.tenants import list_tenants
+
+    rows = list_tenants()
+    if as_json:
+        _print_json([asdict(t) for t in rows])
+        return
+    table = Table("tenant", "weight", "CPU-h/month", "GPU-h/month", "max slots", "created")
+    for t in rows:
+        table.add_row(t.name, f"{t.weight:g}", _hours(t.cpu_hours_month), _hours(t.gpu_hours_month),
+                      _hours(t.max_slots), t.created.isoformat(timespec="seconds"))
+    console.print(table)
+
+
+_STATE_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "dim",
+                "cached": "blue"}
+
+
+def _jobs_table(rows: list[dict], title: str | None = None) -> Table:
+    table = Table("job", "tenant", "name", "prio", "state", "try", "worker", "note", title=title)
+    for j in rows:
+        note = j.get("last_error") if j["state"] == "failed" else (j.get("waiting") or "")
+        if j.get("preempt_requested"):
+            note = "preempting"
+        elif (j.get("result") or {}).get("resumed_from_step"):
+            note = f"resumed from step {j['result']['resumed_from_step']}"
+        style = _STATE_STYLE.get(j["state"], "")
+        table.add_row(str(j["id"]), j["tenant"], j["name"], j["priority"], f"[{style}]{j['state']}[/]",
+                      str(j["attempts"]), j.get("lease_worker") or j.get("worker") or "", (note or "")[:60])
+    return table
+
+
+@jobs_app.command("ls")
+def jobs_ls(tenant: Annotated[str | None, typer.Option(help="Only this tenant's jobs.")] = None,
+            state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+            order: Annotated[int | None, typer.Option(help="Only this order's jobs.")] = None,
+            as_json: JsonFlag = False) -> None:
+    """List jobs (state, attempts, worker, why a queued job waits)."""
+    from .compute import jobs
+
+    rows = jobs.list_jobs(tenant=tenant, state=state, order_id=order)
+    if as_json:
+        _print_json(rows)
+        return
+    console.print(_jobs_table(rows))
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: int, as_json: JsonFlag = False) -> None:
+    """A job with its history: every state change with its time, reason, attempt and worker."""
+    from .compute import jobs
+
+    job = jobs.describe(job_id)
+    events = job["events"]
+    if as_json:
+        _print_json(job)
+        return
+    console.print(_jobs_table([job]))
+    table = Table("at", "from", "to", "try", "worker", "reason", title="history")
+    for e in events:
+        table.add_row(e["at"].isoformat(timespec="seconds"), e["from"] or "", e["to"], str(e["attempt"]),
+                      e["worker"] or "", e["reason"])
+    console.print(table)
+    if job["result"]:
+        console.print(f"result: {json.dumps(job['result'], default=str)}", soft_wrap=True)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: int) -> None:
+    """Cancel a queued or running job (its dependents are cancelled too)."""
+    from .compute import jobs
+
+    job = jobs.cancel(job_id)
+    console.print(f"job {job.id} [bold]cancelled[/]")
+
+
+@jobs_app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def jobs_submit(ctx: typer.Context,
+                tenant: Annotated[str, typer.Option(help="Tenant to run and bill it for.")],
+                cpu: Annotated[float, typer.Option(help="CPUs.")] = 1.0,
+                gpu: Annotated[float, typer.Option(help="GPUs.")] = 0.0,
+                memory_gb: Annotated[float, typer.Option(help="Memory (GB).")] = 1.0,
+                time_limit: Annotated[str | None, typer.Option(help="Wall-clock limit, e.g. 30m.")] = None,
+                priority: Annotated[str, typer.Option(help="batch | standard | urgent")] = "standard",
+                as_json: JsonFlag = False) -> None:
+    """Rent the pool: run a command (after `--`) in a fresh sandboxed working directory, metered."""
+    from .compute import jobs
+
+    spec = jobs.command_spec(list(ctx.args), cpu=cpu, gpu=gpu, memory_gb=memory_gb,
+                             time_limit_s=_duration(time_limit), priority=priority)
+    job_id = jobs.submit(tenant, spec)
+    if as_json:
+        _print_json({"job": job_id})
+    else:
+        console.print(f"job [bold]{job_id}[/] queued for tenant {tenant}: {spec.name}", soft_wrap=True)
+
+
+@order_app.command("submit")
+def order_submit(spec_file: Annotated[Path, typer.Argument(help="order.yaml or .json")],
+                 tenant: Annotated[str | None, typer.Option(help="Tenant (default: the spec's).")] = None,
+                 priority: Annotated[str, typer.Option(help="batch | standard | urgent")] = "standard",
+                 cpu: Annotated[float, typer.Option(help="CPUs per stage job.")] = 1.0,
+                 memory_gb: Annotated[float, typer.Option(help="Memory (GB) per stage job.")] = 2.0,
+                 skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows")] = False,
+                 as_json: JsonFlag = False) -> None:
+    """Queue an order on the compute pool: one stage job per stage that is not a cache hit (`mf server` runs
+    them); it is registered like `mf order run` when its last job succeeds."""
+    from .compute.stagejob import submit_order
+    from .factory.spec import load_spec
+
+    sub = submit_order(load_spec(spec_file), tenant=tenant, priority=priority, cpu=cpu, memory_gb=memory_gb,
+                       skip_bad_rows=skip_bad_rows)
+    if as_json:
+        _print_json({"order": sub.order_id, "dataset": str(sub.dataset), "jobs": sub.jobs, "cached": sub.cached,
+                     "shared": sub.shared})
+        return
+    console.print(f"order [bold]{sub.order_id}[/] queued · dataset {sub.dataset} · {len(sub.jobs)} jobs"
+                  + (f" · {len(sub.cached)} cache hits" if sub.cached else "")
+                  + (f" · {len(sub.shared)} shared with earlier orders" if sub.shared else ""))
+    console.print(f"follow it: mf order status {sub.order_id} --watch", soft_wrap=True)
+
+
+def _order_view(st: dict):
+    from rich.console import Group
+
+    head = (f"order [bold]{st['order']}[/] {st['name']} · tenant {st['tenant']} · [bold]{st['state']}[/]"
+            + (f" · {st['error']}" if st.get("error") else "") + (f" · report {st['report']}" if st["report"] else ""))
+    table = Table("node", "stage", "job", "state", "try", "worker", "note")
+    for n in st["nodes"]:
+        style = _STATE_STYLE.get(n["state"], "")
+        note = n.get("last_error") or n.get("error") or n.get("waiting") or ""
+        if n.get("resumed_from_step"):
+            note = f"resumed from step {n['resumed_from_step']}"
+        if n.get("preempt_requested"):
+            note = "preempting"
+        table.add_row(n["node"], n["stage"], str(n.get("job") or ""), f"[{style}]{n['state']}[/]",
+                      str(n.get("attempts") or ""), n.get("worker") or "", str(note)[:60])
+    return Group(head, table)
+
+
+@order_app.command("status")
+def order_status(order_id: int,
+                 watch: Annotated[bool, typer.Option("--watch", help="Refresh until the order ends.")] = False,
+                 as_json: JsonFlag = False) -> None:
+    """An order's stages: on the pool, each stage's job (state, attempt, worker, resume step) or cache hit."""
+    import time
+
+    from rich.live import Live
+
+    from .compute.stagejob import order_status as status
+
+    st = status(order_id)
+    if as_json:
+        _print_json(st)
+        return
+    if not watch:
+        console.print(_order_view(st))
+        return
+    with Live(_order_view(st), console=console, refresh_per_second=2) as live:
+        while st["state"] == "running":
+            time.sleep(1)
+            st = status(order_id)
+            live.update(_order_view(st))
+
+
+@app.command()
+def worker(cpu: Annotated[float | None, typer.Option(help="CPUs to offer (default: all).")] = None,
+           gpu: Annotated[float, typer.Option(help="GPUs to offer.")] = 0.0,
+           memory_gb: Annotated[float | None, typer.Option(help="Memory to offer, GB (default: 80%).")] = None,
+           worker_id: Annotated[str | None, typer.Option("--id", help="Worker id (default: host-pid).")] = None,
+           ) -> None:
+    """Run a pool worker: take jobs leased to it by the scheduler (`mf server`), each in its own process."""
+    from .compute.worker import Capacity, PoolWorker, default_capacity
+
+    d = default_capacity()
+    PoolWorker(worker_id, Capacity(cpu=cpu or d.cpu, gpu=gpu, memory_gb=memory_gb or d.memory_gb)).run()
+
+
+@app.command()
+def server(workers: Annotated[int, typer.Option(help="Local worker processes to run.")] = 1,
+           policy: Annotated[str | None, typer.Option(help="Scheduling policy: fifo, priority, fair.")] = None,
+           worker_cpu: Annotated[float | None, typer.Option(help="CPUs each local worker offers.")] = None,
+           worker_memory_gb: Annotated[float | None, typer.Option(help="Memory each local worker offers.")] = None,
+           ) -> None:
+    """Run the scheduler and N local workers. Restartable: all state is in the database."""
+    from .compute.pool import pool_config, run_server
+
+    cfg = pool_config().with_(policy=policy)
+    err.print(f"mf server: policy {cfg.policy}, {workers} local worker(s), lease {cfg.lease_timeout_s:g} s; "
+              "Ctrl-C stops (running jobs checkpoint and are requeued)")
+    run_server(workers=workers, config=cfg, worker_cpu=worker_cpu, worker_memory_gb=worker_memory_gb)
+
+
+@app.command()
+def usage(tenant: Annotated[str, typer.Option(help="Tenant to invoice.")],
+          month: Annotated[str | None, typer.Option(help="YYYY-MM (default: this month, UTC).")] = None,
+          csv_path: Annotated[Path | None, typer.Option("--csv", help="Also write the invoice as CSV.")] = None,
+          as_json: JsonFlag = False) -> None:
+    """A tenant's invoice for a month: every attempt with its resource-hours, outcome and cost (preempted and
+    lost work included: it used the pool)."""
+    from .compute.ledger import invoice
+    from .store import utcnow
+
+    inv = invoice(tenant, month or f"{utcnow():%Y-%m}")
+    if csv_path:
+        inv.write_csv(csv_path)
+    if as_json:
+        _print_json(inv.as_dict())
+        return
+    table = Table("job", "name", "order", "try", "worker", "ended", "outcome", "CPU-h", "GPU-h",
+                  f"cost ({inv.currency})", title=f"usage: {inv.tenant}, {inv.month}")
+    for line in inv.lines:
+        style = "green" if line.outcome == "succeeded" else "yellow" if line.outcome == "preempted" else "red"
+        table.add_row(str(line.job), line.name, str(line.order or ""), str(line.attempt), line.worker or "",
+                      line.ended, f"[{style}]{line.outcome}[/]", f"{line.cpu_hours:.4f}", f"{line.gpu_hours:.4f}",
+                      f"{line.cost:.4f}")
+    table.add_section()
+    table.add_row("", "total", "", "", "", "", "", f"{inv.cpu_hours:.4f}", f"{inv.gpu_hours:.4f}",
+                  f"[bold]{inv.total:.4f}[/]")
+    console.print(table)
+    parts = ", ".join(f"{k} {v:.4f}" for k, v in inv.by_outcome().items())
+    if parts:
+        console.print(f"by outcome: {parts}")
+    if csv_path:
+        console.print(f"csv: {csv_path}", soft_wrap=True)
+
+
 # ---------------------------------------------------------------------------------------------------------
 def main() -> None:
     import click

@@ -88,16 +88,40 @@ def run_order(spec: OrderSpec, *, reporter: Reporter | None = None, skip_bad_row
             the_plan, results = chosen_plan(spec, tplan, runs, searched.chosen, teacher)
         result = _register(spec, order_id, dataset, the_plan, results, searched)
     except BaseException as e:
-        with session() as s:
-            o = s.get(Order, order_id)
-            o.state = "infeasible" if getattr(e, "exit_code", 0) == 3 else "failed"
-            o.error, o.finished = str(e).splitlines()[0] if str(e) else type(e).__name__, utcnow()
+        fail_order(order_id, e)
         raise
+    _close(order_id, result)
+    return result
+
+
+def finish_order(spec: OrderSpec, order_id: int, dataset: DatasetRef, the_plan: Plan,
+                 results: dict[str, NodeResult]) -> OrderResult:
+    """Register the results of an order whose stages ran elsewhere (the compute pool runs them as jobs) and close
+    it, exactly as run_order does after running them itself. The Order row must exist."""
+    try:
+        result = _register(spec, order_id, dataset, the_plan, results, None)
+    except BaseException as e:
+        fail_order(order_id, e)
+        raise
+    _close(order_id, result)
+    return result
+
+
+def fail_order(order_id: int, error: BaseException | str) -> None:
+    """Close an order as failed (or infeasible, for exit code 3) with the first line of its error."""
+    message = str(error)
+    with session() as s:
+        o = s.get(Order, order_id)
+        o.state = "infeasible" if getattr(error, "exit_code", 0) == 3 else "failed"
+        o.error = message.splitlines()[0] if message else type(error).__name__
+        o.finished = utcnow()
+
+
+def _close(order_id: int, result: OrderResult) -> None:
     with session() as s:
         o = s.get(Order, order_id)
         o.state = "done" if not result.missed else "missed_targets"
         o.report_path, o.finished = str(result.report_path), utcnow()
-    return result
 
 
 def _metrics(the_plan: Plan, results: dict[str, NodeResult]) -> dict[str, dict]:

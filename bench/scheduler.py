@@ -1,0 +1,259 @@
+"""Scheduler policies replayed on job traces: FIFO vs priority+backfilling vs weighted fair share (DRF) with
+backfilling and preemption, through the same `Policy` objects the live scheduler runs.
+
+By default it replays synthetic Helios-like traces (see `modelfactory/compute/traces.py` for the published Helios
+figures they follow) at an offered load of 90% on 8 nodes x 8 GPUs x 64 CPUs, over several seeds, plus one trace
+with a mix of priority classes; `--helios cluster_log.csv` and `--philly cluster_job_log` add real traces. It
+writes bench/results/scheduler.{json,md} (+ scheduler_jct.png) and checks the issue's goal on every synthetic
+seed: fair share + backfilling's average JCT at most half FIFO's, at an offered load of at least 90%, with no
+tenant below 80% of its share.
+
+    .venv/bin/python bench/scheduler.py [--seeds 0 1 2] [--jobs 2000] [--helios PATH] [--philly PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelfactory.compute import policies
+from modelfactory.compute.simulate import SimResult, simulate
+from modelfactory.compute.traces import (
+    TraceJob,
+    default_pool,
+    describe_trace,
+    read_helios,
+    read_philly,
+    synthetic_helios,
+)
+
+RESULTS = Path(__file__).parent / "results"
+CLASS_MIX = {"urgent": 0.1, "standard": 0.6, "batch": 0.3}  # ours, to exercise class preemption
+
+
+@dataclass(frozen=True)
+class Run:
+    """One row of a table: a policy and how the simulator feeds it."""
+
+    label: str
+    policy: str
+    estimates: str = "exact"
+
+
+RUNS = [Run("fifo", "fifo"), Run("priority", "priority"), Run("fair", "fair"),
+        Run("fair, no runtime estimates", "fair", "none")]
+
+
+def hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f}"
+
+
+def replay(name: str, trace: list[TraceJob], args: argparse.Namespace, synthetic: bool) -> dict:
+    pool = default_pool(nodes=args.nodes)
+    results: dict[str, SimResult] = {}
+    for run in RUNS:
+        policy = policies.get(run.policy, min_runtime=args.min_runtime)
+        results[run.label] = simulate(trace, policy, pool=pool, checkpoint_interval=args.checkpoint,
+                                      estimates=run.estimates)
+        r = results[run.label]
+        print(f"  {name:<28} {run.label:<28} avg JCT {hours(r.avg_jct_s):>8} h  p99 {hours(r.p99_jct_s):>7} h  "
+              f"util {r.utilisation:.2f}  Jain {r.jain:.3f}  min share {r.min_share_ratio:.2f}  "
+              f"preempt {r.preemptions:>4}  ({r.wall_s:.1f} s)", flush=True)
+    entry = {"trace": name, "synthetic": synthetic, "shape": describe_trace(trace, pool),
+             "results": {label: r.summary() for label, r in results.items()}}
+    if synthetic:
+        entry["goal"] = goal(results)
+    entry["_jcts"] = {label: sorted(j.jct for j in r.job_results) for label, r in results.items()}
+    return entry
+
+
+def goal(results: dict[str, SimResult]) -> dict:
+    """The issue's goal: fair's average JCT <= FIFO's / 2 at an offered load >= 90%, no tenant below 80% of its
+    share (checked on share_ratio, entitlement to the whole pool; alloc_ratio is shown alongside)."""
+    fifo, fair = results["fifo"], results["fair"]
+    speedup = fifo.avg_jct_s / fair.avg_jct_s if fair.avg_jct_s > 0 else math.inf
+    checks = {"speedup": speedup, "speedup_ok": speedup >= 2.0,
+              "offered_load": fair.offered_load, "load_ok": fair.offered_load >= 0.9 - 1e-9,
+              "min_share_ratio": fair.min_share_ratio, "share_ok": fair.min_share_ratio >= 0.8,
+              "min_alloc_ratio": fair.min_alloc_ratio}
+    checks["met"] = checks["speedup_ok"] and checks["load_ok"] and checks["share_ok"]
+    return checks
+
+
+def table(entry: dict) -> list[str]:
+    lines = ["| policy | avg JCT (h) | p99 JCT (h) | avg queueing (h) | utilisation | util. (makespan) | Jain | "
+             "min tenant share / entitled | (of allocated) | preemptions | GPU-h lost |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, r in entry["results"].items():
+        lines.append(f"| {label} | {hours(r['avg_jct_s'])} | {hours(r['p99_jct_s'])} | {hours(r['avg_queue_s'])} | "
+                     f"{r['utilisation']:.3f} | {r['utilisation_makespan']:.3f} | {r['jain']:.3f} | "
+                     f"{r['min_share_ratio']:.2f} | {r['min_alloc_ratio']:.2f} | {r['preemptions']} | "
+                     f"{r['lost_gpu_s'] / 3600:.1f} |")
+    return lines
+
+
+def tenant_table(entry: dict) -> list[str]:
+    lines = ["| tenant | jobs | " + " | ".join(f"{label}: avg JCT (h) / share / entitled / ratio"
+                                                for label in ("fifo", "priority", "fair"))
+             + " | fair: unmet entitlement while a gang was queued |", "|---|---|---|---|---|---|"]
+    by = {label: {t["name"]: t for t in entry["results"][label]["tenants"]} for label in ("fifo", "priority", "fair")}
+    for name, t in by["fair"].items():
+        cells = [f"{hours(by[label][name]['avg_jct_s'])} / {by[label][name]['share']:.3f} / "
+                 f"{by[label][name]['entitled']:.3f} / {by[label][name]['share_ratio']:.2f}" for label in by]
+        lines.append(f"| {name} | {t['jobs']} | " + " | ".join(cells) + f" | {t['gang_shortfall']:.0%} |")
+    return lines
+
+
+def shape_line(shape: dict) -> str:
+    return (f"{shape['jobs']} jobs; {shape['one_gpu_share']:.0%} use 1 GPU, mean {shape['mean_gpus']:.2f} GPUs, "
+            f"largest {shape['max_gpus']:g}; run time median {shape['median_duration_s']:.0f} s, mean "
+            f"{shape['mean_duration_s']:.0f} s; offered load {shape['offered_load']:.2f} over "
+            f"{shape['arrival_window_s'] / 86400:.1f} days; tenants' shares of submitted GPU time: "
+            + ", ".join(f"{t} {w:.0%}" for t, w in shape["tenant_work_share"].items()))
+
+
+def markdown(entries: list[dict], args: argparse.Namespace, stamp: str) -> str:
+    md = ["# Scheduler benchmark: trace replay", "",
+          f"Measured {stamp} by `bench/scheduler.py` on a simulated pool of {args.nodes} nodes x 8 GPUs x 64 CPUs; "
+          f"jobs are preempted no sooner than {args.min_runtime:g} s after they start and lose the work since "
+          f"their last checkpoint (every {args.checkpoint:g} s). Policies get each job's exact remaining run time as "
+          "its expected duration, except in the row 'no runtime estimates'.", "",
+          "Definitions (see `modelfactory/compute/simulate.py`): JCT = finish - submit; queueing = JCT - time "
+          "running; utilisation = busy GPU-time / pool GPU-time over the arrival window (first to last "
+          "submission; comparable to the offered load), and over the makespan; a tenant's share ratio = "
+          "time-integrated dominant share it held / time-integrated entitlement (its weighted max-min fair share "
+          "of the pool given every tenant's demand at each instant); Jain's index is over those ratios. "
+          "'(of allocated)' is the same ratio with entitlements split from the GPUs actually allocated at each "
+          "instant, which separates fairness from packing.", ""]
+    synthetic = [e for e in entries if e.get("goal")]
+    if synthetic:
+        md += ["## Goal", "", "Fair share + backfilling beats FIFO's average JCT by >= 2x on the synthetic Helios-like "
+               "trace at >= 90% utilisation (offered load), with no tenant below 80% of its share.", "",
+               "| trace | FIFO / fair avg JCT | offered load | min tenant share / entitled (fair) | "
+               "(of allocated) | met |", "|---|---|---|---|---|---|"]
+        for e in synthetic:
+            g = e["goal"]
+            md.append(f"| {e['trace']} | {g['speedup']:.1f}x {'✓' if g['speedup_ok'] else '✗'} | "
+                      f"{g['offered_load']:.2f} {'✓' if g['load_ok'] else '✗'} | {g['min_share_ratio']:.2f} "
+                      f"{'✓' if g['share_ok'] else '✗'} | {g['min_alloc_ratio']:.2f} | "
+                      f"{'yes' if g['met'] else 'no'} |")
+        md += ["", verdict(synthetic), ""]
+    for e in entries:
+        md += [f"## {e['trace']}", "", shape_line(e["shape"]), ""] + table(e) + [""] + tenant_table(e) + [""]
+    return "\n".join(md) + "\n"
+
+
+def verdict(synthetic: list[dict]) -> str:
+    fast = all(e["goal"]["speedup_ok"] and e["goal"]["load_ok"] for e in synthetic)
+    fair = all(e["goal"]["share_ok"] for e in synthetic)
+    if fast and fair:
+        return "**Goal met on every synthetic trace.**"
+    parts = []
+    if fast:
+        util = [(e["results"]["fifo"]["utilisation"], e["results"]["fair"]["utilisation"]) for e in synthetic]
+        parts.append("The JCT half of the goal is met on every synthetic trace, by far: FIFO's head-of-line "
+                     f"blocking keeps the pool only {min(u[0] for u in util):.2f}-{max(u[0] for u in util):.2f} "
+                     "busy during the arrival window at 90% offered load, so its queue grows for the whole trace. "
+                     "(The 90% is the offered load; the measured utilisation under `fair` is "
+                     f"{min(u[1] for u in util):.2f}-{max(u[1] for u in util):.2f}, since gangs waiting for whole "
+                     "nodes leave holes no policy here fills, and the backlog drains after the last arrival.)")
+    if not fair:
+        lows = [min(e["results"]["fair"]["tenants"], key=lambda t: t["share_ratio"]) for e in synthetic]
+        gang = [t["gang_shortfall"] for t in lows]
+        others = [(e["results"]["fifo"]["min_share_ratio"], e["results"]["priority"]["min_share_ratio"])
+                  for e in synthetic]
+        parts.append("**The fairness half is not met**: under `fair` the least-served tenant gets "
+                     f"{min(t['share_ratio'] for t in lows):.2f}-{max(t['share_ratio'] for t in lows):.2f} of its "
+                     f"entitlement to the pool (FIFO {min(o[0] for o in others):.2f}-{max(o[0] for o in others):.2f}, "
+                     f"priority {min(o[1] for o in others):.2f}-{max(o[1] for o in others):.2f}), and "
+                     f"{min(gang):.0%}-{max(gang):.0%} of what it missed fell while it had a gang job (16 or 32 "
+                     "GPUs, a quarter or half of the pool) queued. Such a job waits for whole nodes to drain behind "
+                     "heavy-tailed jobs of up to 3 days while its tenant's entitlement accrues, and preemption can "
+                     "free nodes for it only from tenants not starved themselves, which rarely hold that much. "
+                     "Measured by service rather than share, the same tenants are not served worse: their average "
+                     f"JCT is {', '.join(hours(t['avg_jct_s']) for t in lows)} h against an overall "
+                     f"{', '.join(hours(e['results']['fair']['avg_jct_s']) for e in synthetic)} h.")
+    return "**Goal not met.** " + " ".join(parts)
+
+
+def plot(entries: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    entry = entries[0]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, jcts in entry["_jcts"].items():
+        ys = [(i + 1) / len(jcts) for i in range(len(jcts))]
+        ax.plot([max(j, 1.0) / 3600 for j in jcts], ys, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("job completion time (h, log)")
+    ax.set_ylabel("fraction of jobs")
+    ax.set_title(f"JCT CDF, {entry['trace']}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--jobs", type=int, default=2000)
+    ap.add_argument("--tenants", type=int, default=4)
+    ap.add_argument("--load", type=float, default=0.9, help="offered load of the synthetic traces")
+    ap.add_argument("--nodes", type=int, default=8, help="8-GPU nodes in the pool")
+    ap.add_argument("--min-runtime", type=float, default=600.0, help="s a job runs before it may be preempted")
+    ap.add_argument("--checkpoint", type=float, default=300.0, help="s between a job's checkpoints")
+    ap.add_argument("--helios", type=Path, help="a Helios cluster_log.csv to replay as well")
+    ap.add_argument("--philly", type=Path, help="a Philly cluster_job_log (JSON) to replay as well")
+    ap.add_argument("--max-jobs", type=int, default=5000, help="first N jobs of a real trace")
+    ap.add_argument("--no-classes", action="store_true", help="skip the trace with mixed priority classes")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where to write scheduler.{json,md,_jct.png}")
+    args = ap.parse_args()
+
+    began = time.perf_counter()
+    pool = default_pool(nodes=args.nodes)
+    entries = []
+    for seed in args.seeds:
+        trace = synthetic_helios(args.jobs, args.tenants, seed, args.load, pool)
+        entries.append(replay(f"helios-like, seed {seed}", trace, args, synthetic=True))
+    if not args.no_classes:
+        trace = synthetic_helios(args.jobs, args.tenants, args.seeds[0], args.load, pool, priority_mix=CLASS_MIX)
+        entries.append(replay(f"helios-like with classes, seed {args.seeds[0]}", trace, args, synthetic=False))
+    if args.helios:
+        entries.append(replay(f"Helios {args.helios.name}", read_helios(args.helios, limit=args.max_jobs), args,
+                              synthetic=False))
+    if args.philly:
+        entries.append(replay(f"Philly {args.philly.name}", read_philly(args.philly, limit=args.max_jobs), args,
+                              synthetic=False))
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    plotted = plot(entries, out / "scheduler_jct.png")
+    for e in entries:
+        e.pop("_jcts")
+    doc = {"benchmark": "scheduler", "measured": stamp, "pool": {"nodes": args.nodes, "gpus_per_node": 8,
+                                                                  "cpus_per_node": 64},
+           "min_runtime_s": args.min_runtime, "checkpoint_interval_s": args.checkpoint, "traces": entries}
+    (out / "scheduler.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    md = markdown(entries, args, stamp)
+    if plotted:
+        md += f"\n![JCT CDF]({'scheduler_jct.png'})\n"
+    (out / "scheduler.md").write_text(md)
+    print(f"wrote {out / 'scheduler.md'} and scheduler.json in {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The usage ledger and invoices.
+
+One `Usage` row per attempt, written in the same transaction that ends the attempt (jobs.end_attempt), so an
+attempt is billed exactly once whoever ends it: the worker (succeeded, failed, preempted), the scheduler (lost),
+or a cancel. An attempt is billed from its lease (when its resources were reserved for it) to its end; a lost
+attempt ends at its worker's last heartbeat, the last moment it is known to have been working. Preempted work is
+billed: the resources were used, and the checkpoint it left is what the next attempt resumes from.
+
+Resource-seconds are what was requested, times wall time (cpu x slots x seconds): a reservation is a reservation,
+whether the job kept every core busy or not. Cost is priced when the row is written (`PoolConfig` prices), so an
+invoice does not change when prices do. A row belongs to the (UTC) month in which its attempt ended.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..errors import MFError
+from .pool import PoolConfig, pool_config
+from .tables import Job, Usage, pool_read
+
+OUTCOMES = ("succeeded", "failed", "preempted", "lost", "cancelled")
+
+
+def record_attempt(s: Session, job: Job, *, outcome: str, started: dt.datetime, ended: dt.datetime,
+                   worker: str | None, config: PoolConfig | None = None) -> Usage:
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown attempt outcome '{outcome}'")
+    cfg = config or pool_config()
+    wall = max(0.0, (ended - started).total_seconds())
+    cpu_s, gpu_s = job.cpu * job.slots * wall, job.gpu * job.slots * wall
+    row = Usage(tenant=job.tenant, order_id=job.order_id, job_id=job.id, attempt=job.attempts, worker=worker,
+                started=started, ended=max(started, ended), cpu_seconds=cpu_s, gpu_seconds=gpu_s, outcome=outcome,
+                cost=round(cpu_s / 3600 * cfg.price_cpu_hour + gpu_s / 3600 * cfg.price_gpu_hour, 6))
+    s.add(row)
+    return row
+
+
+def month_bounds(month: str | dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """[first instant, first instant of the next month) of 'YYYY-MM', or of the month a datetime falls in."""
+    if isinstance(month, str):
+        m = re.fullmatch(r"(\d{4})-(\d{2})", month.strip())
+        if not m or not 1 <= int(m.group(2)) <= 12:
+            raise MFError(f"bad month '{month}': expected YYYY-MM, e.g. 2026-05")
+        start = dt.datetime(int(m.group(1)), int(m.group(2)), 1)
+    else:
+        start = month.replace(day=1, hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    return start, end
+
+
+def month_usage(s: Session, tenant: str, now: dt.datetime) -> tuple[float, float]:
+    """(cpu_seconds, gpu_seconds) billed to `tenant` in the month of `now`."""
+    start, end = month_bounds(now)
+    cpu, gpu = s.execute(select(func.coalesce(func.sum(Usage.cpu_seconds), 0.0),
+                                func.coalesce(func.sum(Usage.gpu_seconds), 0.0))
+                         .where(Usage.tenant == tenant, Usage.ended >= start, Usage.ended < end)).one()
+    return float(cpu), float(gpu)
+
+
+@dataclass
+class InvoiceLine:
+    job: int
+    name: str
+    order: int | None
+    attempt: int
+    worker: str | None
+    started: str
+    ended: str
+    outcome: str
+    cpu_hours: float
+    gpu_hours: float
+    cost: float
+
+
+@dataclass
+class Invoice:
+    tenant: str
+    month: str
+    currency: str
+    lines: list[InvoiceLine]
+
+    @property
+    def cpu_hours(self) -> float:
+        return sum(line.cpu_hours for line in self.lines)
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(line.gpu_hours for line in self.lines)
+
+    @property
+    def total(self) -> float:
+        return round(sum(line.cost for line in self.lines), 6)
+
+    def by_outcome(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for line in self.lines:
+            out[line.outcome] = round(out.get(line.outcome, 0.0) + line.cost, 6)
+        return out
+
+    def as_dict(self) -> dict:
+        return {"tenant": self.tenant, "month": self.month, "currency": self.currency,
+                "lines": [asdict(line) for line in self.lines], "cpu_hours": self.cpu_hours,
+                "gpu_hours": self.gpu_hours, "total": self.total, "by_outcome": self.by_outcome()}
+
+    def write_csv(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fields = list(InvoiceLine.__dataclass_fields__)
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(fields)
+            for line in self.lines:
+                w.writerow([getattr(line, k) for k in fields])
+            w.writerow(["total", "", "", "", "", "", "", "", f"{self.cpu_hours:.6f}", f"{self.gpu_hours:.6f}",
+                        f"{self.total:.6f}"])
+        return path
+
+
+def invoice(tenant: str, month: str, config: PoolConfig | None = None) -> Invoice:
+    """Every attempt billed to `tenant` in `month` ('YYYY-MM'), oldest first."""
+    start, end = month_bounds(month)
+    with pool_read() as s:
+        rows = s.execute(select(Usage, Job.name).join(Job, Job.id == Usage.job_id)
+                         .where(Usage.tenant == tenant, Usage.ended >= start, Usage.ended < end)
+                         .order_by(Usage.ended, Usage.id)).all()
+        lines = [InvoiceLine(job=u.job_id, name=name, order=u.order_id, attempt=u.attempt, worker=u.worker,
+                             started=u.started.isoformat(timespec="seconds"),
+                             ended=u.ended.isoformat(timespec="seconds"), outcome=u.outcome,
+                             cpu_hours=round(u.cpu_seconds / 3600, 6), gpu_hours=round(u.gpu_seconds / 3600, 6),
+                             cost=u.cost) for u, name in rows]
+    return Invoice(tenant, f"{start:%Y-%m}", (config or pool_config()).currency, lines)

@@ -1,0 +1,159 @@
+"""Pool configuration, and `mf server`: the scheduler loop plus N local worker processes.
+
+Configuration comes from the environment (read on each call, like `config.settings()`, so tests and child
+processes can set it), with command-line flags overriding it:
+
+| variable | default | meaning |
+|---|---|---|
+| `MF_POOL_POLICY` | `fifo` | scheduling policy, a name known to `compute.policies.get` (`fifo`, `priority`, `fair`) |
+| `MF_LEASE_TIMEOUT_S` | `30` | a worker silent this long is lost; its jobs are requeued |
+| `MF_HEARTBEAT_S` | `5` | how often a worker heartbeats (and renews its leases) |
+| `MF_SCHEDULE_INTERVAL_S` | `1` | how often the server runs the scheduler |
+| `MF_WORKER_POLL_S` | `0.5` | how often a worker looks for new leases, preemption requests and cancellations |
+| `MF_PREEMPT_GRACE_S` | `60` | how long a preempted job may take to checkpoint before it is killed |
+| `MF_PREEMPT_MIN_RUNTIME_S` | `60` | a job runs at least this long before a policy may preempt it (`min_runtime`) |
+| `MF_PRICE_CPU_HOUR` | `0.05` | price of one CPU-hour, in the invoice's currency |
+| `MF_PRICE_GPU_HOUR` | `2.0` | price of one GPU-hour |
+| `MF_CURRENCY` | `USD` | shown on invoices |
+| `MF_EXECUTOR` | `local` | where jobs run: `local` processes, or `ray` tasks (at `RAY_ADDRESS`, else a local Ray) |
+
+Restarting the server loses nothing: queued, running and finished jobs are rows in the database. A killed server's
+workers die with it (they are its children, bound to it with PR_SET_PDEATHSIG); their jobs' leases expire, or are
+released at once when a worker with the same id registers again (the server gives its workers stable ids), and
+the jobs resume from their stage's last checkpoint on the next attempt.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    policy: str = "fifo"
+    lease_timeout_s: float = 30.0
+    heartbeat_s: float = 5.0
+    schedule_interval_s: float = 1.0
+    worker_poll_s: float = 0.5
+    preempt_grace_s: float = 60.0
+    min_runtime_s: float = 60.0
+    price_cpu_hour: float = 0.05
+    price_gpu_hour: float = 2.0
+    currency: str = "USD"
+    executor: str = "local"
+
+    def with_(self, **changes) -> PoolConfig:
+        """A copy with the given fields changed; None values are ignored (unset command-line flags)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def pool_config() -> PoolConfig:
+    env = os.environ
+    d = PoolConfig()
+
+    def num(name: str, default: float) -> float:
+        raw = env.get(name)
+        if raw in (None, ""):
+            return default
+        try:
+            return float(raw)
+        except ValueError:
+            from ..errors import MFError
+
+            raise MFError(f"{name}={raw!r}: expected a number") from None
+
+    return PoolConfig(policy=env.get("MF_POOL_POLICY") or d.policy,
+                      lease_timeout_s=num("MF_LEASE_TIMEOUT_S", d.lease_timeout_s),
+                      heartbeat_s=num("MF_HEARTBEAT_S", d.heartbeat_s),
+                      schedule_interval_s=num("MF_SCHEDULE_INTERVAL_S", d.schedule_interval_s),
+                      worker_poll_s=num("MF_WORKER_POLL_S", d.worker_poll_s),
+                      preempt_grace_s=num("MF_PREEMPT_GRACE_S", d.preempt_grace_s),
+                      min_runtime_s=num("MF_PREEMPT_MIN_RUNTIME_S", d.min_runtime_s),
+                      price_cpu_hour=num("MF_PRICE_CPU_HOUR", d.price_cpu_hour),
+                      price_gpu_hour=num("MF_PRICE_GPU_HOUR", d.price_gpu_hour),
+                      currency=env.get("MF_CURRENCY") or d.currency,
+                      executor=env.get("MF_EXECUTOR") or d.executor)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def die_with_parent() -> None:
+    """In a child process (Linux): get SIGKILL when the parent dies, so `kill -9` of a parent leaves no orphan
+    running a job nobody is accounting for. Elsewhere a no-op (job processes also watch their worker's pid)."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def run_server(*, workers: int = 1, config: PoolConfig | None = None, worker_cpu: float | None = None,
+               worker_memory_gb: float | None = None, worker_gpu: float = 0.0,
+               on_tick: Callable[[object], None] | None = None, stop: Callable[[], bool] = lambda: False) -> None:
+    """Run the scheduler every `schedule_interval_s` and keep `workers` local worker processes alive, until
+    SIGINT/SIGTERM or `stop()`. Workers get ids `<host>-<i>`, the same on every start."""
+    from .scheduler import policy, schedule_once
+    from .stagejob import finalize_orders
+
+    cfg = config or pool_config()
+    policy(cfg)  # an unknown policy name fails here, before any worker starts
+    host = socket.gethostname()
+    env = {**os.environ, "MF_POOL_POLICY": cfg.policy, "MF_LEASE_TIMEOUT_S": str(cfg.lease_timeout_s),
+           "MF_HEARTBEAT_S": str(cfg.heartbeat_s), "MF_WORKER_POLL_S": str(cfg.worker_poll_s),
+           "MF_PREEMPT_GRACE_S": str(cfg.preempt_grace_s),
+           "MF_PREEMPT_MIN_RUNTIME_S": str(cfg.min_runtime_s), "MF_PRICE_CPU_HOUR": str(cfg.price_cpu_hour),
+           "MF_PRICE_GPU_HOUR": str(cfg.price_gpu_hour), "MF_EXECUTOR": cfg.executor}
+    stopping = False
+
+    def _stop(signum, _frame):
+        nonlocal stopping
+        stopping = True
+
+    old = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    procs: dict[int, subprocess.Popen] = {}
+    spawned: dict[int, float] = {}
+
+    def spawn(i: int) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "modelfactory.cli", "worker", "--id", f"{host}-{i}", "--gpu", str(worker_gpu)]
+        if worker_cpu is not None:
+            cmd += ["--cpu", str(worker_cpu)]
+        if worker_memory_gb is not None:
+            cmd += ["--memory-gb", str(worker_memory_gb)]
+        spawned[i] = time.monotonic()
+        return subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
+
+    try:
+        for i in range(1, workers + 1):
+            procs[i] = spawn(i)
+        while not stopping and not stop():
+            t0 = time.monotonic()
+            try:
+                report = schedule_once(config=cfg)
+                finalize_orders()
+                if on_tick:
+                    on_tick(report)
+            except Exception as e:  # e.g. the database busy for longer than its timeout: try again next round
+                print(f"mf server: scheduling round failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            for i, p in list(procs.items()):  # a worker died: start it again (same id), at most every 10 s
+                if p.poll() is not None and not stopping and time.monotonic() - spawned[i] > 10:
+                    procs[i] = spawn(i)
+            time.sleep(max(0.0, cfg.schedule_interval_s - (time.monotonic() - t0)))
+    finally:
+        for p in procs.values():  # graceful: workers checkpoint and requeue their jobs
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + cfg.preempt_grace_s + 10
+        for p in procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

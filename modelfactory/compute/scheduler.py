@@ -1,0 +1,199 @@
+"""The live scheduler: one round, `schedule_once(now)`, in one pool transaction.
+
+A round (1) marks workers that stopped heartbeating as lost and takes back the leases they held (the attempt is
+billed as `lost`; the job is requeued, or failed with its last error once it has failed max_attempts times),
+(2) settles queued jobs whose dependencies failed or were cancelled, (3) snapshots the pool as the policy sees it
+(`policies.JobView` / `WorkerView` / `TenantView`) and asks the configured policy what to do, and (4) writes what
+it decided: leases for the jobs it starts, preemption requests for the jobs it wants back, and why the others
+wait. The policy is the same pure function the trace simulator replays; everything with a clock, a database or a
+process is here.
+
+Running two schedulers is safe (pool_tx serialises their rounds; the second sees the first's leases), merely
+useless. Workers act on what a round wrote: they start the processes for their new leases and signal the jobs
+asked to stop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..errors import MFError
+from ..store import utcnow
+from . import policies
+from .jobs import end_attempt, note, transition
+from .policies import JobView, Resources, TenantView, WorkerView
+from .pool import PoolConfig, pool_config
+from .tables import Job, Tenant, Worker, pool_tx
+
+
+@dataclass
+class ScheduleReport:
+    started: list[tuple[int, list[str]]] = field(default_factory=list)
+    preempt_requested: list[int] = field(default_factory=list)
+    lost: list[int] = field(default_factory=list)  # jobs whose lease was taken back
+    settled: list[int] = field(default_factory=list)  # queued jobs failed/cancelled because a dependency was
+    workers_lost: list[str] = field(default_factory=list)
+    waiting: dict[int, str] = field(default_factory=dict)
+
+
+def seconds(t: dt.datetime) -> float:
+    """The policies' clock: seconds since the epoch of a naive-UTC datetime."""
+    return t.replace(tzinfo=dt.UTC).timestamp()
+
+
+def resources(job: Job) -> Resources:
+    return Resources(job.cpu, job.gpu, job.memory_gb)
+
+
+def policy(cfg: PoolConfig) -> policies.Policy:
+    """The configured policy (MFError for an unknown name), with the pool's preemption `min_runtime`."""
+    try:
+        return policies.get(cfg.policy, min_runtime=cfg.min_runtime_s)
+    except ValueError as e:
+        raise MFError(str(e)) from None
+
+
+def schedule_once(now: dt.datetime | None = None, *, config: PoolConfig | None = None) -> ScheduleReport:
+    """One scheduling round at `now` (default: the clock), with `config` (default: pool_config())."""
+    cfg = config or pool_config()
+    chosen = policy(cfg)
+    now = now or utcnow()
+    report = ScheduleReport()
+    with pool_tx() as s:
+        live = _expire(s, now, cfg, report)
+        _settle_dependents(s, now, report)
+        queued, running, workers, tenants = _snapshot(s, live, report)
+        decision = chosen.schedule(seconds(now), [view for view, _ in queued.values()],
+                                   [(view, list(job.placement or [])) for view, job in running.values()],
+                                   workers, tenants)
+        _apply(s, now, cfg, decision, queued, running, workers, live, report)
+    return report
+
+
+def _expire(s: Session, now: dt.datetime, cfg: PoolConfig, report: ScheduleReport) -> dict[str, Worker]:
+    """Mark silent workers lost, take back the leases of jobs they held; return the workers still alive."""
+    cutoff = now - dt.timedelta(seconds=cfg.lease_timeout_s)
+    workers = {w.id: w for w in s.scalars(select(Worker))}
+    for w in workers.values():
+        if w.state in ("up", "stopping") and w.last_heartbeat < cutoff:
+            w.state = "lost"
+            report.workers_lost.append(w.id)
+    for job in s.scalars(select(Job).where(Job.state == "running").order_by(Job.id)):
+        placed = [workers.get(wid) for wid in (job.placement or [job.lease_worker])]
+        gone = next((w for w in placed if w is None or w.state in ("lost", "stopped")), None)
+        if gone is None and job.lease_expires is not None and job.lease_expires >= now:
+            continue
+        lead = workers.get(job.lease_worker or "")
+        last_seen = lead.last_heartbeat if lead else job.started
+        if gone is not None:
+            silent = (now - gone.last_heartbeat).total_seconds() if gone.last_heartbeat else float("nan")
+            why = (f"worker lost: {gone.id} {'stopped' if gone.state == 'stopped' else 'sent no heartbeat'} "
+                   f"for {silent:.0f} s")
+        else:
+            why = f"worker lost: {job.lease_worker} did not renew its lease (expired {job.lease_expires:%H:%M:%S})"
+        ended = min(now, max(job.started or now, last_seen or now))
+        end_attempt(s, job, "lost", why, ended=ended, now=now, error=why, config=cfg)
+        report.lost.append(job.id)
+    return {wid: w for wid, w in workers.items() if w.state in ("up", "stopping")}
+
+
+def _settle_dependents(s: Session, now: dt.datetime, report: ScheduleReport) -> None:
+    """A queued job whose dependency failed (or was cancelled) can never run: fail (or cancel) it, and so on
+    down the chain."""
+    waiting = [j for j in s.scalars(select(Job).where(Job.state == "queued").order_by(Job.id)) if j.depends_on]
+    if not waiting:
+        return
+    dep_ids = {d for job in waiting for d in job.depends_on}
+    states = {j.id: j.state for j in s.scalars(select(Job).where(Job.id.in_(dep_ids)))}
+    changed = True
+    while changed:
+        changed = False
+        for job in waiting:
+            if job.state != "queued":
+                continue
+            bad = next((d for d in job.depends_on if states.get(d) in ("failed", "cancelled")), None)
+            if bad is None:
+                continue
+            to = "cancelled" if states[bad] == "cancelled" else "failed"
+            job.last_error = f"dependency job {bad} {states[bad]}"
+            transition(s, job, to, job.last_error, now=now)
+            states[job.id] = to
+            report.settled.append(job.id)
+            changed = True
+
+
+def _snapshot(s: Session, live: dict[str, Worker], report: ScheduleReport):
+    jobs = list(s.scalars(select(Job).where(Job.state.in_(("queued", "running"))).order_by(Job.id)))
+    dep_ids = {d for j in jobs for d in (j.depends_on or [])}
+    dep_state = {j.id: j.state for j in s.scalars(select(Job).where(Job.id.in_(dep_ids)))} if dep_ids else {}
+    queued: dict[int, tuple[JobView, Job]] = {}
+    running: dict[int, tuple[JobView, Job]] = {}
+    used: dict[str, Resources] = {wid: Resources() for wid in live}
+    for job in jobs:
+        view = JobView(id=job.id, tenant=job.tenant, priority=job.priority, resources=resources(job),
+                       submitted=seconds(job.submitted), slots=job.slots, expected_duration=job.time_limit_s,
+                       preemptible=job.preemptible)
+        if job.state == "running":
+            view.started = seconds(job.started) if job.started else None
+            view.stopping = bool(job.preempt_requested)  # asked to checkpoint: about to give its resources back
+            running[job.id] = (view, job)
+            for wid in job.placement or []:
+                if wid in used:
+                    used[wid] = used[wid] + view.resources
+            continue
+        pending = [d for d in job.depends_on or [] if dep_state.get(d) != "succeeded"]
+        if pending:
+            _set_waiting(job, "waiting for job" + ("s " if len(pending) > 1 else " ")
+                         + ", ".join(map(str, pending)), report)
+            continue
+        queued[job.id] = (view, job)
+    workers = [WorkerView(id=w.id, capacity=Resources(w.cpu, w.gpu, w.memory_gb),
+                          free=Resources(w.cpu, w.gpu, w.memory_gb) - used[w.id]) for w in live.values()]
+    tenants = {t.name: TenantView(name=t.name, weight=t.weight, max_slots=t.max_slots)
+               for t in s.scalars(select(Tenant))}
+    return queued, running, workers, tenants
+
+
+def _set_waiting(job: Job, why: str, report: ScheduleReport) -> None:
+    report.waiting[job.id] = why
+    if job.waiting != why:
+        job.waiting = why
+
+
+def _apply(s: Session, now: dt.datetime, cfg: PoolConfig, decision: policies.Decision,
+           queued: dict[int, tuple[JobView, Job]], running: dict[int, tuple[JobView, Job]],
+           workers: list[WorkerView], live: dict[str, Worker], report: ScheduleReport) -> None:
+    free = {w.id: w.free for w in workers if live[w.id].state == "up"}  # a stopping worker takes no new jobs
+    for job_id, placement in decision.starts:
+        view, job = queued.get(job_id, (None, None))
+        if job is None or job.state != "queued":
+            continue
+        trial, ok = dict(free), len(placement) == job.slots
+        for wid in placement if ok else []:
+            if wid not in trial or not view.resources.fits_in(trial[wid]):
+                ok = False
+                break
+            trial[wid] = trial[wid] - view.resources
+        if not ok:  # the policy's placement does not fit what we know: leave it queued, say why
+            _set_waiting(job, f"placement on {', '.join(placement)} does not fit the free resources", report)
+            continue
+        free = trial
+        reason = f"leased to {', '.join(dict.fromkeys(placement))}"
+        if job.attempts:
+            reason += f" (attempt {job.attempts + 1})"
+        transition(s, job, "running", reason, now=now, placement=placement, lease_s=cfg.lease_timeout_s)
+        report.started.append((job_id, list(placement)))
+    for job_id in decision.preempt:
+        _, job = running.get(job_id, (None, None))
+        if job is None or job.state != "running" or not job.preemptible or job.preempt_requested:
+            continue
+        job.preempt_requested = True
+        note(s, job, f"preemption requested by the '{cfg.policy}' policy", now=now)
+        report.preempt_requested.append(job_id)
+    for job_id, why in decision.waiting.items():
+        if job_id in queued and queued[job_id][1].state == "queued":
+            _set_waiting(queued[job_id][1], why, report)

@@ -1,0 +1,244 @@
+"""Orders on the pool: an order's stage DAG as stage jobs, one stage job's run, and the order's registration.
+
+A stage's cache key is known before it runs (the hash of its name, version, params and input artifact ids, and an
+artifact's id *is* its key), so the whole plan is keyed at submit time: a node whose artifact exists is a cache
+hit and gets no job, any other node becomes a job that depends on the jobs of its inputs. A stage job runs its
+node through the factory's own runner (`run_plan` on a one-node plan whose inputs are artifact ids), so it gets
+the runner's behaviour unchanged: the same key, checkpoints under MF_HOME/work/<key>/ that the next attempt
+resumes from, the artifact renamed into place only on success, a StageRun row per run.
+
+When every job of an order has succeeded, `finalize_orders` (run by `mf server` after each scheduling round)
+registers it with `factory.order.finish_order`, the same code `mf order run` ends with.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+
+from ..artifacts import Artifact, ArtifactStore
+from ..config import settings
+from ..data.versions import DatasetRef, resolve
+from ..errors import MFError, NotFound
+from ..factory.order import fail_order, finish_order, ingest
+from ..factory.planner import Node, Plan, plan
+from ..factory.runner import NodeResult, Reporter, node_key, run_plan
+from ..factory.spec import OrderSpec
+from ..store import Order, StageRun, session, utcnow
+from .jobs import Spec, admit, create, job_dict, last_workers
+from .tables import Job, PoolOrder, pool_read, pool_tx
+
+REGISTER_RETRY_S = 120  # an order left 'registering' this long (its registrar died) is registered again
+
+
+def plan_keys(the_plan: Plan) -> dict[str, tuple[str, dict[str, str]]]:
+    """node -> (cache key, {input role: artifact id}) for every node, before anything runs."""
+    store = ArtifactStore()
+    produced: dict[str, NodeResult] = {}
+    out = {}
+    for node in the_plan.nodes:
+        key, ids = node_key(node, produced)
+        produced[node.name] = NodeResult(Artifact(key, store.path(key)), cached=False)
+        out[node.name] = (key, ids)
+    return out
+
+
+@dataclass
+class Submitted:
+    order_id: int
+    dataset: DatasetRef
+    jobs: dict[str, int] = field(default_factory=dict)  # node -> job id
+    cached: list[str] = field(default_factory=list)  # nodes whose artifact already existed
+    shared: list[str] = field(default_factory=list)  # nodes another of the tenant's orders is already computing
+
+
+def submit_order(spec: OrderSpec, *, tenant: str | None = None, priority: str = "standard", cpu: float = 1.0,
+                 memory_gb: float = 2.0, max_attempts: int = 3, skip_bad_rows: bool = False) -> Submitted:
+    """Ingest the order's data, plan it, and queue a stage job per node that is not a cache hit."""
+    if tenant and tenant != spec.tenant:
+        spec = spec.model_copy(update={"tenant": tenant})
+    if spec.search is not None:
+        raise MFError("orders with a `search:` block run in one process with `mf order run` for now; the pool "
+                      "runs an order's fixed recipe (drop `search:` or set the chosen recipe)")
+    probe = Spec(kind="stage", payload={}, priority=priority, cpu=cpu, memory_gb=memory_gb,
+                 max_attempts=max_attempts)
+    with pool_tx() as s:
+        admit(s, spec.tenant, [probe])  # unknown tenant, bad priority/resources, over quota: refuse before ingest
+    with session() as s:
+        order = Order(name=spec.name, tenant=spec.tenant, spec=spec.model_dump(mode="json"), state="running")
+        s.add(order)
+        s.flush()
+        order_id = order.id
+    try:
+        dataset = ingest(spec, skip_bad_rows)
+        the_plan = plan(spec, dataset.artifact_id)
+        keys = plan_keys(the_plan)
+        store = ArtifactStore()
+        out = Submitted(order_id, dataset)
+        nodes: dict[str, dict] = {}
+        now = utcnow()
+        with pool_tx() as s:
+            admit(s, spec.tenant, [probe], now=now)
+            for node in the_plan.nodes:
+                key, ids = keys[node.name]
+                nodes[node.name] = {"stage": node.stage, "key": key, "job": None}
+                if store.exists(key):
+                    out.cached.append(node.name)
+                    continue
+                active = s.scalar(select(Job).where(Job.key == key, Job.tenant == spec.tenant,
+                                                    Job.state.in_(("queued", "running"))).limit(1))
+                if active is not None:  # the same stage of another order of this tenant, still in flight
+                    nodes[node.name]["job"] = out.jobs[node.name] = active.id
+                    out.shared.append(node.name)
+                    continue
+                deps = sorted({nodes[ref]["job"] for ref in node.inputs.values()
+                               if not ref.startswith("@") and nodes[ref]["job"] is not None})
+                payload = {"node": node.name, "stage": node.stage, "params": node.params, "inputs": ids, "key": key}
+                job = create(s, spec.tenant, Spec(kind="stage", payload=payload, name=f"{spec.name}/{node.name}",
+                                                  key=key, priority=priority, cpu=cpu, memory_gb=memory_gb,
+                                                  max_attempts=max_attempts, order_id=order_id,
+                                                  depends_on=tuple(deps)), now=now,
+                             reason=f"submitted with order {order_id}")
+                nodes[node.name]["job"] = out.jobs[node.name] = job.id
+            s.add(PoolOrder(order_id=order_id, tenant=spec.tenant, priority=priority, dataset=str(dataset),
+                            dataset_artifact=dataset.artifact_id, nodes=nodes, state="running", updated=now))
+    except BaseException as e:
+        fail_order(order_id, e)
+        raise
+    if not out.jobs:  # every stage was a cache hit: register now
+        finalize_orders(order_ids=[order_id])
+    return out
+
+
+# --- one stage job (runs in the worker's job process) --------------------------------------------------------------
+def run_stage(payload: dict, *, order_id: int | None, should_stop: Callable[[], bool],
+              reporter: Reporter | None = None) -> dict:
+    """Run one node of a plan as factory/runner.py does; returns the job's result. Raises StopRequested (from the
+    training loop, after a checkpoint) when `should_stop()` turns true during training."""
+    node = Node(payload["node"], payload["stage"], payload["params"],
+                {role: f"@{aid}" for role, aid in payload["inputs"].items()})
+    key, _ = node_key(node, {})
+    if key != payload["key"]:
+        raise MFError(f"stage '{node.stage}' no longer has the cache key it was submitted with (its code version "
+                      "changed since?): submit the order again")
+    missing = [aid for aid in payload["inputs"].values() if not ArtifactStore().exists(aid)]
+    if missing:
+        raise MFError(f"input artifact(s) {', '.join(a[:12] for a in missing)} missing: was MF_HOME shared?")
+    results = run_plan(Plan([node], {}, node.name), order_id=order_id, should_stop=should_stop, reporter=reporter)
+    r = results[node.name]
+    return {"artifact": r.artifact.id, "cached": r.cached, "resumed_from_step": r.resumed_from_step}
+
+
+def checkpoint_step(key: str) -> int | None:
+    """The step of the checkpoint a stage left in MF_HOME/work/<key>/, if any."""
+    state = settings().work / key / "checkpoint" / "state.json"
+    try:
+        return int(json.loads(state.read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+# --- closing orders ------------------------------------------------------------------------------------------------
+def _claim(order_id: int, from_states: tuple[str, ...], to: str, *, stale_before: dt.datetime | None = None) -> bool:
+    """Atomically move a pool order between states; False if someone else already did."""
+    with pool_tx() as s:
+        q = update(PoolOrder).where(PoolOrder.order_id == order_id, PoolOrder.state.in_(from_states))
+        if stale_before is not None:
+            q = q.where(PoolOrder.updated < stale_before)
+        return s.execute(q.values(state=to, updated=utcnow())).rowcount == 1
+
+
+def finalize_orders(order_ids: list[int] | None = None, now: dt.datetime | None = None) -> list[int]:
+    """Register the pool orders whose jobs all succeeded, fail those with a failed or cancelled job; returns the
+    ids of the orders closed."""
+    now = now or utcnow()
+    with pool_read() as s:
+        q = select(PoolOrder).where(PoolOrder.state.in_(("running", "registering")))
+        if order_ids is not None:
+            q = q.where(PoolOrder.order_id.in_(order_ids))
+        orders = list(s.scalars(q))
+        job_ids = {n["job"] for po in orders for n in po.nodes.values() if n["job"] is not None}
+        jobs = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(job_ids)))} if job_ids else {}
+    closed = []
+    for po in orders:
+        mine = [jobs[n["job"]] for n in po.nodes.values() if n["job"] is not None]
+        bad = next((j for j in mine if j.state in ("failed", "cancelled")), None)
+        if bad is not None:
+            if _claim(po.order_id, ("running",), "failed"):
+                fail_order(po.order_id, f"job {bad.id} ({bad.name}) {bad.state}: {bad.last_error or 'cancelled'}")
+                closed.append(po.order_id)
+            continue
+        if not all(j.state == "succeeded" for j in mine):
+            continue
+        stale = now - dt.timedelta(seconds=REGISTER_RETRY_S)
+        if not (_claim(po.order_id, ("running",), "registering")
+                or _claim(po.order_id, ("registering",), "registering", stale_before=stale)):
+            continue
+        try:
+            _register(po, jobs)
+        except Exception as e:  # e.g. an evaluation artifact without metrics: the order fails, with the error
+            fail_order(po.order_id, e)
+            _claim(po.order_id, ("registering",), "failed")
+            closed.append(po.order_id)
+            continue
+        _claim(po.order_id, ("registering",), "done")
+        closed.append(po.order_id)
+    return closed
+
+
+def _register(po: PoolOrder, jobs: dict[int, Job]) -> None:
+    with session() as s:
+        order = s.get(Order, po.order_id)
+        spec = OrderSpec.model_validate(order.spec)
+    dataset = resolve(po.dataset)
+    the_plan = plan(spec, po.dataset_artifact)
+    store = ArtifactStore()
+    results = {}
+    for node in the_plan.nodes:
+        info = po.nodes[node.name]
+        job = jobs.get(info["job"]) if info["job"] is not None else None
+        result = (job.result or {}) if job is not None else {}
+        results[node.name] = NodeResult(store.get(info["key"]), cached=job is None or bool(result.get("cached")),
+                                        resumed_from_step=result.get("resumed_from_step") or None)
+    finish_order(spec, po.order_id, dataset, the_plan, results)
+
+
+# --- looking at orders ---------------------------------------------------------------------------------------------
+def order_status(order_id: int) -> dict:
+    """An order and its stages: for a pool order each node's job (or cache hit); for an order run in one
+    process (`mf order run`) its stage runs."""
+    with pool_read() as s:
+        order = s.get(Order, order_id)
+        if order is None:
+            raise NotFound(f"no order {order_id}")
+        po = s.get(PoolOrder, order_id)
+        out = {"order": order.id, "name": order.name, "tenant": order.tenant, "state": order.state,
+               "error": order.error, "report": order.report_path, "created": order.created,
+               "finished": order.finished, "on_pool": po is not None, "nodes": []}
+        if po is None:
+            for run in s.scalars(select(StageRun).where(StageRun.order_id == order_id).order_by(StageRun.id)):
+                out["nodes"].append({"node": run.node, "stage": run.stage, "key": run.key, "state": run.state,
+                                     "resumed_from_step": run.resumed_from_step, "error": run.error})
+            return out
+        out |= {"priority": po.priority, "dataset": po.dataset, "pool_state": po.state}
+        job_ids = [n["job"] for n in po.nodes.values() if n["job"] is not None]
+        jobs = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(job_ids)))} if job_ids else {}
+        workers = last_workers(s, job_ids)
+        for name, info in po.nodes.items():
+            job = jobs.get(info["job"])
+            row = {"node": name, "stage": info["stage"], "key": info["key"], "job": info["job"],
+                   "state": "cached" if job is None else job.state}
+            if job is not None:
+                d = job_dict(job)
+                row |= {k: d[k] for k in ("attempts", "waiting", "last_error", "started", "finished",
+                                          "preempt_requested")}
+                row["worker"] = job.lease_worker or workers.get(job.id)
+                row["resumed_from_step"] = (job.result or {}).get("resumed_from_step")
+                row["artifact"] = (job.result or {}).get("artifact")
+            out["nodes"].append(row)
+        return out
+

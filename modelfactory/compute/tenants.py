@@ -1,0 +1,149 @@
+"""Tenants: who may submit, with which API key, weight and quotas.
+
+The API key is random, shown once at creation and stored only as its sha256, so a leaked database does not leak
+keys. Quotas come in two kinds:
+
+- hard, per UTC calendar month: CPU-hours and GPU-hours. A submit is refused (MFError) when the tenant has already
+  used its quota this month, or when this month's usage, plus what its queued and running jobs with a time limit
+  may still use (requested resources x time limit), plus what the new jobs may use (likewise) exceeds the quota.
+  Jobs without a time limit cannot be priced ahead, so they count only through the "already used" test; the
+  ledger bills what they actually use. A job asking no GPU is never refused by the GPU quota.
+- soft: `max_slots`, concurrent slots. Never refused; jobs beyond it wait in the queue (the policy sees it as
+  `TenantView.max_slots`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..data.versions import check_name
+from ..errors import MFError, NotFound
+from ..store import utcnow
+from .ledger import month_usage
+from .tables import Job, Tenant, pool_read, pool_tx
+
+KEY_PREFIX = "mfk_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass
+class TenantInfo:
+    name: str
+    weight: float
+    cpu_hours_month: float | None
+    gpu_hours_month: float | None
+    max_slots: int | None
+    created: dt.datetime
+
+    @classmethod
+    def of(cls, t: Tenant) -> TenantInfo:
+        return cls(t.name, t.weight, t.cpu_hours_month, t.gpu_hours_month, t.max_slots, t.created)
+
+
+def _check_limits(weight: float | None, cpu_hours: float | None, gpu_hours: float | None,
+                  max_slots: int | None) -> None:
+    if weight is not None and weight <= 0:
+        raise MFError(f"weight must be > 0 (got {weight})")
+    for what, v in (("cpu-hours", cpu_hours), ("gpu-hours", gpu_hours)):
+        if v is not None and v < 0:
+            raise MFError(f"{what} must be >= 0 (got {v})")
+    if max_slots is not None and max_slots < 1:
+        raise MFError(f"max-slots must be >= 1 (got {max_slots})")
+
+
+def add_tenant(name: str, *, weight: float = 1.0, cpu_hours_month: float | None = None,
+               gpu_hours_month: float | None = None, max_slots: int | None = None) -> tuple[TenantInfo, str]:
+    """Create a tenant; returns it and its API key (the only time the key exists outside the caller)."""
+    check_name(name, "tenant")
+    _check_limits(weight, cpu_hours_month, gpu_hours_month, max_slots)
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    with pool_tx() as s:
+        if s.scalar(select(Tenant).where(Tenant.name == name)) is not None:
+            raise MFError(f"tenant '{name}' already exists")
+        t = Tenant(name=name, api_key_hash=hash_key(key), weight=weight, cpu_hours_month=cpu_hours_month,
+                   gpu_hours_month=gpu_hours_month, max_slots=max_slots, created=utcnow())
+        s.add(t)
+        s.flush()
+        return TenantInfo.of(t), key
+
+
+UNSET = object()
+
+
+def set_tenant(name: str, *, weight: float | None = None, cpu_hours_month=UNSET, gpu_hours_month=UNSET,
+               max_slots=UNSET) -> TenantInfo:
+    """Change a tenant's weight or limits (pass None to a limit to remove it)."""
+    _check_limits(weight, None if cpu_hours_month is UNSET else cpu_hours_month,
+                  None if gpu_hours_month is UNSET else gpu_hours_month, None if max_slots is UNSET else max_slots)
+    with pool_tx() as s:
+        t = tenant_row(s, name)
+        if weight is not None:
+            t.weight = weight
+        if cpu_hours_month is not UNSET:
+            t.cpu_hours_month = cpu_hours_month
+        if gpu_hours_month is not UNSET:
+            t.gpu_hours_month = gpu_hours_month
+        if max_slots is not UNSET:
+            t.max_slots = max_slots
+        return TenantInfo.of(t)
+
+
+def list_tenants() -> list[TenantInfo]:
+    with pool_read() as s:
+        return [TenantInfo.of(t) for t in s.scalars(select(Tenant).order_by(Tenant.name))]
+
+
+def tenant_row(s: Session, name: str) -> Tenant:
+    t = s.scalar(select(Tenant).where(Tenant.name == name))
+    if t is None:
+        raise NotFound(f"unknown tenant '{name}': add it first with `mf tenants add {name}`")
+    return t
+
+
+def tenant_for_key(key: str) -> TenantInfo | None:
+    """The tenant an API key belongs to, or None (for the control plane's `Authorization: Bearer`)."""
+    with pool_read() as s:
+        t = s.scalar(select(Tenant).where(Tenant.api_key_hash == hash_key(key)))
+        return TenantInfo.of(t) if t else None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a job about to be submitted asks for, as far as quotas care."""
+
+    cpu: float
+    gpu: float
+    slots: int = 1
+    time_limit_s: float | None = None
+
+
+def check_quota(s: Session, tenant: Tenant, requests: list[Request], now: dt.datetime) -> None:
+    """Raise MFError if `requests` would take `tenant` over a hard monthly quota (see the module docstring)."""
+    used_cpu, used_gpu = month_usage(s, tenant.name, now)
+    outstanding = [Request(j.cpu, j.gpu, j.slots, j.time_limit_s) for j in s.scalars(
+        select(Job).where(Job.tenant == tenant.name, Job.state.in_(("queued", "running")),
+                          Job.time_limit_s.is_not(None)))]
+    for label, quota, used, attr in (("CPU", tenant.cpu_hours_month, used_cpu, "cpu"),
+                                     ("GPU", tenant.gpu_hours_month, used_gpu, "gpu")):
+        if quota is None or not any(getattr(r, attr) > 0 for r in requests):
+            continue
+        reserved = sum(getattr(r, attr) * r.slots * r.time_limit_s for r in outstanding) / 3600
+        asked = sum(getattr(r, attr) * r.slots * (r.time_limit_s or 0) for r in requests) / 3600
+        month = f"{now:%Y-%m}"
+        if used / 3600 >= quota:
+            raise MFError(f"tenant '{tenant.name}' has used its monthly {label} quota: {used / 3600:.2f} of "
+                          f"{quota:g} {label}-hours in {month}; submit refused (raise it with `mf tenants set "
+                          f"{tenant.name} --{label.lower()}-hours H`)")
+        if used / 3600 + reserved + asked > quota + 1e-9:
+            raise MFError(f"tenant '{tenant.name}' would exceed its monthly {label} quota: {used / 3600:.2f} "
+                          f"{label}-hours used in {month} + {reserved:.2f} reserved by queued/running jobs + "
+                          f"{asked:.2f} requested (resources x time limit) > {quota:g}; submit refused")

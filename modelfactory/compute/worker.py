@@ -1,0 +1,483 @@
+"""A worker: registers its capacity, heartbeats, runs the jobs leased to it, each in its own process.
+
+Why a process per job: a job can then be signalled (preemption: SIGUSR1 -> `should_stop` -> the training loop
+checkpoints and raises StopRequested), killed (cancel, time limit) and measured without taking the worker down,
+and a crashing stage takes nothing else with it. Job processes are forked from a `multiprocessing` forkserver
+that has already imported torch and the stages, so a job starts in milliseconds rather than the seconds an
+import takes, and the fork happens in a single-threaded process (this one has a heartbeat thread).
+
+Why they cannot outlive the worker: `kill -9` of a worker must not leave a job running that the pool believes
+lost (it would be running twice once requeued). Each job process asks for SIGKILL when its parent dies
+(PR_SET_PDEATHSIG; its parent is the forkserver, which exits once the worker is gone and no job holds its
+"alive" pipe, which is why the job closes its copy) and, belt and braces, watches the worker's pid itself.
+
+Who writes what: the scheduler writes leases; the worker starts a process for each new lease, renews its leases
+with every heartbeat, and ends the attempt when the process ends (jobs.end_attempt: ledger row + transition).
+If the job was cancelled or its lease taken back meanwhile, the worker kills the process and writes nothing:
+whoever ended the attempt has billed it. A worker that registers under an id whose previous incarnation died
+releases that incarnation's leases at once (billed as lost) instead of waiting for them to expire.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import and_, or_, select, update
+
+from ..config import settings
+from ..errors import MFError
+from ..store import utcnow
+from .jobs import end_attempt
+from .pool import PoolConfig, die_with_parent, pool_config
+from .tables import Job, Worker, pool_read, pool_tx
+
+# Imported once by the forkserver, so job processes start with them loaded. Besides the stages, what the stages
+# import lazily on first use (ONNX export, onnxruntime, the optimizer, the demo teacher's BERT): each would
+# otherwise cost every job process a second or more. A module that fails to import is skipped.
+PRELOAD = ["modelfactory.factory.stages", "modelfactory.factory.runner", "modelfactory.compute.stagejob",
+           "torch.onnx", "torch._dynamo", "onnx", "onnxruntime", "onnxruntime.quantization",
+           "onnxruntime.transformers.optimizer", "transformers.models.bert.modeling_bert"]
+EXIT_STOPPED = 75  # the job process stopped on request, after a checkpoint
+
+
+@dataclass(frozen=True)
+class Capacity:
+    cpu: float
+    gpu: float
+    memory_gb: float
+
+
+def default_capacity() -> Capacity:
+    """All of this machine's CPUs, no GPU (advertise GPUs with --gpu), 80% of its memory."""
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 * 0.8
+    except (ValueError, OSError, AttributeError):
+        mem = 4.0
+    return Capacity(cpu=float(os.cpu_count() or 1), gpu=0.0, memory_gb=round(mem, 1))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process (on this host) is alive; a zombie is not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def register(worker_id: str, capacity: Capacity, *, host: str | None = None, pid: int | None = None,
+             now: dt.datetime | None = None, config: PoolConfig | None = None) -> list[int]:
+    """Add or revive worker `worker_id`; returns the jobs its dead previous incarnation held (now requeued).
+    Refuses an id that a live worker is using."""
+    cfg = config or pool_config()
+    host, pid, now = host or socket.gethostname(), pid or os.getpid(), now or utcnow()
+    with pool_tx() as s:
+        w = s.get(Worker, worker_id)
+        if w is not None and w.state in ("up", "stopping") and (w.host, w.pid) != (host, pid):
+            fresh = w.last_heartbeat >= now - dt.timedelta(seconds=cfg.lease_timeout_s)
+            if fresh and (w.host != host or pid_alive(w.pid)):
+                raise MFError(f"worker id '{worker_id}' is in use by pid {w.pid} on {w.host} (last heartbeat "
+                              f"{(now - w.last_heartbeat).total_seconds():.0f} s ago); choose another --id")
+        orphans = []
+        if w is not None:
+            for job in s.scalars(select(Job).where(Job.state == "running", Job.lease_worker == worker_id)):
+                why = f"worker lost: {worker_id} restarted (pid {w.pid} on {w.host} is gone)"
+                end_attempt(s, job, "lost", why, ended=max(job.started or now, w.last_heartbeat), now=now,
+                            error=why, config=cfg)
+                orphans.append(job.id)
+        else:
+            w = Worker(id=worker_id)
+            s.add(w)
+        w.host, w.pid, w.cpu, w.gpu, w.memory_gb = host, pid, capacity.cpu, capacity.gpu, capacity.memory_gb
+        w.started = w.last_heartbeat = now
+        w.state = "up"
+        return orphans
+
+
+def heartbeat(worker_id: str, *, now: dt.datetime | None = None, config: PoolConfig | None = None) -> None:
+    """I am alive: renew the worker's heartbeat and the leases of the jobs it holds."""
+    cfg = config or pool_config()
+    now = now or utcnow()
+    with pool_tx() as s:
+        w = s.get(Worker, worker_id)
+        if w is None:
+            raise MFError(f"worker '{worker_id}' is not registered")
+        w.last_heartbeat = now
+        if w.state == "lost":  # back after a stall: its old leases were taken back, new ones may come
+            w.state = "up"
+        s.execute(update(Job).where(Job.state == "running", Job.lease_worker == worker_id)
+                  .values(lease_expires=now + dt.timedelta(seconds=cfg.lease_timeout_s)))
+
+
+def set_state(worker_id: str, state: str) -> None:
+    with pool_tx() as s:
+        w = s.get(Worker, worker_id)
+        if w is not None:
+            w.state = state
+
+
+def list_workers() -> list[Worker]:
+    with pool_read() as s:
+        return list(s.scalars(select(Worker).order_by(Worker.id)))
+
+
+# --- the job process -----------------------------------------------------------------------------------------------
+def _job_process(spec: dict) -> None:
+    """Runs in a process forked by the forkserver; reports through the JSON file spec['result_path']."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is not None and getattr(server, "_forkserver_alive_fd", None) is not None:
+        os.close(server._forkserver_alive_fd)  # so the forkserver can exit when the worker dies (see module doc)
+        server._forkserver_alive_fd = None
+    die_with_parent()
+    os.setpgid(0, 0)  # our own process group: the worker can kill us and anything we start in one go
+    log = os.open(spec["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    worker_pid = spec["worker_pid"]
+
+    def watchdog() -> None:
+        while True:
+            time.sleep(0.5)
+            if not pid_alive(worker_pid):
+                os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    stop = threading.Event()
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    run_job(spec, stop)
+
+
+def run_job(spec: dict, stop: threading.Event) -> None:
+    """Run one attempt wherever we are (a forked job process, a Ray task): the outcome goes to the JSON file
+    spec['result_path'], written atomically, which is all the worker reads back."""
+    print(f"[{utcnow():%H:%M:%S}] job {spec['job_id']} attempt {spec['attempt']} on worker {spec['worker']}",
+          flush=True)
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, int(spec["cpu"])))
+    except ImportError:
+        pass
+    out: dict
+    try:
+        if spec["kind"] == "stage":
+            from .stagejob import run_stage
+
+            out = {"status": "ok", "result": run_stage(spec["payload"], order_id=spec["order_id"],
+                                                       should_stop=stop.is_set, reporter=_LogReporter())}
+        else:
+            out = _run_command(spec, stop)
+    except MFError as e:
+        out = {"status": "error", "error": str(e), "retry": False}
+    except BaseException as e:
+        from ..train.loop import StopRequested
+
+        if isinstance(e, StopRequested):
+            from .stagejob import checkpoint_step
+
+            out = {"status": "stopped", "step": checkpoint_step(spec["payload"].get("key", "")), "message": str(e)}
+        else:
+            traceback.print_exc()
+            out = {"status": "error", "error": "".join(traceback.format_exception_only(e)).strip(), "retry": True}
+    print(f"[{utcnow():%H:%M:%S}] {out['status']}", flush=True)
+    tmp = Path(spec["result_path"] + ".tmp")
+    tmp.write_text(json.dumps(out, default=str))
+    os.replace(tmp, spec["result_path"])
+
+
+class _LogReporter:
+    """Stage progress into the job's log, at most every few seconds."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.every_s, self.last = every_s, 0.0
+
+    def stage_started(self, node, key):
+        print(f"[{utcnow():%H:%M:%S}] {node.name}: stage {node.stage}, key {key[:12]}", flush=True)
+
+    def stage_progress(self, node, done, total, info):
+        if time.monotonic() - self.last >= self.every_s or done == total:
+            self.last = time.monotonic()
+            print(f"[{utcnow():%H:%M:%S}] {node.name}: {done}/{total} {info}", flush=True)
+
+    def stage_finished(self, node, artifact, cached, seconds, resumed_from_step):
+        how = "cache hit" if cached else f"done in {seconds:.1f} s"
+        how += f", resumed from step {resumed_from_step}" if resumed_from_step else ""
+        print(f"[{utcnow():%H:%M:%S}] {node.name}: {how} -> {artifact.id[:12]}", flush=True)
+
+
+def _run_command(spec: dict, stop: threading.Event) -> dict:
+    try:
+        from . import sandbox
+    except ImportError:
+        raise MFError("command jobs need modelfactory.compute.sandbox, which this installation lacks") from None
+    p = spec["payload"]
+    workdir = sandbox.tenant_workdir(spec["tenant"], spec["job_id"])
+    r = sandbox.run_command(list(p["argv"]), tenant=spec["tenant"], workdir=workdir, cpu=spec["cpu"],
+                            memory_gb=spec["memory_gb"], time_limit_s=spec["time_limit_s"], env=p.get("env") or None,
+                            should_stop=stop.is_set)
+    message = getattr(r, "message", "") or (f"exit code {r.exit_code}" if r.reason == "failed" else r.reason)
+    result = {"exit_code": r.exit_code, "reason": r.reason, "message": message, "wall_seconds": r.wall_seconds,
+              "cpu_seconds": r.cpu_seconds, "max_rss_mb": r.max_rss_mb, "stdout": str(r.stdout_path),
+              "stderr": str(r.stderr_path), "outputs": str(r.outputs_dir), "workdir": str(workdir)}
+    if r.reason == "ok":
+        return {"status": "ok", "result": result}
+    if r.reason == "stopped":
+        return {"status": "stopped", "step": None, "result": result}
+    # A command that failed, or went over its memory or time limit, fails for good: running it again as it is
+    # would not help (the tenant resubmits).
+    return {"status": "error", "error": f"command {r.reason}: {message} (stderr: {r.stderr_path})", "retry": False,
+            "result": result}
+
+
+# --- the worker ----------------------------------------------------------------------------------------------------
+@dataclass
+class _Attempt:
+    job_id: int
+    attempt: int
+    kind: str
+    process: multiprocessing.process.BaseProcess
+    started: float  # monotonic
+    result_path: Path
+    log_path: Path
+    time_limit_s: float | None
+    stop_sent: float | None = None  # monotonic time we asked it to checkpoint and stop
+    stop_reason: str = ""
+    forced: str | None = None  # we killed it: 'time limit' | 'stop grace'
+    discard: bool = False  # the attempt was ended elsewhere (cancelled, lease taken back): write nothing
+
+
+class PoolWorker:
+    def __init__(self, worker_id: str | None = None, capacity: Capacity | None = None,
+                 config: PoolConfig | None = None, log: Callable[[str], None] | None = None):
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.capacity = capacity or default_capacity()
+        self.cfg = config or pool_config()
+        self.log = log or (lambda msg: print(f"[{utcnow():%H:%M:%S}] {self.id}: {msg}", file=sys.stderr,
+                                             flush=True))
+        self.running: dict[int, _Attempt] = {}
+        self.stopping = False
+        self._hb_stop = threading.Event()
+        self.ctx = multiprocessing.get_context("forkserver")
+        self.ctx.set_forkserver_preload(PRELOAD)
+        if self.cfg.executor not in ("local", "ray"):
+            raise MFError(f"unknown executor '{self.cfg.executor}' (MF_EXECUTOR): use 'local' or 'ray'")
+        self.ray = self.cfg.executor == "ray"
+        home = settings().home
+        self.attempts_dir, self.logs_dir = home / "pool" / "attempts", home / "logs" / "jobs"
+
+    # life cycle
+    def run(self, until: Callable[[], bool] = lambda: False) -> None:
+        """Work until SIGTERM/SIGINT (or `until()`), then stop gracefully: running jobs are asked to checkpoint
+        and are requeued as preempted."""
+        self.attempts_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        # Start the forkserver (it imports torch and the stages, seconds) before registering: no lease is given
+        # to a worker that could not start its job yet, nor expires while it warms up.
+        if self.ray:
+            from .ray_executor import connect
+
+            self.log(f"executor: Ray at {connect(self.capacity.cpu, self.capacity.gpu)}")
+        else:
+            warm = self.ctx.Process(target=_noop)
+            warm.start()
+            warm.join()
+        orphans = register(self.id, self.capacity, config=self.cfg)
+        if orphans:
+            self.log(f"released the leases of a dead predecessor: jobs {', '.join(map(str, orphans))}")
+        old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        hb = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+        hb.start()
+        self.log(f"up: {self.capacity.cpu:g} CPU, {self.capacity.gpu:g} GPU, {self.capacity.memory_gb:g} GB "
+                 f"(heartbeat {self.cfg.heartbeat_s:g} s, lease {self.cfg.lease_timeout_s:g} s)")
+        try:
+            while not self.stopping and not until():
+                try:
+                    self.tick()
+                except Exception as e:  # e.g. the database busy beyond its timeout: look again shortly
+                    self.log(f"{type(e).__name__}: {e}")
+                time.sleep(self.cfg.worker_poll_s)
+            self.drain("worker stopping")
+        finally:
+            self._hb_stop.set()
+            hb.join(timeout=5)
+            for a in self.running.values():  # only on an unexpected error: leave nothing behind
+                _kill(a)
+            set_state(self.id, "stopped")
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            self.log("stopped")
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stopping = True
+
+    def _heartbeats(self) -> None:
+        while not self._hb_stop.wait(self.cfg.heartbeat_s):
+            try:
+                heartbeat(self.id, config=self.cfg)
+            except Exception as e:  # a busy database: try again next beat (the lease has slack)
+                self.log(f"heartbeat failed: {e}")
+
+    def drain(self, reason: str) -> None:
+        """Ask every running job to checkpoint and stop; wait for them (killing those that overrun the grace)."""
+        set_state(self.id, "stopping")  # no new leases meanwhile
+        for a in self.running.values():
+            self._ask_stop(a, reason)
+        deadline = time.monotonic() + self.cfg.preempt_grace_s + 30
+        while self.running and time.monotonic() < deadline:  # past it, leases expire and the jobs are requeued
+            try:
+                self.tick(accept_new=False)
+            except Exception as e:
+                self.log(f"{type(e).__name__}: {e}")
+            time.sleep(min(0.2, self.cfg.worker_poll_s))
+
+    # one look at the world
+    def tick(self, accept_new: bool = True) -> None:
+        for a in list(self.running.values()):
+            if a.process.exitcode is not None:
+                self._finish(a)
+        with pool_read() as s:
+            rows = list(s.scalars(select(Job).where(or_(
+                Job.id.in_(list(self.running)), and_(Job.state == "running", Job.lease_worker == self.id)))))
+        for job in rows:
+            a = self.running.get(job.id)
+            if a is None:
+                if accept_new and not self.stopping and job.state == "running" and job.lease_worker == self.id:
+                    self._start(job)
+                continue
+            if a.discard:
+                continue
+            if not (job.state == "running" and job.lease_worker == self.id and job.attempts == a.attempt):
+                why = f"job {job.state}" if job.state != "running" else "lease taken back"
+                self.log(f"job {a.job_id}: {why}; killing attempt {a.attempt}")
+                a.discard = True
+                _kill(a)
+            elif job.preempt_requested and a.stop_sent is None:
+                self._ask_stop(a, "preempted")
+        now = time.monotonic()
+        for a in self.running.values():
+            if a.discard or a.forced or a.process.exitcode is not None:
+                continue
+            slack = 0 if a.kind == "stage" else 30  # the sandbox enforces a command's own limit
+            if a.time_limit_s is not None and now - a.started > a.time_limit_s + slack:
+                a.forced = "time limit"
+                _kill(a)
+            elif a.stop_sent is not None and now - a.stop_sent > self.cfg.preempt_grace_s:
+                a.forced = "stop grace"
+                _kill(a)
+
+    def _ask_stop(self, a: _Attempt, reason: str) -> None:
+        if a.stop_sent is not None or a.process.exitcode is not None:
+            return
+        a.stop_sent, a.stop_reason = time.monotonic(), reason
+        self.log(f"job {a.job_id}: {reason}, asking it to checkpoint and stop")
+        if hasattr(a.process, "request_stop"):  # a Ray task: no pid of ours to signal
+            a.process.request_stop()
+            return
+        try:
+            os.kill(a.process.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+
+    def _start(self, job: Job) -> None:
+        base = f"{job.id}.{job.attempts}"
+        a = _Attempt(job.id, job.attempts, job.kind, None, time.monotonic(),  # type: ignore[arg-type]
+                     self.attempts_dir / f"{base}.json", self.logs_dir / f"{base}.log", job.time_limit_s)
+        a.result_path.unlink(missing_ok=True)
+        spec = {"job_id": job.id, "attempt": job.attempts, "kind": job.kind, "payload": job.payload,
+                "tenant": job.tenant, "order_id": job.order_id, "cpu": job.cpu, "gpu": job.gpu,
+                "memory_gb": job.memory_gb, "time_limit_s": job.time_limit_s, "worker": self.id,
+                "worker_pid": os.getpid(), "result_path": str(a.result_path), "log_path": str(a.log_path)}
+        if self.ray:
+            from .ray_executor import RayTask
+
+            a.process = RayTask(spec, cpu=job.cpu, gpu=job.gpu)
+        else:
+            a.process = self.ctx.Process(target=_job_process, args=(spec,), name=f"mf-job-{job.id}")
+        a.process.start()
+        self.running[job.id] = a
+        where = "as a Ray task" if self.ray else f"pid {a.process.pid}"
+        self.log(f"job {job.id} ({job.name}): attempt {job.attempts} started, {where}")
+
+    def _finish(self, a: _Attempt) -> None:
+        a.process.join()
+        if a.discard:
+            del self.running[a.job_id]
+            return
+        self._record(a)  # if this raises, the attempt stays in `running` and is recorded on a later tick
+        del self.running[a.job_id]
+
+    def _record(self, a: _Attempt) -> None:
+        try:
+            out = json.loads(a.result_path.read_text())
+        except (OSError, ValueError):
+            out = {"status": "died"}
+        with pool_tx() as s:
+            job = s.get(Job, a.job_id)
+            if job is None or not (job.state == "running" and job.lease_worker == self.id
+                                   and job.attempts == a.attempt):
+                self.log(f"job {a.job_id}: attempt {a.attempt} ended after it was taken back; not recorded")
+                return
+            status = out["status"]
+            if a.forced == "time limit":
+                end_attempt(s, job, "failed", f"time limit: stopped after {job.time_limit_s:g} s",
+                            error=f"time limit of {job.time_limit_s:g} s exceeded", retry=False, config=self.cfg)
+            elif status == "ok":
+                result = out["result"]
+                resumed = result.get("resumed_from_step") if isinstance(result, dict) else None
+                how = " (cache hit)" if isinstance(result, dict) and result.get("cached") else ""
+                how += f" (resumed from step {resumed})" if resumed else ""
+                end_attempt(s, job, "succeeded", f"succeeded{how}", result=result, config=self.cfg)
+            elif status == "stopped" or (a.forced == "stop grace" and a.stop_sent is not None):
+                step = out.get("step")
+                where = f": checkpointed at step {step}" if step else (
+                    ": killed after the stop grace, nothing kept" if a.forced else ": stopped")
+                end_attempt(s, job, "preempted", f"{a.stop_reason or 'preempted'}{where}", config=self.cfg)
+            elif status == "error":
+                end_attempt(s, job, "failed", "failed", error=out["error"], retry=bool(out.get("retry")),
+                            result=out.get("result"), config=self.cfg)
+            else:
+                why = f"job process died (exit code {a.process.exitcode}; log {a.log_path})"
+                end_attempt(s, job, "failed", "failed", error=why, config=self.cfg)
+            self.log(f"job {a.job_id}: attempt {a.attempt} -> {job.state}")
+
+
+def _noop() -> None:
+    pass
+
+
+def _kill(a: _Attempt) -> None:
+    """Kill a job process and everything it started (its process group), or cancel its Ray task."""
+    if hasattr(a.process, "kill"):
+        a.process.kill()
+        return
+    pid = a.process.pid
+    if pid is None:
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
