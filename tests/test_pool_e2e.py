@@ -31,6 +31,7 @@ import yaml
 from sqlalchemy import select
 
 from modelfactory import registry
+from modelfactory.artifacts import ArtifactStore
 from modelfactory.cli import main
 from modelfactory.compute import jobs, policies
 from modelfactory.compute.jobs import Spec
@@ -284,7 +285,8 @@ def test_urgent_job_preempts_a_batch_training_job_which_resumes_from_its_checkpo
             wait_for(lambda: job(urgent).state == "succeeded", "the urgent job")
             done = wait_for(lambda: job(teacher).state == "succeeded" and job(teacher), "the batch teacher")
             # A command job (a tenant renting the pool) goes through the same worker, into the tenant's sandbox.
-            argv = ["sh", "-c", 'echo hello; echo result > "$MF_OUTPUT_DIR/out.txt"']
+            argv = ["sh", "-c", 'echo hello; echo result > "$MF_OUTPUT_DIR/out.txt"; '
+                                'ln -s /etc/passwd "$MF_OUTPUT_DIR/leak"']  # a link out is never collected
             command = jobs.submit("acme", jobs.command_spec(argv, priority="urgent", time_limit_s=60))
             ran = wait_for(lambda: job(command).state in ("succeeded", "failed") and job(command), "the command")
     finally:
@@ -296,6 +298,10 @@ def test_urgent_job_preempts_a_batch_training_job_which_resumes_from_its_checkpo
         assert ran.state == "succeeded" and ran.result["exit_code"] == 0, ran.last_error
         assert Path(ran.result["stdout"]).read_text() == "hello\n"
         assert (Path(ran.result["outputs"]) / "out.txt").read_text() == "result\n"
+        collected = ArtifactStore().get(ran.result["artifact"])  # the outputs, kept as the job's artifact
+        assert (collected.kind, (collected.path / "out.txt").read_text()) == ("job-outputs", "result\n")
+        assert collected.manifest["params"] == {"tenant": "acme", "job": command}
+        assert not (collected.path / "leak").exists() and collected.metrics["files"] == 1
         assert [(a, o) for a, o, _ in ledger(command)] == [(1, "succeeded")]
     history = reasons(teacher)
     assert f"preemption requested by the '{policy}' policy" in history

@@ -241,6 +241,7 @@ def _run_command(spec: dict, stop: threading.Event) -> dict:
               "cpu_seconds": r.cpu_seconds, "max_rss_mb": r.max_rss_mb, "stdout": str(r.stdout_path),
               "stderr": str(r.stderr_path), "outputs": str(r.outputs_dir), "workdir": str(workdir)}
     if r.reason == "ok":
+        result["artifact"] = collect_outputs(spec["tenant"], spec["job_id"], r.outputs_dir)
         return {"status": "ok", "result": result}
     if r.reason == "stopped":
         return {"status": "stopped", "step": None, "result": result}
@@ -248,6 +249,39 @@ def _run_command(spec: dict, stop: threading.Event) -> dict:
     # would not help (the tenant resubmits).
     return {"status": "error", "error": f"command {r.reason}: {message} (stderr: {r.stderr_path})", "retry": False,
             "result": result}
+
+
+def collect_outputs(tenant: str, job_id: int, outputs: Path) -> str | None:
+    """The regular files a command left in its outputs/ folder, as a content-addressed artifact (None if there
+    are none). The command has ended, and links are never followed: this runs with the platform's rights, so a
+    tenant's symlink to a file of ours must not be copied into its artifact. The tenant is part of the id: two
+    tenants' identical outputs stay two artifacts."""
+    import shutil
+    import stat
+
+    from ..artifacts import ArtifactStore, content_hash, file_hash
+
+    files: list[tuple[str, Path]] = []
+    for root, dirs, names in os.walk(outputs, followlinks=False):
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+        for name in names:
+            path = Path(root) / name
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                files.append((path.relative_to(outputs).as_posix(), path))
+    if not files:
+        return None
+    files.sort()
+    artifact_id = content_hash({"kind": "job-outputs", "tenant": tenant,
+                                "files": [[rel, file_hash(path)] for rel, path in files]})
+    store = ArtifactStore()
+    if not store.exists(artifact_id):
+        with store.create(artifact_id, kind="job-outputs", producer="command",
+                          params={"tenant": tenant, "job": job_id}) as (tmp, extra):
+            for rel, path in files:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, tmp / rel, follow_symlinks=False)
+            extra["metrics"] = {"files": len(files), "bytes": sum(path.stat().st_size for _, path in files)}
+    return artifact_id
 
 
 # --- the worker ----------------------------------------------------------------------------------------------------
