@@ -151,7 +151,10 @@ def _engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         from pathlib import Path
 
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db_file = Path(url.removeprefix("sqlite:///"))
+        db_file.parent.mkdir(parents=True, exist_ok=True)
+        if not db_file.exists():  # private to the platform: tenants' commands run under other uids (sandbox.py)
+            db_file.touch(mode=0o600)
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")

@@ -246,6 +246,18 @@ def test_job_dir_layout_is_private():
 
 
 @needs_root
+def test_one_tenant_cannot_read_anothers_artifacts():
+    from modelfactory.artifacts import ArtifactStore
+    from modelfactory.compute.worker import collect_outputs
+
+    r = run(["sh", "-c", 'echo weights > "$MF_OUTPUT_DIR/model.bin"'], tenant="beta")
+    artifact = ArtifactStore().get(collect_outputs("beta", 1, r.outputs_dir))
+    assert (artifact.path / "model.bin").read_text() == "weights\n"  # the platform reads it
+    r = run(["sh", "-c", f"cat {artifact.path}/model.bin"], tenant="alpha", job_id=2)
+    assert r.reason == "failed" and "Permission denied" in r.stderr_path.read_text()
+
+
+@needs_root
 def test_one_tenant_cannot_read_anothers_job_dir():
     b_dir = tenant_workdir("beta", 1)
     b_secret = b_dir / "work" / "secret.txt"
