@@ -324,8 +324,9 @@ class PoolWorker:
     def run(self, until: Callable[[], bool] = lambda: False) -> None:
         """Work until SIGTERM/SIGINT (or `until()`), then stop gracefully: running jobs are asked to checkpoint
         and are requeued as preempted."""
-        self.attempts_dir.mkdir(parents=True, exist_ok=True)
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        for d in (self.attempts_dir, self.logs_dir):  # private to the platform, like the artifacts
+            d.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            d.mkdir(exist_ok=True, mode=0o700)
         # Start the forkserver (it imports torch and the stages, seconds) before registering: no lease is given
         # to a worker that could not start its job yet, nor expires while it warms up.
         if self.ray:
