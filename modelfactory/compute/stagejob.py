@@ -24,7 +24,7 @@ from ..artifacts import Artifact, ArtifactStore
 from ..config import settings
 from ..data.versions import DatasetRef, resolve
 from ..errors import MFError, NotFound
-from ..factory.order import fail_order, finish_order, ingest
+from ..factory.order import fail_order, finish_order, ingest, open_order
 from ..factory.planner import Node, Plan, plan
 from ..factory.runner import NodeResult, Reporter, node_key, run_plan
 from ..factory.spec import OrderSpec
@@ -68,11 +68,7 @@ def submit_order(spec: OrderSpec, *, tenant: str | None = None, priority: str = 
                  max_attempts=max_attempts)
     with pool_tx() as s:
         admit(s, spec.tenant, [probe])  # unknown tenant, bad priority/resources, over quota: refuse before ingest
-    with session() as s:
-        order = Order(name=spec.name, tenant=spec.tenant, spec=spec.model_dump(mode="json"), state="running")
-        s.add(order)
-        s.flush()
-        order_id = order.id
+    order_id = open_order(spec)
     try:
         dataset = ingest(spec, skip_bad_rows)
         the_plan = plan(spec, dataset.artifact_id)

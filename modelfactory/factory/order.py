@@ -62,13 +62,18 @@ def check_targets(spec: OrderSpec, metrics: dict[str, dict], deployed: str) -> d
     return met
 
 
-def run_order(spec: OrderSpec, *, reporter: Reporter | None = None, skip_bad_rows: bool = False,
-              on_ingest=None) -> OrderResult:
+def open_order(spec: OrderSpec) -> int:
+    """The order's row, running from now on; its id names the order everywhere (jobs, lineage, report)."""
     with session() as s:
         order = Order(name=spec.name, tenant=spec.tenant, spec=spec.model_dump(mode="json"), state="running")
         s.add(order)
         s.flush()
-        order_id = order.id
+        return order.id
+
+
+def run_order(spec: OrderSpec, *, reporter: Reporter | None = None, skip_bad_rows: bool = False,
+              on_ingest=None) -> OrderResult:
+    order_id = open_order(spec)
     try:
         dataset = ingest(spec, skip_bad_rows)
         if on_ingest:

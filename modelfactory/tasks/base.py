@@ -81,6 +81,18 @@ class Predictor(ABC):
         """Public inputs/outputs in Open Inference Protocol terms (name, datatype, shape with -1)."""
 
 
+def onnx_session(model_dir: Path, threads: int | None = None):
+    """An onnxruntime CPU session on the dir's graph; `threads` pins intra-op threads (None: onnxruntime's
+    default, all cores), so latency can be measured the way it will be served."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(Path(model_dir) / ONNX_FILE), opts, providers=["CPUExecutionProvider"])
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MFError
-from .base import ONNX_FILE, Bundle, Encoded, Outputs, Predictor, TaskFamily, read_meta, write_meta
+from .base import ONNX_FILE, Bundle, Encoded, Outputs, Predictor, TaskFamily, onnx_session, read_meta, write_meta
 
 CONVNET_FILE = "convnet.json"
 INPUT = "image"  # the ONNX graph's input and the served input's name (ARCHITECTURE.md)
@@ -408,17 +408,11 @@ class ImagePredictor(Predictor):
     """Encoded images or uint8 pixel arrays in; the ONNX graph resizes and normalises."""
 
     def __init__(self, model_dir: Path, threads: int | None = None):
-        import onnxruntime as ort
-
         meta = read_meta(model_dir)
         self.model_dir = model_dir
         self.labels = meta["labels"]
         self.prep = Preprocessing(**meta["preprocessing"])
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model_dir / ONNX_FILE), opts, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(model_dir, threads)
 
     def encode(self, inputs: Sequence[Any]) -> dict[str, np.ndarray]:
         arrays = [as_pixels(x, self.prep.mode) for x in inputs]

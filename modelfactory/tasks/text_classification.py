@@ -20,6 +20,7 @@ from .base import (
     Outputs,
     Predictor,
     TaskFamily,
+    onnx_session,
     read_meta,
     write_meta,
 )
@@ -303,7 +304,6 @@ def shrink_vocab(bundle: Bundle, texts: Sequence[str]) -> Bundle:
 
 class TextPredictor(Predictor):
     def __init__(self, model_dir: Path, threads: int | None = None):
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         meta = read_meta(model_dir)
@@ -312,11 +312,7 @@ class TextPredictor(Predictor):
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(int(meta.get("max_length", DEFAULT_MAX_LENGTH)))
         self.tokenizer.enable_padding(pad_id=int(meta.get("pad_id", 0)), pad_token=meta.get("pad_token", "[PAD]"))
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model_dir / ONNX_FILE), opts, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(model_dir, threads)
 
     def encode(self, inputs: Sequence[Any]) -> dict[str, np.ndarray]:
         encs = self.tokenizer.encode_batch([str(t) for t in inputs])
