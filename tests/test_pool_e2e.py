@@ -321,3 +321,29 @@ def _split_job(dataset_artifact: str, seed: int, priority: str) -> Spec:
     key, ids = plan_keys(Plan([node], {}, "split"))["split"]
     return Spec(kind="stage", name=f"split-seed{seed}", key=key, priority=priority,
                 payload={"node": "split", "stage": "split", "params": node.params, "inputs": ids, "key": key})
+
+
+# --- GPUs ------------------------------------------------------------------------------------------------------
+def test_each_job_sees_only_the_gpus_it_was_given(tmp_path, monkeypatch, request):
+    """A worker advertising 2 GPUs gives two concurrent 1-GPU jobs one device each (CUDA_VISIBLE_DEVICES), and a
+    CPU-only job none; the devices are free again once the jobs end."""
+    mf_home = Path(tempfile.mkdtemp(prefix="mf-pool-"))  # reachable by the tenant's uid (see the test above)
+    mf_home.chmod(0o711)
+    monkeypatch.setenv("MF_HOME", str(mf_home / "home"))
+    request.addfinalizer(lambda: shutil.rmtree(mf_home, ignore_errors=True))
+    add_tenant("acme")
+    show = ["sh", "-c", 'echo "gpus=[$CUDA_VISIBLE_DEVICES]"; sleep 2']
+    ids = [jobs.submit("acme", jobs.command_spec(show, gpu=g, time_limit_s=60)) for g in (1, 1, 0, 1)]
+    worker = mf_process("worker", "--id", "gpu-box", "--cpu", "4", "--gpu", "2", "--memory-gb", "4",
+                        log=tmp_path / "worker.log")
+    try:
+        with SchedulerThread():
+            done = [wait_for(lambda i=i: job(i).state in ("succeeded", "failed") and job(i), f"job {i}")
+                    for i in ids]
+    finally:
+        stop_all([worker])
+    seen = [Path(d.result["stdout"]).read_text().strip() for d in done]
+    assert all(d.state == "succeeded" for d in done), [d.last_error for d in done]
+    assert sorted(seen[:2]) == ["gpus=[0]", "gpus=[1]"]  # the first two ran together, on different devices
+    assert seen[2] == "gpus=[]"  # asked for none, sees none
+    assert seen[3] in ("gpus=[0]", "gpus=[1]")  # ran after one of them freed its device

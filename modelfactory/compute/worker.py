@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -165,6 +166,7 @@ def _job_process(spec: dict) -> None:
     stop = threading.Event()
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.get("gpu_ids") or []))
     run_job(spec, stop)
 
 
@@ -233,8 +235,9 @@ def _run_command(spec: dict, stop: threading.Event) -> dict:
         raise MFError("command jobs need modelfactory.compute.sandbox, which this installation lacks") from None
     p = spec["payload"]
     workdir = sandbox.tenant_workdir(spec["tenant"], spec["job_id"])
+    env = {**(p.get("env") or {}), "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
     r = sandbox.run_command(list(p["argv"]), tenant=spec["tenant"], workdir=workdir, cpu=spec["cpu"],
-                            memory_gb=spec["memory_gb"], time_limit_s=spec["time_limit_s"], env=p.get("env") or None,
+                            memory_gb=spec["memory_gb"], time_limit_s=spec["time_limit_s"], env=env,
                             should_stop=stop.is_set)
     message = getattr(r, "message", "") or (f"exit code {r.exit_code}" if r.reason == "failed" else r.reason)
     result = {"exit_code": r.exit_code, "reason": r.reason, "message": message, "wall_seconds": r.wall_seconds,
@@ -299,6 +302,7 @@ class _Attempt:
     stop_reason: str = ""
     forced: str | None = None  # we killed it: 'time limit' | 'stop grace'
     discard: bool = False  # the attempt was ended elsewhere (cancelled, lease taken back): write nothing
+    gpus: tuple[int, ...] = ()  # the devices it may see (CUDA_VISIBLE_DEVICES)
 
 
 class PoolWorker:
@@ -443,6 +447,9 @@ class PoolWorker:
                 "tenant": job.tenant, "order_id": job.order_id, "cpu": job.cpu, "gpu": job.gpu,
                 "memory_gb": job.memory_gb, "time_limit_s": job.time_limit_s, "worker": self.id,
                 "worker_pid": os.getpid(), "result_path": str(a.result_path), "log_path": str(a.log_path)}
+        if not self.ray:  # Ray pins the devices of its own tasks
+            a.gpus = self._assign_gpus(job.gpu)
+            spec["gpu_ids"] = list(a.gpus)
         if self.ray:
             from .ray_executor import RayTask
 
@@ -453,6 +460,18 @@ class PoolWorker:
         self.running[job.id] = a
         where = "as a Ray task" if self.ray else f"pid {a.process.pid}"
         self.log(f"job {job.id} ({job.name}): attempt {job.attempts} started, {where}")
+
+    def _assign_gpus(self, gpu: float) -> tuple[int, ...]:
+        """Device indices for a job asking for `gpu` GPUs: free whole devices first; a fractional request may
+        share the least-used one. A job asking for none sees none (so it cannot take a GPU it did not pay for)."""
+        need = math.ceil(gpu)
+        if need <= 0:
+            return ()
+        load = dict.fromkeys(range(int(self.capacity.gpu)), 0)
+        for other in self.running.values():
+            for g in other.gpus:
+                load[g] = load.get(g, 0) + 1
+        return tuple(sorted(sorted(load, key=lambda g: (load[g], g))[:need]))
 
     def _finish(self, a: _Attempt) -> None:
         a.process.join()
