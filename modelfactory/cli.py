@@ -605,12 +605,75 @@ def server(workers: Annotated[int, typer.Option(help="Local worker processes to 
 
 
 @app.command()
+def serve(models: Annotated[str | None, typer.Option(
+              help="Models to load at startup: name, name@3 or name@alias, comma-separated (others load on their "
+                   "first request).")] = None,
+          host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="Port.")] = 8000,
+          max_batch_size: Annotated[int, typer.Option(help="Most rows in one batch (and in one request).")] = 32,
+          max_queue_delay_us: Annotated[int, typer.Option(
+              help="Longest a request waits for its batch to fill, in microseconds.")] = 2000,
+          preferred_batch_size: Annotated[str | None, typer.Option(
+              help="Batch sizes dispatched without waiting, comma-separated, e.g. 8,16.")] = None,
+          max_queue_size: Annotated[int, typer.Option(help="Requests a model may queue; beyond, 503.")] = 256,
+          no_batching: Annotated[bool, typer.Option("--no-batching", help="Run every request alone.")] = False,
+          max_loaded: Annotated[int | None, typer.Option(help="Most models loaded at once (LRU unload).")] = None,
+          max_loaded_mb: Annotated[float | None, typer.Option(
+              help="Most MB of loaded model files (LRU unload).")] = None,
+          threads: Annotated[int | None, typer.Option(help="onnxruntime threads per model (default: all cores).")]
+          = None,
+          auth: Annotated[bool, typer.Option("--auth", help="Require 'Authorization: Bearer <tenant API key>'; a "
+                                                            "tenant sees only its models (or MF_SERVE_AUTH=1).")]
+          = False,
+          explicit: Annotated[bool, typer.Option("--explicit", help="Serve only loaded models (no load on demand); "
+                                                                    "load more through the repository API.")]
+          = False,
+          meter_interval: Annotated[float, typer.Option(help="Seconds between usage-ledger writes.")] = 60.0,
+          log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+          access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False) -> None:
+    """Serve registry models over the Open Inference Protocol v2 REST API (KServe/Triton; tritonclient and curl
+    work unmodified), with dynamic batching, LRU model loading, per-tenant keys, metering and /metrics."""
+    from .serve import BatchConfig, ServeSettings, run
+
+    def sizes(text: str | None) -> tuple[int, ...]:
+        try:
+            return tuple(int(x) for x in (text or "").split(",") if x.strip())
+        except ValueError:
+            raise MFError(f"--preferred-batch-size '{text}': expected integers, e.g. 8,16") from None
+
+    try:
+        batch = BatchConfig(max_batch_size=max_batch_size, max_queue_delay_microseconds=max_queue_delay_us,
+                            preferred_batch_size=sizes(preferred_batch_size), max_queue_size=max_queue_size,
+                            enabled=not no_batching)
+    except ValueError as e:
+        raise MFError(str(e)) from None
+    if max_loaded is not None and max_loaded < 1:
+        raise MFError(f"--max-loaded must be >= 1 (got {max_loaded})")
+    refs = [m.strip() for m in (models or "").split(",") if m.strip()]
+    if refs:  # a typo fails here, with the registry's message, not in the server's startup
+        from . import registry
+
+        for ref in refs:
+            registry.resolve(ref)
+    use_auth = auth or os.environ.get("MF_SERVE_AUTH", "").strip().lower() in ("1", "true", "yes", "on")
+    settings = ServeSettings(models=refs, batch=batch, max_loaded=max_loaded,
+                             max_loaded_bytes=int(max_loaded_mb * 1e6) if max_loaded_mb else None, threads=threads,
+                             auth=use_auth, load_on_demand=not explicit, meter_interval_s=meter_interval,
+                             server_id=f"{host}:{port}/{os.getpid()}")
+    err.print(f"mf serve: http://{host}:{port} · Open Inference Protocol v2 · "
+              + (f"batching up to {max_batch_size} rows, {max_queue_delay_us} µs delay" if not no_batching
+                 else "no batching")
+              + f" · auth {'on' if use_auth else 'off'} · models {', '.join(refs) or 'on demand'}; Ctrl-C stops")
+    run(settings, host=host, port=port, log_level=log_level, access_log=access_log)
+
+
+@app.command()
 def usage(tenant: Annotated[str, typer.Option(help="Tenant to invoice.")],
           month: Annotated[str | None, typer.Option(help="YYYY-MM (default: this month, UTC).")] = None,
           csv_path: Annotated[Path | None, typer.Option("--csv", help="Also write the invoice as CSV.")] = None,
           as_json: JsonFlag = False) -> None:
     """A tenant's invoice for a month: every attempt with its resource-hours, outcome and cost (preempted and
-    lost work included: it used the pool)."""
+    lost work included: it used the pool), and its models' inference (mf serve), one line per model version."""
     from .compute.ledger import invoice
     from .store import utcnow
 
@@ -627,6 +690,9 @@ def usage(tenant: Annotated[str, typer.Option(help="Tenant to invoice.")],
         table.add_row(str(line.job), line.name, str(line.order or ""), str(line.attempt), line.worker or "",
                       line.ended, f"[{style}]{line.outcome}[/]", f"{line.cpu_hours:.4f}", f"{line.gpu_hours:.4f}",
                       f"{line.cost:.4f}")
+    for inf in inv.inference:  # serving (mf serve), one line per model version
+        table.add_row("", f"{inf.model}@{inf.version}", "", "", f"{inf.requests} req / {inf.rows} rows", inf.last,
+                      "[cyan]inference[/]", f"{inf.cpu_hours:.4f}", "0.0000", f"{inf.cost:.4f}")
     table.add_section()
     table.add_row("", "total", "", "", "", "", "", f"{inv.cpu_hours:.4f}", f"{inv.gpu_hours:.4f}",
                   f"[bold]{inv.total:.4f}[/]")

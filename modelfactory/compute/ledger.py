@@ -9,6 +9,11 @@ billed: the resources were used, and the checkpoint it left is what the next att
 Resource-seconds are what was requested, times wall time (cpu x slots x seconds): a reservation is a reservation,
 whether the job kept every core busy or not. Cost is priced when the row is written (`PoolConfig` prices), so an
 invoice does not change when prices do. A row belongs to the (UTC) month in which its attempt ended.
+
+Inference is metered into the same ledger: `mf serve` writes one `InferenceUsage` row per model version per
+metering window (requests, rows, CPU-seconds = model wall time x the session's threads, each request billed its
+rows' share of its batch), priced at the CPU-hour price. Invoices show it beside the attempts, one line per model
+version, and it counts toward the tenant's monthly CPU quota like training does.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -24,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import MFError
 from .pool import PoolConfig, pool_config
-from .tables import Job, Usage, pool_read
+from .tables import InferenceUsage, Job, Usage, pool_read
 
 OUTCOMES = ("succeeded", "failed", "preempted", "lost", "cancelled")
 
@@ -39,6 +44,18 @@ def record_attempt(s: Session, job: Job, *, outcome: str, started: dt.datetime, 
     row = Usage(tenant=job.tenant, order_id=job.order_id, job_id=job.id, attempt=job.attempts, worker=worker,
                 started=started, ended=max(started, ended), cpu_seconds=cpu_s, gpu_seconds=gpu_s, outcome=outcome,
                 cost=round(cpu_s / 3600 * cfg.price_cpu_hour + gpu_s / 3600 * cfg.price_gpu_hour, 6))
+    s.add(row)
+    return row
+
+
+def record_inference(s: Session, *, tenant: str, model: str, version: int, server: str, started: dt.datetime,
+                     ended: dt.datetime, requests: int, rows: int, cpu_seconds: float,
+                     config: PoolConfig | None = None) -> InferenceUsage:
+    """One metering window of one model version served by one process."""
+    cfg = config or pool_config()
+    row = InferenceUsage(tenant=tenant, model=model, version=version, server=server, started=started,
+                         ended=max(started, ended), requests=requests, rows=rows, cpu_seconds=cpu_seconds,
+                         cost=round(cpu_seconds / 3600 * cfg.price_cpu_hour, 9))
     s.add(row)
     return row
 
@@ -62,7 +79,10 @@ def month_usage(s: Session, tenant: str, now: dt.datetime) -> tuple[float, float
     cpu, gpu = s.execute(select(func.coalesce(func.sum(Usage.cpu_seconds), 0.0),
                                 func.coalesce(func.sum(Usage.gpu_seconds), 0.0))
                          .where(Usage.tenant == tenant, Usage.ended >= start, Usage.ended < end)).one()
-    return float(cpu), float(gpu)
+    served = s.scalar(select(func.coalesce(func.sum(InferenceUsage.cpu_seconds), 0.0))
+                      .where(InferenceUsage.tenant == tenant, InferenceUsage.ended >= start,
+                             InferenceUsage.ended < end))
+    return float(cpu) + float(served or 0.0), float(gpu)
 
 
 @dataclass
@@ -81,15 +101,30 @@ class InvoiceLine:
 
 
 @dataclass
+class InferenceLine:
+    """A model version's inference in the month (all servers, all windows)."""
+
+    model: str
+    version: int
+    first: str
+    last: str
+    requests: int
+    rows: int
+    cpu_hours: float
+    cost: float
+
+
+@dataclass
 class Invoice:
     tenant: str
     month: str
     currency: str
     lines: list[InvoiceLine]
+    inference: list[InferenceLine] = field(default_factory=list)
 
     @property
     def cpu_hours(self) -> float:
-        return sum(line.cpu_hours for line in self.lines)
+        return sum(line.cpu_hours for line in self.lines) + sum(line.cpu_hours for line in self.inference)
 
     @property
     def gpu_hours(self) -> float:
@@ -97,17 +132,21 @@ class Invoice:
 
     @property
     def total(self) -> float:
-        return round(sum(line.cost for line in self.lines), 6)
+        return round(sum(line.cost for line in self.lines) + sum(line.cost for line in self.inference), 6)
 
     def by_outcome(self) -> dict[str, float]:
+        """Cost by attempt outcome, and "inference" for serving (when there was any)."""
         out: dict[str, float] = {}
         for line in self.lines:
             out[line.outcome] = round(out.get(line.outcome, 0.0) + line.cost, 6)
+        if self.inference:
+            out["inference"] = round(sum(line.cost for line in self.inference), 6)
         return out
 
     def as_dict(self) -> dict:
         return {"tenant": self.tenant, "month": self.month, "currency": self.currency,
-                "lines": [asdict(line) for line in self.lines], "cpu_hours": self.cpu_hours,
+                "lines": [asdict(line) for line in self.lines],
+                "inference": [asdict(line) for line in self.inference], "cpu_hours": self.cpu_hours,
                 "gpu_hours": self.gpu_hours, "total": self.total, "by_outcome": self.by_outcome()}
 
     def write_csv(self, path: Path) -> Path:
@@ -118,6 +157,10 @@ class Invoice:
             w.writerow(fields)
             for line in self.lines:
                 w.writerow([getattr(line, k) for k in fields])
+            for inf in self.inference:  # outcome "inference", named model@version with its requests and rows
+                w.writerow(["", f"{inf.model}@{inf.version} ({inf.requests} requests, {inf.rows} rows)", "", "",
+                            "", inf.first, inf.last, "inference", f"{inf.cpu_hours:.6f}", "0.000000",
+                            f"{inf.cost:.6f}"])
             w.writerow(["total", "", "", "", "", "", "", "", f"{self.cpu_hours:.6f}", f"{self.gpu_hours:.6f}",
                         f"{self.total:.6f}"])
         return path
@@ -135,4 +178,16 @@ def invoice(tenant: str, month: str, config: PoolConfig | None = None) -> Invoic
                              ended=u.ended.isoformat(timespec="seconds"), outcome=u.outcome,
                              cpu_hours=round(u.cpu_seconds / 3600, 6), gpu_hours=round(u.gpu_seconds / 3600, 6),
                              cost=u.cost) for u, name in rows]
-    return Invoice(tenant, f"{start:%Y-%m}", (config or pool_config()).currency, lines)
+        served = s.execute(select(InferenceUsage.model, InferenceUsage.version, func.min(InferenceUsage.started),
+                                  func.max(InferenceUsage.ended), func.sum(InferenceUsage.requests),
+                                  func.sum(InferenceUsage.rows), func.sum(InferenceUsage.cpu_seconds),
+                                  func.sum(InferenceUsage.cost))
+                           .where(InferenceUsage.tenant == tenant, InferenceUsage.ended >= start,
+                                  InferenceUsage.ended < end)
+                           .group_by(InferenceUsage.model, InferenceUsage.version)
+                           .order_by(InferenceUsage.model, InferenceUsage.version)).all()
+        inference = [InferenceLine(model=m, version=v, first=first.isoformat(timespec="seconds"),
+                                   last=last.isoformat(timespec="seconds"), requests=int(req), rows=int(n),
+                                   cpu_hours=round(cpu / 3600, 6), cost=round(cost, 6))
+                     for m, v, first, last, req, n, cpu, cost in served]
+    return Invoice(tenant, f"{start:%Y-%m}", (config or pool_config()).currency, lines, inference)

@@ -135,6 +135,26 @@ class Usage(Base):
     cost: Mapped[float] = mapped_column(Float)  # at the prices in force when the attempt ended
 
 
+class InferenceUsage(Base):
+    """The ledger's inference rows: what one `mf serve` process did for one model version in one metering window
+    (requests, rows, and the model's compute: batch wall time x the session's threads, each request billed its
+    rows' share of its batch). Written by serve/metering.py; invoiced beside the jobs' attempts."""
+
+    __tablename__ = "inference_usage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    server: Mapped[str] = mapped_column(String(200))  # host:port/pid of the serving process
+    started: Mapped[dt.datetime] = mapped_column(DateTime)
+    ended: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    requests: Mapped[int] = mapped_column(Integer)
+    rows: Mapped[int] = mapped_column(Integer)
+    cpu_seconds: Mapped[float] = mapped_column(Float)
+    cost: Mapped[float] = mapped_column(Float)  # at the prices in force when the window was written
+
+
 class PoolOrder(Base):
     """An order submitted to the pool: which job (or cache hit) stands for each node of its plan."""
 
@@ -150,7 +170,7 @@ class PoolOrder(Base):
     updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
-POOL_TABLES = [t.__table__ for t in (Tenant, Job, JobEvent, Worker, Usage, PoolOrder)]
+POOL_TABLES = [t.__table__ for t in (Tenant, Job, JobEvent, Worker, Usage, InferenceUsage, PoolOrder)]
 
 
 @lru_cache(maxsize=8)
