@@ -208,9 +208,7 @@ def cancel(job_id: int, reason: str = "cancelled by user", *, config: PoolConfig
     """Cancel a queued or running job (a running one's worker kills its process when it next looks; the attempt
     is billed up to now). Its dependents are cancelled by the scheduler's next round."""
     with pool_tx() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise NotFound(f"no job {job_id} (see `mf jobs ls`)")
+        job = _existing(s, job_id)
         if job.state in TERMINAL:
             raise MFError(f"job {job_id} already {job.state}: nothing to cancel")
         if job.state == "running":
@@ -220,28 +218,33 @@ def cancel(job_id: int, reason: str = "cancelled by user", *, config: PoolConfig
         return job
 
 
+def _existing(s: Session, job_id: int) -> Job:
+    job = s.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id} (see `mf jobs ls`)")
+    return job
+
+
+def _history(s: Session, job_id: int) -> list[JobEvent]:
+    return list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+
 def get(job_id: int) -> Job:
     with pool_read() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise NotFound(f"no job {job_id} (see `mf jobs ls`)")
-        return job
+        return _existing(s, job_id)
 
 
 def describe(job_id: int) -> dict:
     """A job as job_dict, with `worker` (of its latest attempt) and `events` (its history, oldest first)."""
     with pool_read() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise NotFound(f"no job {job_id} (see `mf jobs ls`)")
-        evs = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+        job = _existing(s, job_id)
         return job_dict(job) | {"worker": last_workers(s, [job_id]).get(job_id),
-                                "events": [event_dict(e) for e in evs]}
+                                "events": [event_dict(e) for e in _history(s, job_id)]}
 
 
 def events(job_id: int) -> list[JobEvent]:
     with pool_read() as s:
-        return list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+        return _history(s, job_id)
 
 
 def list_jobs(*, tenant: str | None = None, state: str | None = None, order_id: int | None = None) -> list[dict]:

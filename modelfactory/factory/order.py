@@ -91,20 +91,18 @@ def run_order(spec: OrderSpec, *, reporter: Reporter | None = None, skip_bad_row
                                        "teacher", False, searched)
                 raise MFError(f"{infeasible_message(searched, targets_of(spec))} (report: {report})", exit_code=3)
             the_plan, results = chosen_plan(spec, tplan, runs, searched.chosen, teacher)
-        result = _register(spec, order_id, dataset, the_plan, results, searched)
     except BaseException as e:
         fail_order(order_id, e)
         raise
-    _close(order_id, result)
-    return result
+    return finish_order(spec, order_id, dataset, the_plan, results, searched)
 
 
 def finish_order(spec: OrderSpec, order_id: int, dataset: DatasetRef, the_plan: Plan,
-                 results: dict[str, NodeResult]) -> OrderResult:
-    """Register the results of an order whose stages ran elsewhere (the compute pool runs them as jobs) and close
-    it, exactly as run_order does after running them itself. The Order row must exist."""
+                 results: dict[str, NodeResult], searched: SearchResult | None = None) -> OrderResult:
+    """Register an order's results and close it: after run_order ran its stages, or after the compute pool ran
+    them as jobs. The Order row must exist."""
     try:
-        result = _register(spec, order_id, dataset, the_plan, results, None)
+        result = _register(spec, order_id, dataset, the_plan, results, searched)
     except BaseException as e:
         fail_order(order_id, e)
         raise

@@ -13,7 +13,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -223,14 +223,6 @@ def data_preprocessing(images: Sequence[bytes], image_size: int | None) -> Prepr
 
 
 # --- the family ----------------------------------------------------------------------------------------------
-@dataclass
-class _Loaded:
-    backbone: nn.Module
-    kind: str  # "convnet" | "hf"
-    prep: Preprocessing
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
 class ImageClassification(TaskFamily):
     name = "image-classification"
     roles = ("image", "label")
