@@ -171,13 +171,10 @@ def data_add(name: str, path: Path,
              as_json: JsonFlag = False) -> None:
     """Add a CSV/JSONL/Parquet file, or a folder/.zip/.tar.gz of class folders of images, as a new immutable
     version of dataset NAME."""
-    from .data import images, versions
+    from .data import versions
 
-    if images.is_image_source(path):
-        roles = {"image": "image", "label": "label"}
-    else:
-        roles = {"image": image, "label": label} if image else {"text": text, "label": label}
-    ref = versions.add_file(name, path, roles, skip_bad_rows=skip_bad_rows)
+    ref = versions.add_file(name, path, versions.roles_for(path, text=text, label=label, image=image),
+                            skip_bad_rows=skip_bad_rows)
     if as_json:
         _print_json({"name": ref.name, "version": ref.version, "id": ref.artifact_id, "rows": ref.n_rows,
                      "skipped": ref.skipped, "stats": ref.stats})
@@ -594,14 +591,38 @@ def server(workers: Annotated[int, typer.Option(help="Local worker processes to 
            policy: Annotated[str | None, typer.Option(help="Scheduling policy: fifo, priority, fair.")] = None,
            worker_cpu: Annotated[float | None, typer.Option(help="CPUs each local worker offers.")] = None,
            worker_memory_gb: Annotated[float | None, typer.Option(help="Memory each local worker offers.")] = None,
-           ) -> None:
-    """Run the scheduler and N local workers. Restartable: all state is in the database."""
+           host: Annotated[str, typer.Option(help="Address of the control plane (REST API + dashboard).")]
+           = "127.0.0.1",
+           port: Annotated[int, typer.Option(help="Port of the control plane.")] = 8080,
+           api: Annotated[bool, typer.Option("--api/--no-api", help="Serve the REST API and dashboard.")] = True,
+           init: Annotated[bool, typer.Option("--init", help="Create an admin API key, print it once, and exit.")]
+           = False,
+           log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning") -> None:
+    """Run the control plane: the REST API (/api/v1, docs at /docs) and dashboard (/) on HOST:PORT, the scheduler
+    and N local workers. Restartable: all state is in the database. Admin access: `mf server --init` prints an
+    admin key, or set MF_ADMIN_KEY."""
     from .compute.pool import pool_config, run_server
 
+    if init:
+        from .compute.tenants import create_key, list_keys
+
+        existing = [k for k in list_keys(None) if k.revoked is None]
+        info, key = create_key(None, "mf server --init")
+        console.print(f"admin API key {info.id} (shown once, keep it): [bold]{key}[/]", soft_wrap=True)
+        if existing:
+            console.print(f"({len(existing)} earlier admin key(s) still valid: revoke with DELETE /api/v1/keys/ID)")
+        return
     cfg = pool_config().with_(policy=policy)
-    err.print(f"mf server: policy {cfg.policy}, {workers} local worker(s), lease {cfg.lease_timeout_s:g} s; "
-              "Ctrl-C stops (running jobs checkpoint and are requeued)")
-    run_server(workers=workers, config=cfg, worker_cpu=worker_cpu, worker_memory_gb=worker_memory_gb)
+    err.print(f"mf server: policy {cfg.policy}, {workers} local worker(s), lease {cfg.lease_timeout_s:g} s"
+              + (f"; control plane http://{host}:{port} (API /api/v1, docs /docs)" if api else "")
+              + "; Ctrl-C stops (running jobs checkpoint and are requeued)", soft_wrap=True)
+    if not api:
+        run_server(workers=workers, config=cfg, worker_cpu=worker_cpu, worker_memory_gb=worker_memory_gb)
+        return
+    from .api.server import run_control_plane
+
+    run_control_plane(host=host, port=port, workers=workers, config=cfg, worker_cpu=worker_cpu,
+                      worker_memory_gb=worker_memory_gb, log_level=log_level)
 
 
 @app.command()

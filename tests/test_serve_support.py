@@ -94,14 +94,17 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """`create_app(settings)` under a real uvicorn server on a free 127.0.0.1 port, in a background thread."""
+    """An ASGI app (default: mf serve's `create_app(settings)`) under a real uvicorn server on a free 127.0.0.1
+    port, in a background thread."""
 
-    def __init__(self, settings):
+    def __init__(self, settings=None, app=None):
         import uvicorn
 
-        from modelfactory.serve import create_app
+        if app is None:
+            from modelfactory.serve import create_app
 
-        self.app = create_app(settings)
+            app = create_app(settings)
+        self.app = app
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"

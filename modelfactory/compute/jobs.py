@@ -19,10 +19,12 @@ import datetime as dt
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..config import settings
 from ..errors import MFError, NotFound
 from ..store import utcnow
 from .ledger import record_attempt
@@ -274,6 +276,27 @@ def last_workers(s: Session, job_ids: Sequence[int]) -> dict[int, str]:
         for job_id, worker in s.execute(q):
             out[job_id] = worker
     return out
+
+
+def log_path(job_id: int, attempt: int) -> Path:
+    """Where a job attempt's output goes (written by its worker, read by `mf jobs` and the API)."""
+    return settings().home / "logs" / "jobs" / f"{job_id}.{attempt}.log"
+
+
+def log_tail(job_id: int, attempt: int | None = None, lines: int = 200) -> str:
+    """The last `lines` lines of an attempt's log (default: the latest attempt); '' before it has written any."""
+    job = get(job_id)
+    attempt = job.attempts if attempt is None else attempt
+    if not 0 <= attempt <= job.attempts:
+        raise NotFound(f"job {job_id} has no attempt {attempt} (attempts: {job.attempts})")
+    try:
+        with open(log_path(job_id, attempt), "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 256 * 1024))  # the tail of a long log, not all of it
+            text = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:]) + ("\n" if text else "")
 
 
 def job_dict(job: Job) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -151,8 +152,12 @@ class Invoice:
 
     def write_csv(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.csv_text())
+        return path
+
+    def csv_text(self) -> str:
         fields = list(InvoiceLine.__dataclass_fields__)
-        with open(path, "w", newline="") as f:
+        with io.StringIO(newline="") as f:
             w = csv.writer(f)
             w.writerow(fields)
             for line in self.lines:
@@ -163,7 +168,7 @@ class Invoice:
                             f"{inf.cost:.6f}"])
             w.writerow(["total", "", "", "", "", "", "", "", f"{self.cpu_hours:.6f}", f"{self.gpu_hours:.6f}",
                         f"{self.total:.6f}"])
-        return path
+            return f.getvalue()
 
 
 def invoice(tenant: str, month: str, config: PoolConfig | None = None) -> Invoice:

@@ -83,6 +83,8 @@ def pool_config() -> PoolConfig:
                       executor=env.get("MF_EXECUTOR") or d.executor)
 
 
+SAMPLE_EVERY_S = 5.0
+
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
@@ -97,7 +99,11 @@ def run_server(*, workers: int = 1, config: PoolConfig | None = None, worker_cpu
                worker_memory_gb: float | None = None, worker_gpu: float = 0.0,
                on_tick: Callable[[object], None] | None = None, stop: Callable[[], bool] = lambda: False) -> None:
     """Run the scheduler every `schedule_interval_s` and keep `workers` local worker processes alive, until
-    SIGINT/SIGTERM or `stop()`. Workers get ids `<host>-<i>`, the same on every start."""
+    SIGINT/SIGTERM (when run on the main thread) or `stop()`. Workers get ids `<host>-<i>`, the same on every
+    start. Every SAMPLE_EVERY_S the pool's load is sampled for the dashboard's utilisation chart."""
+    import threading
+
+    from . import utilisation
     from .scheduler import policy, schedule_once
     from .stagejob import finalize_orders
 
@@ -115,7 +121,9 @@ def run_server(*, workers: int = 1, config: PoolConfig | None = None, worker_cpu
         nonlocal stopping
         stopping = True
 
-    old = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    on_main = threading.current_thread() is threading.main_thread()
+    old = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)} if on_main else {}
+    sampled = 0.0
     procs: dict[int, subprocess.Popen] = {}
     spawned: dict[int, float] = {}
 
@@ -136,6 +144,9 @@ def run_server(*, workers: int = 1, config: PoolConfig | None = None, worker_cpu
             try:
                 report = schedule_once(config=cfg)
                 finalize_orders()
+                if time.monotonic() - sampled >= SAMPLE_EVERY_S:
+                    utilisation.record()
+                    sampled = time.monotonic()
                 if on_tick:
                     on_tick(report)
             except Exception as e:  # e.g. the database busy for longer than its timeout: try again next round

@@ -204,6 +204,18 @@ def _register(po: PoolOrder, jobs: dict[int, Job]) -> None:
 
 
 # --- looking at orders ---------------------------------------------------------------------------------------------
+def list_orders(*, tenant: str | None = None, state: str | None = None, limit: int = 200) -> list[dict]:
+    """Orders, newest first (pool orders and `mf order run` ones alike)."""
+    with pool_read() as s:
+        q = select(Order).order_by(Order.id.desc()).limit(limit)
+        if tenant is not None:
+            q = q.where(Order.tenant == tenant)
+        if state is not None:
+            q = q.where(Order.state == state)
+        return [{"order": o.id, "name": o.name, "tenant": o.tenant, "state": o.state, "error": o.error,
+                 "created": o.created, "finished": o.finished} for o in s.scalars(q)]
+
+
 def order_status(order_id: int) -> dict:
     """An order and its stages: for a pool order each node's job (or cache hit); for an order run in one
     process (`mf order run`) its stage runs."""
@@ -214,13 +226,17 @@ def order_status(order_id: int) -> dict:
         po = s.get(PoolOrder, order_id)
         out = {"order": order.id, "name": order.name, "tenant": order.tenant, "state": order.state,
                "error": order.error, "report": order.report_path, "created": order.created,
-               "finished": order.finished, "on_pool": po is not None, "nodes": []}
+               "finished": order.finished, "on_pool": po is not None, "nodes": [], "edges": []}
         if po is None:
             for run in s.scalars(select(StageRun).where(StageRun.order_id == order_id).order_by(StageRun.id)):
                 out["nodes"].append({"node": run.node, "stage": run.stage, "key": run.key, "state": run.state,
                                      "resumed_from_step": run.resumed_from_step, "error": run.error})
             return out
-        out |= {"priority": po.priority, "dataset": po.dataset, "pool_state": po.state}
+        spec = OrderSpec.model_validate(order.spec)
+        the_plan = plan(spec, po.dataset_artifact)
+        out |= {"priority": po.priority, "dataset": po.dataset, "pool_state": po.state,
+                "edges": [(src, n.name) for n in the_plan.nodes for src in n.inputs.values()
+                          if not src.startswith("@")]}
         job_ids = [n["job"] for n in po.nodes.values() if n["job"] is not None]
         jobs = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(job_ids)))} if job_ids else {}
         workers = last_workers(s, job_ids)
@@ -238,3 +254,31 @@ def order_status(order_id: int) -> dict:
             out["nodes"].append(row)
         return out
 
+
+
+def cancel_order(order_id: int, reason: str = "cancelled by user") -> None:
+    """Cancel a pool order: its queued and running jobs are cancelled (except those another running order of the
+    tenant shares), and the order closes as `cancelled`. Finished stages stay in the cache."""
+    from .jobs import cancel
+
+    with pool_read() as s:
+        order = s.get(Order, order_id)
+        if order is None:
+            raise NotFound(f"no order {order_id}")
+        po = s.get(PoolOrder, order_id)
+        if po is None:
+            raise MFError(f"order {order_id} runs in its own `mf order run` process; stop that process instead")
+        others = {n["job"] for o in s.scalars(select(PoolOrder).where(PoolOrder.state == "running",
+                                                                        PoolOrder.order_id != order_id))
+                  for n in o.nodes.values()}
+        mine = [n["job"] for n in po.nodes.values() if n["job"] is not None and n["job"] not in others]
+    if not _claim(order_id, ("running",), "failed"):
+        raise MFError(f"order {order_id} is already {order.state}: nothing to cancel")
+    for job_id in mine:
+        try:
+            cancel(job_id, f"{reason} (order {order_id})")
+        except MFError:  # finished meanwhile
+            pass
+    with session() as s:
+        o = s.get(Order, order_id)
+        o.state, o.error, o.finished = "cancelled", reason, utcnow()

@@ -52,6 +52,20 @@ class Tenant(Base):
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class ApiKey(Base):
+    """An API key, stored as its sha256 only (the key itself is shown once). `tenant` None = an admin key.
+    A revoked key stays as a row (who had it, until when) and stops working at once: every request looks it up."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(200), default="")
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    revoked: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
 class Job(Base):
     """One unit of work on the pool. `state` is only ever changed by jobs.transition()."""
 
@@ -170,7 +184,25 @@ class PoolOrder(Base):
     updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
-POOL_TABLES = [t.__table__ for t in (Tenant, Job, JobEvent, Worker, Usage, InferenceUsage, PoolOrder)]
+class PoolSample(Base):
+    """The pool's load at one moment, written by `mf server` every few seconds: utilisation over time for the
+    dashboard (what the ledger cannot say: how much capacity stood idle)."""
+
+    __tablename__ = "pool_samples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    workers: Mapped[int] = mapped_column(Integer)
+    cpu_capacity: Mapped[float] = mapped_column(Float)
+    gpu_capacity: Mapped[float] = mapped_column(Float)
+    cpu_used: Mapped[float] = mapped_column(Float)
+    gpu_used: Mapped[float] = mapped_column(Float)
+    queued: Mapped[int] = mapped_column(Integer)
+    running: Mapped[int] = mapped_column(Integer)
+
+
+POOL_TABLES = [t.__table__ for t in (Tenant, ApiKey, Job, JobEvent, Worker, Usage, InferenceUsage, PoolOrder,
+                                     PoolSample)]
 
 
 @lru_cache(maxsize=8)
@@ -178,6 +210,10 @@ def _ensure(eng: Engine) -> None:
     with eng.connect() as conn:
         _lock(conn, _SCHEMA_LOCK)
         Base.metadata.create_all(conn, tables=POOL_TABLES)
+        # tenants from before api_keys existed: their key (Tenant.api_key_hash) becomes their first key row
+        conn.execute(text("INSERT INTO api_keys (tenant, key_hash, label, created) "
+                          "SELECT t.name, t.api_key_hash, 'initial', t.created FROM tenants t "
+                          "WHERE NOT EXISTS (SELECT 1 FROM api_keys k WHERE k.key_hash = t.api_key_hash)"))
         conn.commit()
 
 

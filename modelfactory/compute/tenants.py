@@ -1,7 +1,11 @@
-"""Tenants: who may submit, with which API key, weight and quotas.
+"""Tenants: who may submit, with which API keys, weight and quotas.
 
-The API key is random, shown once at creation and stored only as its sha256, so a leaked database does not leak
-keys. Quotas come in two kinds:
+API keys are random, shown once at creation and stored only as their sha256 (table `api_keys`), so a leaked
+database does not leak keys. A tenant may hold several keys (rotation: add the new one, revoke the old);
+a key with no tenant is an admin key (`mf server --init`), as is the `MF_ADMIN_KEY` environment variable when
+set. Revocation takes effect on the next request: keys are looked up every time, never cached here.
+
+Quotas come in two kinds:
 
 - hard, per UTC calendar month: CPU-hours and GPU-hours. A submit is refused (MFError) when the tenant has already
   used its quota this month, or when this month's usage, plus what its queued and running jobs with a time limit
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
+import os
 import secrets
 from dataclasses import dataclass
 
@@ -26,7 +32,7 @@ from ..data.versions import check_name
 from ..errors import MFError, NotFound
 from ..store import utcnow
 from .ledger import month_usage
-from .tables import Job, Tenant, pool_read, pool_tx
+from .tables import ApiKey, Job, Tenant, pool_read, pool_tx
 
 KEY_PREFIX = "mfk_"
 
@@ -65,13 +71,14 @@ def add_tenant(name: str, *, weight: float = 1.0, cpu_hours_month: float | None 
     """Create a tenant; returns it and its API key (the only time the key exists outside the caller)."""
     check_name(name, "tenant")
     _check_limits(weight, cpu_hours_month, gpu_hours_month, max_slots)
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = new_key()
     with pool_tx() as s:
         if s.scalar(select(Tenant).where(Tenant.name == name)) is not None:
             raise MFError(f"tenant '{name}' already exists")
         t = Tenant(name=name, api_key_hash=hash_key(key), weight=weight, cpu_hours_month=cpu_hours_month,
                    gpu_hours_month=gpu_hours_month, max_slots=max_slots, created=utcnow())
         s.add(t)
+        s.add(ApiKey(tenant=name, key_hash=hash_key(key), label="initial", created=t.created))
         s.flush()
         return TenantInfo.of(t), key
 
@@ -109,10 +116,91 @@ def tenant_row(s: Session, name: str) -> Tenant:
     return t
 
 
-def tenant_for_key(key: str) -> TenantInfo | None:
-    """The tenant an API key belongs to, or None (for the control plane's `Authorization: Bearer`)."""
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass
+class KeyInfo:
+    id: int
+    tenant: str | None  # None: an admin key
+    label: str
+    created: dt.datetime
+    revoked: dt.datetime | None
+
+    @classmethod
+    def of(cls, k: ApiKey) -> KeyInfo:
+        return cls(k.id, k.tenant, k.label, k.created, k.revoked)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a tenant, or an admin (tenant None)."""
+
+    tenant: str | None
+    admin: bool = False
+
+    def may_see(self, owner: str) -> bool:
+        return self.admin or owner == self.tenant
+
+
+def create_key(tenant: str | None, label: str = "") -> tuple[KeyInfo, str]:
+    """A new key for `tenant` (None: an admin key); returns it with the key itself, shown this once."""
+    key = new_key()
+    with pool_tx() as s:
+        if tenant is not None:
+            tenant_row(s, tenant)
+        row = ApiKey(tenant=tenant, key_hash=hash_key(key), label=label[:200], created=utcnow())
+        s.add(row)
+        s.flush()
+        return KeyInfo.of(row), key
+
+
+def list_keys(tenant: str | None) -> list[KeyInfo]:
+    """A tenant's keys (tenant None: the admin keys), revoked ones included; never the keys themselves."""
     with pool_read() as s:
-        t = s.scalar(select(Tenant).where(Tenant.api_key_hash == hash_key(key)))
+        q = select(ApiKey).where(ApiKey.tenant.is_(None) if tenant is None else ApiKey.tenant == tenant)
+        return [KeyInfo.of(k) for k in s.scalars(q.order_by(ApiKey.id))]
+
+
+def get_key(key_id: int) -> KeyInfo:
+    with pool_read() as s:
+        row = s.get(ApiKey, key_id)
+        if row is None:
+            raise NotFound(f"no API key {key_id}")
+        return KeyInfo.of(row)
+
+
+def revoke_key(key_id: int) -> KeyInfo:
+    """Revoke a key: it fails from the next request on. Revoking twice is harmless."""
+    with pool_tx() as s:
+        row = s.get(ApiKey, key_id)
+        if row is None:
+            raise NotFound(f"no API key {key_id}")
+        if row.revoked is None:
+            row.revoked = utcnow()
+        return KeyInfo.of(row)
+
+
+def principal_for_key(key: str) -> Principal | None:
+    """Who an API key speaks for, or None: an unknown or revoked key."""
+    env_admin = os.environ.get("MF_ADMIN_KEY", "")
+    if env_admin and hmac.compare_digest(key.encode(), env_admin.encode()):
+        return Principal(None, admin=True)
+    with pool_read() as s:
+        row = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked.is_(None)))
+        if row is None:
+            return None
+        return Principal(row.tenant, admin=row.tenant is None)
+
+
+def tenant_for_key(key: str) -> TenantInfo | None:
+    """The tenant an API key belongs to, or None (unknown, revoked, or an admin key)."""
+    p = principal_for_key(key)
+    if p is None or p.tenant is None:
+        return None
+    with pool_read() as s:
+        t = s.scalar(select(Tenant).where(Tenant.name == p.tenant))
         return TenantInfo.of(t) if t else None
 
 

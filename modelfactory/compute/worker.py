@@ -40,7 +40,7 @@ from sqlalchemy import and_, or_, select, update
 from ..config import settings
 from ..errors import MFError
 from ..store import utcnow
-from .jobs import end_attempt
+from .jobs import end_attempt, log_path
 from .pool import PoolConfig, die_with_parent, pool_config
 from .tables import Job, Worker, pool_read, pool_tx
 
@@ -441,7 +441,7 @@ class PoolWorker:
     def _start(self, job: Job) -> None:
         base = f"{job.id}.{job.attempts}"
         a = _Attempt(job.id, job.attempts, job.kind, None, time.monotonic(),  # type: ignore[arg-type]
-                     self.attempts_dir / f"{base}.json", self.logs_dir / f"{base}.log", job.time_limit_s)
+                     self.attempts_dir / f"{base}.json", log_path(job.id, job.attempts), job.time_limit_s)
         a.result_path.unlink(missing_ok=True)
         spec = {"job_id": job.id, "attempt": job.attempts, "kind": job.kind, "payload": job.payload,
                 "tenant": job.tenant, "order_id": job.order_id, "cpu": job.cpu, "gpu": job.gpu,

@@ -188,5 +188,13 @@ def raise_on_errors(table: Table, skip_bad_rows: bool) -> None:
     shown = "\n".join(str(e) for e in table.errors[:MAX_ERRORS_SHOWN])
     more = len(table.errors) - MAX_ERRORS_SHOWN
     tail = f"\n... and {more} more" if more > 0 else ""
-    raise MFError(f"{len(table.errors)} bad row(s) in {table.source} (fix them or pass --skip-bad-rows):\n"
-                  f"{shown}{tail}")
+    raise BadRows(f"{len(table.errors)} bad row(s) in {table.source} (fix them or pass --skip-bad-rows):\n"
+                  f"{shown}{tail}", table.errors)
+
+
+class BadRows(MFError):
+    """Rows that failed validation, each with its file and line (the API lists them one by one)."""
+
+    def __init__(self, message: str, errors: list[RowError]):
+        super().__init__(message)
+        self.errors = errors

@@ -29,6 +29,7 @@ class DatasetRef:
     n_rows: int
     stats: dict
     skipped: int = 0
+    tenant: str = "default"
 
     def __str__(self) -> str:
         return f"{self.name}@{self.version}"
@@ -76,6 +77,9 @@ def add_table(name: str, table: Table, *, tenant: str = "default", source: str |
             pd.DataFrame(rows).to_parquet(tmp / ROWS_FILE, index=False)
             extra["metrics"] = stats
     with session() as s:
+        other = s.scalar(select(DatasetVersion.tenant).where(DatasetVersion.name == name).limit(1))
+        if other is not None and other != tenant:
+            raise MFError(f"dataset name '{name}' belongs to another tenant; choose another name")
         existing = s.scalar(select(DatasetVersion).where(DatasetVersion.name == name,
                                                          DatasetVersion.artifact_id == artifact_id))
         if existing is None:
@@ -85,7 +89,14 @@ def add_table(name: str, table: Table, *, tenant: str = "default", source: str |
             s.add(existing)
             s.flush()
         return DatasetRef(existing.name, existing.version, artifact_id, existing.n_rows, existing.stats,
-                          skipped=len(table.errors))
+                          skipped=len(table.errors), tenant=existing.tenant)
+
+
+def roles_for(path: str | Path, *, text: str = "text", label: str = "label", image: str | None = None) -> dict:
+    """Column names by role for a source: an image folder/archive has fixed roles; a table has text or image."""
+    if images.is_image_source(Path(path)):
+        return {"image": "image", "label": "label"}
+    return {"image": image, "label": label} if image else {"text": text, "label": label}
 
 
 def add_file(name: str, path: str | Path, roles: Mapping[str, str], *, skip_bad_rows: bool = False,
@@ -143,7 +154,13 @@ def resolve(ref: str) -> DatasetRef:
         row = s.scalar(q.order_by(DatasetVersion.version.desc()).limit(1))
         if row is None:
             raise NotFound(f"no dataset '{ref}' (see `mf data ls`)")
-        return DatasetRef(row.name, row.version, row.artifact_id, row.n_rows, row.stats)
+        return DatasetRef(row.name, row.version, row.artifact_id, row.n_rows, row.stats, tenant=row.tenant)
+
+
+def owner(name: str) -> str | None:
+    """The tenant a dataset name belongs to, or None if it has no version yet."""
+    with session() as s:
+        return s.scalar(select(DatasetVersion.tenant).where(DatasetVersion.name == name).limit(1))
 
 
 def list_versions() -> list[DatasetVersion]:

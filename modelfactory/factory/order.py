@@ -46,6 +46,8 @@ def ingest(spec: OrderSpec, skip_bad_rows: bool = False) -> DatasetRef:
     task = tasks.get(spec.task)
     roles = {role: getattr(spec.data, role) for role in task.roles}
     name = re.sub(r"[^a-z0-9._-]+", "-", Path(spec.data.path).name.split(".")[0].lower()).strip("-") or spec.name
+    if versions.owner(name) not in (None, spec.tenant):  # another tenant's file had the same name
+        name = f"{spec.tenant}.{name}"
     return versions.add_file(name, spec.data.path, roles, skip_bad_rows=skip_bad_rows or spec.data.skip_bad_rows,
                              checks=task.row_checks(), tenant=spec.tenant)
 

@@ -55,8 +55,10 @@ def _aliases(s, name: str) -> dict[int, list[str]]:
 
 def register(*, name: str, tenant: str, task: str, artifact_id: str, metrics: dict, lineage: dict,
              card_fn, order_id: int | None = None, aliases: tuple[str, ...] = ()) -> ModelRef:
-    """Add a version (idempotent: the same artifact under the same name is the same version)."""
+    """Add a version (idempotent: the same artifact under the same name is the same version). A name belongs to
+    the tenant that registered it first: another tenant's order cannot add versions to it."""
     with session() as s:
+        check_owner(s, name, tenant)
         row = s.scalar(select(ModelVersion).where(ModelVersion.name == name,
                                                   ModelVersion.artifact_id == artifact_id))
         if row is None:
@@ -71,6 +73,18 @@ def register(*, name: str, tenant: str, task: str, artifact_id: str, metrics: di
     for alias in ("latest", *aliases):
         promote(name, version, alias)
     return resolve(f"{name}@{version}")
+
+
+def owner(name: str) -> str | None:
+    """The tenant a model name belongs to, or None if no version has it yet."""
+    with session() as s:
+        return s.scalar(select(ModelVersion.tenant).where(ModelVersion.name == name).limit(1))
+
+
+def check_owner(s, name: str, tenant: str) -> None:
+    other = s.scalar(select(ModelVersion.tenant).where(ModelVersion.name == name).limit(1))
+    if other is not None and other != tenant:
+        raise MFError(f"model name '{name}' belongs to another tenant; choose another order name")
 
 
 def promote(name: str, version: int, alias: str) -> None:
@@ -107,6 +121,16 @@ def resolve(ref: str) -> ModelRef:
         if row is None:
             raise NotFound(f"no model '{ref}' (see `mf models ls`)")
         return _ref(row, sorted(aliases.get(row.version, [])))
+
+
+def by_order(order_ids: list[int]) -> dict[int, str]:
+    """order id -> the `name@version` it registered, for the orders that registered one."""
+    if not order_ids:
+        return {}
+    with session() as s:
+        rows = s.execute(select(ModelVersion.order_id, ModelVersion.name, ModelVersion.version)
+                         .where(ModelVersion.order_id.in_(order_ids)))
+        return {oid: f"{name}@{version}" for oid, name, version in rows}
 
 
 def list_models(name: str | None = None) -> list[ModelRef]:

@@ -1,0 +1,135 @@
+"""Datasets: upload (multipart, streamed to disk under a size limit, validated exactly like `mf data add`, bad
+rows listed one by one in the response), list, and show versions with their stats."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from pydantic import BaseModel
+
+from ...compute.tenants import Principal
+from ...config import settings
+from ...data import versions
+from ...data.ingest import BadRows
+from ...errors import MFError, NotFound
+from ..auth import principal, tenant_filter, visible
+from ..errors import Forbidden, HTTPError
+
+router = APIRouter(tags=["datasets"])
+NAME = r"^[a-z0-9][a-z0-9._-]{0,99}$"
+
+
+def upload_limit() -> int:
+    """MF_UPLOAD_MAX_MB (default 512): the largest upload accepted, multipart overhead included."""
+    try:
+        return int(float(os.environ.get("MF_UPLOAD_MAX_MB") or 512) * 1e6)
+    except ValueError:
+        return int(512e6)
+
+
+class DatasetSummary(BaseModel):
+    name: str
+    tenant: str
+    versions: int
+    latest: int
+    rows: int
+    created: dt.datetime
+
+
+class DatasetVersionOut(BaseModel):
+    version: int
+    rows: int
+    stats: dict
+    source: str
+    artifact: str
+    created: dt.datetime
+
+
+class DatasetOut(BaseModel):
+    name: str
+    tenant: str
+    versions: list[DatasetVersionOut]
+
+
+class Uploaded(BaseModel):
+    name: str
+    version: int
+    rows: int
+    skipped: int
+    stats: dict
+
+
+def bad_rows(e: BadRows) -> HTTPError:
+    return HTTPError(str(e).splitlines()[0], rows=[
+        {"where": f"{r.source}:{r.line}" if r.line is not None else r.source, "message": r.reason}
+        for r in e.errors])
+
+
+def _safe_filename(name: str | None) -> str:
+    """The upload's base name, reduced to characters that are safe in a path (its extension picks the reader)."""
+    base = Path(name or "upload").name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base).lstrip(".") or "upload"
+
+
+@router.post("/datasets", response_model=Uploaded, status_code=201,
+             responses={400: {"description": "bad rows, listed in `rows`"}, 413: {"description": "too large"}})
+def upload(name: str = Form(pattern=NAME, description="dataset name; a new version if it exists"),
+           file: UploadFile = File(description="CSV, JSONL or Parquet table, or a .zip/.tar.gz of class folders "
+                                               "of images"),
+           text: str = Form("text", max_length=200), label: str = Form("label", max_length=200),
+           image: str | None = Form(None, max_length=200, description="image-path column: an image table"),
+           skip_bad_rows: bool = Form(False), p: Principal = Depends(principal)) -> Uploaded:
+    """Add an uploaded file as the next version of dataset `name` (the caller's tenant owns it)."""
+    if p.tenant is None:
+        raise Forbidden("datasets belong to tenants: upload with a tenant's key")
+    owner = versions.owner(name)
+    if owner not in (None, p.tenant):
+        raise MFError(f"dataset name '{name}' belongs to another tenant; choose another name")
+    folder = settings().home / "uploads" / uuid.uuid4().hex
+    folder.mkdir(parents=True, mode=0o700)
+    try:
+        path = folder / _safe_filename(file.filename)
+        with open(path, "wb") as out:
+            shutil.copyfileobj(file.file, out, 1 << 20)
+        if path.stat().st_size == 0:
+            raise MFError(f"{path.name}: the uploaded file is empty")
+        try:
+            ref = versions.add_file(name, path, versions.roles_for(path, text=text, label=label, image=image),
+                                    skip_bad_rows=skip_bad_rows, tenant=p.tenant)
+        except BadRows as e:
+            raise bad_rows(e) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return Uploaded(name=ref.name, version=ref.version, rows=ref.n_rows, skipped=ref.skipped, stats=ref.stats)
+
+
+@router.get("/datasets", response_model=list[DatasetSummary])
+def datasets(tenant: str | None = None, p: Principal = Depends(principal)) -> list[DatasetSummary]:
+    """Datasets (latest version of each) of the caller's tenant, or every tenant's for an admin."""
+    only = tenant_filter(p, tenant)
+    out: dict[str, DatasetSummary] = {}
+    for r in versions.list_versions():
+        if only is not None and r.tenant != only:
+            continue
+        prev = out.get(r.name)
+        out[r.name] = DatasetSummary(name=r.name, tenant=r.tenant, versions=(prev.versions if prev else 0) + 1,
+                                     latest=r.version, rows=r.n_rows, created=r.created)
+    return list(out.values())
+
+
+@router.get("/datasets/{name}", response_model=DatasetOut)
+def show(name: str, p: Principal = Depends(principal)) -> DatasetOut:
+    """Every version of a dataset with its stats (label counts, text lengths or image sizes)."""
+    rows = [r for r in versions.list_versions() if r.name == name]
+    if not rows:
+        raise NotFound(f"no dataset '{name}'")
+    visible(p, rows[0].tenant, f"dataset '{name}'")
+    return DatasetOut(name=name, tenant=rows[0].tenant, versions=[
+        DatasetVersionOut(version=r.version, rows=r.n_rows, stats=r.stats, source=Path(r.source).name,
+                          artifact=r.artifact_id, created=r.created) for r in rows])

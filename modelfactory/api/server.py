@@ -1,0 +1,36 @@
+"""`mf server`: the control plane's HTTP server (uvicorn, main thread) beside the scheduler and its local workers
+(compute.pool.run_server, on a thread of its own). Ctrl-C / SIGTERM stop uvicorn first, then the scheduler, whose
+workers checkpoint and requeue their jobs."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from ..compute.pool import PoolConfig, run_server
+
+
+def run_control_plane(*, host: str, port: int, workers: int, config: PoolConfig, worker_cpu: float | None,
+                      worker_memory_gb: float | None, log_level: str = "warning") -> None:
+    import uvicorn
+
+    from .app import create_app
+
+    stop = threading.Event()
+    failed: list[BaseException] = []
+
+    def scheduler() -> None:
+        try:
+            run_server(workers=workers, config=config, worker_cpu=worker_cpu, worker_memory_gb=worker_memory_gb,
+                       stop=stop.is_set)
+        except BaseException as e:  # the API keeps answering; the log says why nothing gets scheduled
+            failed.append(e)
+            print(f"mf server: the scheduler stopped: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=scheduler, name="mf-scheduler")
+    thread.start()
+    try:
+        uvicorn.run(create_app(), host=host, port=port, log_level=log_level, access_log=False)
+    finally:
+        stop.set()
+        thread.join()

@@ -1,0 +1,358 @@
+"""The control plane's REST API, route by route, over real HTTP (uvicorn on 127.0.0.1, httpx): success and error
+shapes, and the tenant boundary (a tenant's key sees and touches only its own datasets, orders, jobs, models and
+usage; the admin key sees all)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import httpx
+import pandas as pd
+import pytest
+import yaml
+
+from modelfactory import registry
+from modelfactory.api import create_app
+from modelfactory.compute import jobs as pool_jobs
+from modelfactory.compute import utilisation
+from modelfactory.compute.jobs import Spec, log_path
+from modelfactory.compute.tenants import create_key
+
+from .conftest import sample_csv, tiny_order
+from .test_serve_support import LiveServer, register, text_model_dir  # noqa: F401 (fixture)
+
+ADMIN = "mfk_test-admin-key"
+
+
+@pytest.fixture
+def api(mf_home, monkeypatch):
+    monkeypatch.setenv("MF_ADMIN_KEY", ADMIN)
+    monkeypatch.setenv("MF_UPLOAD_MAX_MB", "2")
+    server = LiveServer(app=create_app())
+    yield server
+    server.stop()
+
+
+def client(server: LiveServer, key: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=server.url + "/api/v1", headers=headers, timeout=60)
+
+
+@pytest.fixture
+def admin(api):
+    with client(api, ADMIN) as c:
+        yield c
+
+
+def add_tenant(admin: httpx.Client, name: str) -> str:
+    r = admin.post("/tenants", json={"name": name})
+    assert r.status_code == 201, r.text
+    return r.json()["api_key"]
+
+
+@pytest.fixture
+def acme(api, admin):
+    with client(api, add_tenant(admin, "acme")) as c:
+        yield c
+
+
+@pytest.fixture
+def globex(api, admin):
+    with client(api, add_tenant(admin, "globex")) as c:
+        yield c
+
+
+def upload(c: httpx.Client, name: str, content: bytes, filename: str = "reviews.csv", **form) -> httpx.Response:
+    return c.post("/datasets", data={"name": name, **form}, files={"file": (filename, content, "text/csv")})
+
+
+def csv_bytes(df: pd.DataFrame, n: int, tmp_path) -> bytes:
+    return sample_csv(df, tmp_path / "rows.csv", n).read_bytes()
+
+
+# --- auth and tenants ------------------------------------------------------------------------------------------
+def test_keys_are_required_shown_once_and_revocation_is_immediate(api, admin):
+    with client(api, None) as anon:
+        r = anon.get("/me")
+        assert r.status_code == 401 and "Bearer" in r.json()["error"]
+        r = anon.get("/me", headers={"Authorization": "Basic abc"})
+        assert r.status_code == 401 and "malformed" in r.json()["error"]
+    with client(api, "mfk_nope") as bad:
+        assert bad.get("/orders").status_code == 401
+    assert admin.get("/me").json() == {"tenant": None, "admin": True}
+
+    r = admin.post("/tenants", json={"name": "acme", "weight": 2, "cpu_hours_month": 10})
+    assert r.status_code == 201
+    key = r.json()["api_key"]
+    assert r.json()["tenant"]["weight"] == 2 and key.startswith("mfk_")
+    with client(api, key) as acme:
+        assert acme.get("/me").json() == {"tenant": "acme", "admin": False}
+        keys = acme.get("/tenants/acme/keys").json()
+        assert len(keys) == 1 and "key" not in keys[0] and key not in str(keys)  # never shown again
+        second = acme.post("/tenants/acme/keys", json={"label": "ci"}).json()
+        assert second["key"].startswith("mfk_") and second["label"] == "ci"
+        assert acme.delete(f"/keys/{keys[0]['id']}").json()["revoked"]
+        assert acme.get("/me").status_code == 401  # the revoked key: refused on the very next request
+    with client(api, second["key"]) as rotated:
+        assert rotated.get("/me").json()["tenant"] == "acme"
+
+
+def test_tenant_routes_and_their_errors(api, admin, acme, globex):
+    assert [t["name"] for t in admin.get("/tenants").json()] == ["acme", "globex"]
+    assert [t["name"] for t in acme.get("/tenants").json()] == ["acme"]
+    r = acme.post("/tenants", json={"name": "evil"})
+    assert r.status_code == 403 and "admin" in r.json()["error"]
+    r = admin.post("/tenants", json={"name": "acme"})
+    assert r.status_code == 400 and "already exists" in r.json()["error"]
+    r = admin.post("/tenants", json={"name": "Bad Name!", "weight": -1})
+    assert r.status_code == 422
+    assert {f["loc"] for f in r.json()["fields"]} == {"name", "weight"}
+    r = admin.patch("/tenants/acme", json={"weight": 3, "max_slots": 2})
+    assert r.status_code == 200 and r.json()["weight"] == 3 and r.json()["max_slots"] == 2
+    assert admin.patch("/tenants/acme", json={"max_slots": None}).json()["max_slots"] is None
+    assert acme.patch("/tenants/acme", json={"weight": 100}).status_code == 403
+    assert admin.patch("/tenants/nobody", json={"weight": 1}).status_code == 404
+    # another tenant's tenant record and keys are simply not there
+    assert acme.get("/tenants/globex").status_code == 404
+    assert acme.get("/tenants/globex/keys").status_code == 404
+    assert acme.post("/tenants/globex/keys", json={}).status_code == 404
+    globex_key = admin.get("/tenants/globex/keys").json()[0]["id"]
+    assert acme.delete(f"/keys/{globex_key}").status_code == 404
+    assert admin.delete("/keys/99999").status_code == 404
+
+
+def test_admin_key_from_mf_server_init(api, mf_home, monkeypatch):
+    from .conftest import run_mf
+
+    monkeypatch.delenv("MF_ADMIN_KEY")
+    out = run_mf("server", "--init")
+    assert out.returncode == 0, out.stderr
+    key = next(w for w in out.stdout.split() if w.startswith("mfk_"))
+    with client(api, key) as c:
+        assert c.get("/me").json() == {"tenant": None, "admin": True}
+        assert c.post("/tenants", json={"name": "initco"}).status_code == 201
+
+
+# --- datasets --------------------------------------------------------------------------------------------------
+def test_dataset_upload_list_show_and_row_errors(acme, globex, admin, corpus_df, tmp_path):
+    r = upload(acme, "reviews", csv_bytes(corpus_df, 10, tmp_path))
+    assert r.status_code == 201, r.text
+    labels = sorted(corpus_df["label"].unique())
+    assert r.json()["version"] == 1 and r.json()["rows"] == 10 * len(labels)
+    assert sorted(r.json()["stats"]["labels"]) == labels
+    bad = b"text,label\ngood movie,pos\n,neg\nfine,\n"
+    r = upload(acme, "reviews", bad, "broken.csv")
+    assert r.status_code == 400
+    body = r.json()
+    assert "2 bad row(s)" in body["error"]
+    assert [row["where"] for row in body["rows"]] == ["broken.csv:3", "broken.csv:4"]
+    assert "empty" in body["rows"][0]["message"]
+    assert [v["version"] for v in acme.get("/datasets/reviews").json()["versions"]] == [1]  # nothing added
+    r = upload(acme, "reviews", bad + b"also good,pos\n", "broken.csv", skip_bad_rows="true")
+    assert r.status_code == 201 and r.json()["version"] == 2 and r.json()["skipped"] == 2
+
+    assert [d["name"] for d in acme.get("/datasets").json()] == ["reviews"]
+    assert acme.get("/datasets").json()[0]["versions"] == 2
+    # the boundary: globex sees nothing, cannot read it, cannot add versions under acme's name
+    assert globex.get("/datasets").json() == []
+    assert globex.get("/datasets/reviews").status_code == 404
+    assert globex.get("/datasets", params={"tenant": "acme"}).status_code == 403
+    r = upload(globex, "reviews", csv_bytes(corpus_df, 5, tmp_path))
+    assert r.status_code == 400 and "another tenant" in r.json()["error"]
+    assert [d["tenant"] for d in admin.get("/datasets").json()] == ["acme"]
+    # bad uploads
+    assert upload(acme, "Bad Name", b"text,label\na,b\n").status_code == 422
+    assert upload(acme, "empty", b"").status_code == 400
+    r = upload(acme, "huge", b"text,label\n" + b"x" * 2_100_000 + b",a\n")
+    assert r.status_code == 413
+    assert acme.post("/datasets", data={"name": "nofile"}).status_code == 422
+    assert upload(admin, "admins", b"text,label\na,b\n").status_code == 403  # data belongs to tenants
+
+
+# --- orders ----------------------------------------------------------------------------------------------------
+def order_yaml(**overrides) -> str:
+    spec = tiny_order("api-order", "unused.csv", "unused")
+    spec.pop("tenant", None)
+    spec["data"] = {"dataset": "reviews"}
+    for k, v in overrides.items():
+        spec[k] = v
+    return yaml.safe_dump(spec)
+
+
+def post_order(c: httpx.Client, text: str, content_type: str = "application/yaml", **params) -> httpx.Response:
+    return c.post("/orders", content=text.encode(), headers={"Content-Type": content_type}, params=params)
+
+
+def test_orders_submit_validate_show_cancel_and_boundary(acme, globex, admin, corpus_df, tiny_teacher, tmp_path,
+                                                        monkeypatch):
+    assert upload(acme, "reviews", csv_bytes(corpus_df, 10, tmp_path)).status_code == 201
+    teacher = {"model": str(tiny_teacher), "epochs": 1, "max_length": 32}
+    # a local teacher dir outside MF_MODEL_DIRS is the server's disk: refused for tenants
+    r = post_order(acme, order_yaml(teacher=teacher))
+    assert r.status_code == 403 and "MF_MODEL_DIRS" in r.json()["error"]
+    monkeypatch.setenv("MF_MODEL_DIRS", str(tiny_teacher.parent))
+
+    r = post_order(acme, order_yaml(teacher=teacher, targets={"max_size_mb": "big"}))
+    assert r.status_code == 422
+    assert [f["loc"] for f in r.json()["fields"]] == ["targets.max_size_mb"]
+    r = post_order(acme, "name: [unclosed")
+    assert r.status_code == 400 and "not valid YAML" in r.json()["error"]
+    r = post_order(acme, "{not json", "application/json")
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    assert post_order(acme, "- a list").status_code == 400
+    r = post_order(acme, order_yaml(teacher=teacher, tenant="globex"))
+    assert r.status_code == 403 and "globex" in r.json()["error"]
+    r = post_order(acme, order_yaml(teacher=teacher, data={"path": "/etc/passwd"}))
+    assert r.status_code == 400 and "upload it first" in r.json()["error"]
+    r = post_order(globex, order_yaml(teacher=teacher))  # acme's dataset, globex's key
+    assert r.status_code == 404
+    r = post_order(acme, order_yaml(teacher=teacher), priority="whenever")
+    assert r.status_code == 422 and r.json()["fields"][0]["loc"] == "priority"
+
+    import json
+
+    r = post_order(acme, json.dumps(yaml.safe_load(order_yaml(teacher=teacher))), "application/json",
+                   priority="batch")
+    assert r.status_code == 201, r.text
+    sub = r.json()
+    assert sub["dataset"] == "reviews@1" and {"split", "teacher", "export_teacher"} <= set(sub["jobs"])
+    order_id = sub["order"]
+
+    listed = acme.get("/orders").json()
+    assert [(o["order"], o["tenant"], o["state"], o["model"]) for o in listed] == [(order_id, "acme", "running",
+                                                                                     None)]
+    detail = acme.get(f"/orders/{order_id}").json()
+    assert detail["on_pool"] and detail["priority"] == "batch" and detail["spec"]["tenant"] == "acme"
+    nodes = {n["node"]: n for n in detail["nodes"]}
+    assert nodes["teacher"]["state"] == "queued" and nodes["teacher"]["job"] == sub["jobs"]["teacher"]
+    edges = {tuple(e) for e in detail["edges"]}
+    assert {("split", "teacher"), ("teacher", "export_teacher")} <= edges
+    assert {n for e in edges for n in e} == set(nodes)  # one connected DAG over the order's nodes
+    assert detail["report_markdown"] is None and not detail["has_pareto"]
+    assert acme.get(f"/orders/{order_id}/report").status_code == 404
+    assert acme.get(f"/orders/{order_id}/pareto.png").status_code == 404
+    # boundary
+    assert globex.get("/orders").json() == []
+    assert globex.get(f"/orders/{order_id}").status_code == 404
+    assert globex.post(f"/orders/{order_id}/cancel").status_code == 404
+    assert admin.get("/orders", params={"tenant": "acme"}).json()[0]["order"] == order_id
+
+    r = acme.post(f"/orders/{order_id}/cancel")
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    assert acme.get(f"/orders/{order_id}").json()["state"] == "cancelled"
+    assert {j["state"] for j in acme.get("/jobs", params={"order": order_id}).json()} == {"cancelled"}
+    r = acme.post(f"/orders/{order_id}/cancel")
+    assert r.status_code == 400 and "already" in r.json()["error"]
+    assert acme.get("/orders/424242").status_code == 404
+
+
+# --- jobs ------------------------------------------------------------------------------------------------------
+def test_jobs_list_show_logs_cancel_and_boundary(acme, globex, admin, mf_home):
+    a = pool_jobs.submit("acme", Spec(kind="command", payload={"argv": ["true"], "env": {}}, name="acme-job"))
+    g = pool_jobs.submit("globex", Spec(kind="command", payload={"argv": ["true"], "env": {}}, name="globex-job"))
+    log = log_path(a, 0)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(f"line {i}\n" for i in range(500)))
+
+    assert [j["id"] for j in acme.get("/jobs").json()] == [a]
+    assert sorted(j["id"] for j in admin.get("/jobs").json()) == [a, g]
+    assert [j["id"] for j in admin.get("/jobs", params={"tenant": "globex"}).json()] == [g]
+    assert acme.get("/jobs", params={"tenant": "globex"}).status_code == 403
+    assert acme.get("/jobs", params={"state": "sleeping"}).status_code == 422
+    job = acme.get(f"/jobs/{a}").json()
+    assert job["name"] == "acme-job" and job["events"][0]["to"] == "queued"
+    r = acme.get(f"/jobs/{a}/logs", params={"tail": 3})
+    assert r.status_code == 200 and r.text == "line 497\nline 498\nline 499\n"
+    assert acme.get(f"/jobs/{a}/logs", params={"attempt": 7}).status_code == 404
+    assert globex.get(f"/jobs/{a}").status_code == 404
+    assert globex.get(f"/jobs/{a}/logs").status_code == 404
+    assert globex.post(f"/jobs/{a}/cancel").status_code == 404
+    r = acme.post(f"/jobs/{a}/cancel")
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    r = acme.post(f"/jobs/{a}/cancel")
+    assert r.status_code == 400 and "already cancelled" in r.json()["error"]
+
+
+# --- models ----------------------------------------------------------------------------------------------------
+def test_models_list_show_promote_download_and_boundary(api, acme, globex, admin, text_model_dir):  # noqa: F811
+    register("sentiment", text_model_dir, "text-classification", tenant="acme")
+    register("sentiment", text_model_dir, "text-classification", tenant="acme", copy=1)
+    register("other", text_model_dir, "text-classification", tenant="globex", copy=2)
+
+    assert [(m["name"], m["version"]) for m in acme.get("/models").json()] == [("sentiment", 1), ("sentiment", 2)]
+    assert {m["tenant"] for m in admin.get("/models").json()} == {"acme", "globex"}
+    m = acme.get("/models/sentiment").json()
+    assert m["version"] == 2 and "latest" in m["aliases"] and [v["version"] for v in m["versions"]] == [1, 2]
+    assert acme.get("/models/sentiment@1").json()["version"] == 1
+    r = acme.post("/models/sentiment/aliases", json={"version": 1, "alias": "prod"})
+    assert r.status_code == 200 and registry.resolve("sentiment").version == 1  # `name` now means prod
+    assert acme.get("/models/sentiment").json()["version"] == 1
+    assert acme.post("/models/sentiment/aliases", json={"version": 9, "alias": "prod"}).status_code == 404
+    assert acme.post("/models/sentiment/aliases", json={"version": 1, "alias": "7"}).status_code == 422
+    r = acme.get("/models/sentiment@2/onnx")
+    assert r.status_code == 200 and r.content == (registry.resolve("sentiment@2").onnx_path).read_bytes()
+    # boundary
+    assert globex.get("/models/sentiment").status_code == 404
+    assert globex.get("/models/sentiment@1/onnx").status_code == 404
+    assert globex.post("/models/sentiment/aliases", json={"version": 1, "alias": "prod"}).status_code == 404
+    assert acme.get("/models/nope").status_code == 404
+
+
+# --- usage and pool --------------------------------------------------------------------------------------------
+def test_usage_json_csv_and_boundary(acme, globex, admin):
+    month = pd.Timestamp.utcnow().strftime("%Y-%m")
+    inv = acme.get("/usage").json()
+    assert inv["tenant"] == "acme" and inv["month"] == month and inv["total"] == 0
+    r = acme.get("/usage", params={"format": "csv", "month": month})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert pd.read_csv(io.StringIO(r.text)).iloc[-1]["job"] == "total"
+    assert acme.get("/usage", params={"tenant": "globex"}).status_code == 403
+    assert admin.get("/usage").status_code == 400  # an admin names the tenant
+    assert admin.get("/usage", params={"tenant": "globex"}).json()["tenant"] == "globex"
+    assert acme.get("/usage", params={"month": "2026-13"}).status_code == 400
+    assert acme.get("/usage", params={"month": "soon"}).status_code == 422
+
+
+def test_pool_and_utilisation(acme, admin):
+    pool_jobs.submit("acme", Spec(kind="command", payload={"argv": ["true"], "env": {}}, name="queued"))
+    utilisation.record()
+    state = acme.get("/pool").json()
+    assert state["jobs"] == {"queued": 1, "running": 0} and state["capacity"] == {"cpu": 0, "gpu": 0}
+    points = admin.get("/pool/utilisation", params={"minutes": 5}).json()["points"]
+    assert len(points) == 1 and points[0]["queued"] == 1
+    assert acme.get("/pool/utilisation", params={"minutes": -1}).status_code == 422
+
+
+# --- the app as a whole ----------------------------------------------------------------------------------------
+def test_openapi_docs_dashboard_and_unknown_routes(api, admin):
+    with httpx.Client(base_url=api.url) as c:
+        spec = c.get("/openapi.json").json()
+        assert {"/api/v1/orders", "/api/v1/datasets", "/api/v1/usage"} <= set(spec["paths"])
+        docs = c.get("/docs").text
+        assert "/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
+        assert c.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+        r = c.get("/")
+        assert r.status_code == 200 and "<html" in r.text.lower()
+        r = c.get("/api/v1/nothing-here")
+        assert r.status_code == 404 and r.json()["error"].startswith("no route")
+        r = c.delete("/api/v1/orders", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert r.status_code == 405 and "not allowed" in r.json()["error"]
+    assert admin.get("/orders/notanumber").status_code == 422
+
+
+def test_admin_keys_from_the_table_work_and_are_revocable(api, admin):
+    info, key = create_key(None, "second admin")
+    with client(api, key) as c:
+        assert c.get("/me").json()["admin"]
+    assert admin.delete(f"/keys/{info.id}").json()["revoked"]
+    with client(api, key) as c:
+        assert c.get("/me").status_code == 401
+
+
+def test_nothing_on_disk_is_left_by_uploads(acme, corpus_df, tmp_path, mf_home):
+    assert upload(acme, "reviews", csv_bytes(corpus_df, 5, tmp_path)).status_code == 201
+    assert upload(acme, "reviews", b"text,label\n,x\n").status_code == 400
+    uploads = mf_home / "uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
+    shutil.rmtree(uploads, ignore_errors=True)
