@@ -18,11 +18,10 @@ from ...config import settings
 from ...data import versions
 from ...data.ingest import BadRows
 from ...errors import MFError, NotFound
-from ..auth import principal, tenant_filter, visible
+from ..auth import NAME, TenantQuery, principal, tenant_filter, visible
 from ..errors import Forbidden, HTTPError
 
 router = APIRouter(tags=["datasets"])
-NAME = r"^[a-z0-9][a-z0-9._-]{0,99}$"
 
 
 def upload_limit() -> int:
@@ -110,7 +109,7 @@ def upload(name: str = Form(pattern=NAME, description="dataset name; a new versi
 
 
 @router.get("/datasets", response_model=list[DatasetSummary])
-def datasets(tenant: str | None = None, p: Principal = Depends(principal)) -> list[DatasetSummary]:
+def datasets(tenant: TenantQuery = None, p: Principal = Depends(principal)) -> list[DatasetSummary]:
     """Datasets (latest version of each) of the caller's tenant, or every tenant's for an admin."""
     only = tenant_filter(p, tenant)
     out: dict[str, DatasetSummary] = {}

@@ -9,7 +9,7 @@ from fastapi.responses import PlainTextResponse
 
 from ...compute import jobs as pool_jobs
 from ...compute.tenants import Principal
-from ..auth import principal, tenant_filter, visible
+from ..auth import TenantQuery, principal, tenant_filter, visible
 
 router = APIRouter(tags=["jobs"])
 STATES = "^(queued|running|succeeded|failed|cancelled)$"
@@ -22,7 +22,7 @@ def _job(job_id: int, p: Principal) -> dict[str, Any]:
 
 
 @router.get("/jobs", response_model=list[dict[str, Any]])
-def jobs(tenant: str | None = None, state: str | None = Query(None, pattern=STATES), order: int | None = None,
+def jobs(tenant: TenantQuery = None, state: str | None = Query(None, pattern=STATES), order: int | None = None,
          limit: int = Query(500, ge=1, le=5000), p: Principal = Depends(principal)) -> list[dict[str, Any]]:
     """Jobs, newest first: state, attempts, worker, and why a queued one waits."""
     rows = pool_jobs.list_jobs(tenant=tenant_filter(p, tenant), state=state, order_id=order)

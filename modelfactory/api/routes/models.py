@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...compute.tenants import Principal
 from ...errors import NotFound
 from ...registry import registry
-from ..auth import principal, tenant_filter, visible
+from ..auth import TenantQuery, principal, tenant_filter, visible
 
 router = APIRouter(tags=["models"])
 
@@ -65,7 +65,7 @@ def _model(ref: str, p: Principal) -> registry.ModelRef:
 
 
 @router.get("/models", response_model=list[ModelSummary])
-def models(tenant: str | None = None, p: Principal = Depends(principal)) -> list[ModelSummary]:
+def models(tenant: TenantQuery = None, p: Principal = Depends(principal)) -> list[ModelSummary]:
     """Every model version the caller may see."""
     only = tenant_filter(p, tenant)
     return [ModelSummary(**_summary(r)) for r in registry.list_models() if only is None or r.tenant == only]

@@ -25,7 +25,7 @@ from ...data import versions
 from ...errors import NotFound
 from ...factory.spec import OrderSpec
 from ...registry import registry
-from ..auth import principal, tenant_filter, visible
+from ..auth import TenantQuery, principal, tenant_filter, visible
 from ..errors import Forbidden, HTTPError, Invalid, field_errors
 
 router = APIRouter(tags=["orders"])
@@ -149,7 +149,7 @@ async def submit(request: Request, priority: Literal["batch", "standard", "urgen
 
 
 @router.get("/orders", response_model=list[OrderSummary])
-def orders(tenant: str | None = None, state: str | None = Query(None, max_length=40),
+def orders(tenant: TenantQuery = None, state: str | None = Query(None, max_length=40),
            limit: int = Query(200, ge=1, le=1000), p: Principal = Depends(principal)) -> list[OrderSummary]:
     """Orders, newest first."""
     rows = stagejob.list_orders(tenant=tenant_filter(p, tenant), state=state, limit=limit)

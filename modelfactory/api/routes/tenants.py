@@ -21,10 +21,9 @@ from ...compute.tenants import (
     set_tenant,
 )
 from ...errors import NotFound
-from ..auth import admin_only, principal, visible
+from ..auth import NAME, admin_only, principal, visible
 
 router = APIRouter(tags=["tenants"])
-NAME = r"^[a-z0-9][a-z0-9._-]{0,99}$"
 
 
 class Me(BaseModel):

@@ -11,14 +11,14 @@ from fastapi.responses import PlainTextResponse
 from ...compute.ledger import invoice
 from ...compute.tenants import Principal
 from ...store import utcnow
-from ..auth import principal, tenant_filter
+from ..auth import TenantQuery, principal, tenant_filter
 from ..errors import HTTPError
 
 router = APIRouter(tags=["usage"])
 
 
 @router.get("/usage", response_model=dict[str, Any], responses={200: {"content": {"text/csv": {}}}})
-def usage(tenant: str | None = None, month: str | None = Query(None, pattern=r"^\d{4}-\d{2}$"),
+def usage(tenant: TenantQuery = None, month: str | None = Query(None, pattern=r"^\d{4}-\d{2}$"),
           format: Literal["json", "csv"] = "json", p: Principal = Depends(principal)):
     """The invoice of `tenant` (admins: any tenant, which they must name; tenants: their own) for `month`
     (YYYY-MM, default: this month, UTC)."""
