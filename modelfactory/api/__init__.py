@@ -5,6 +5,13 @@ Every route calls the layers (data, factory, compute, registry); none re-impleme
 enforced here, route by route: a tenant's key sees and touches only its own datasets, orders, jobs, models and
 usage (someone else's answers 404, as if it did not exist), an admin key sees everything."""
 
-from .app import create_app
-
 __all__ = ["create_app"]
+
+
+def __getattr__(name: str):
+    """`create_app` on first use: importing the package (e.g. the CLI's `api.client`) loads no server code."""
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

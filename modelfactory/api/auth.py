@@ -3,16 +3,11 @@ on every request (a revoked key fails at once). The dashboard sends the same hea
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import Query, Request
+from fastapi import Request
 
 from ..compute.tenants import Principal, principal_for_key
 from ..errors import NotFound
 from .errors import Forbidden, Unauthorized
-
-NAME = r"^[a-z0-9][a-z0-9._-]{0,99}$"  # tenants, datasets, models: what check_name accepts
-TenantQuery = Annotated[str | None, Query(pattern=NAME, description="only this tenant's (admins)")]
 
 
 def principal(request: Request) -> Principal:

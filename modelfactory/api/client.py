@@ -6,7 +6,6 @@ failure is an MFError with one line a person can act on: the server's `{"error"}
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -194,12 +193,6 @@ class ControlPlane:
 def _seg(value: str) -> str:
     """A path segment, escaped ('@' stays readable)."""
     return quote(value, safe="@")
-
-
-def from_env(url: str | None, key: str | None) -> ControlPlane | None:
-    """The control plane named by --server/MF_SERVER (None: work on the local database)."""
-    url = (url or "").strip()
-    return ControlPlane(url, key if key is not None else os.environ.get("MF_API_KEY")) if url else None
 
 
 def invoice(d: dict):

@@ -18,8 +18,9 @@ from ...config import settings
 from ...data import versions
 from ...data.ingest import BadRows
 from ...errors import MFError, NotFound
-from ..auth import NAME, TenantQuery, principal, tenant_filter, visible
+from ..auth import principal, tenant_filter, visible
 from ..errors import Forbidden, HTTPError
+from ..params import NAME, TenantQuery
 
 router = APIRouter(tags=["datasets"])
 

@@ -9,7 +9,8 @@ from fastapi.responses import PlainTextResponse
 
 from ...compute import jobs as pool_jobs
 from ...compute.tenants import Principal
-from ..auth import TenantQuery, principal, tenant_filter, visible
+from ..auth import principal, tenant_filter, visible
+from ..params import MAX_ID, Id, TenantQuery
 
 router = APIRouter(tags=["jobs"])
 STATES = "^(queued|running|succeeded|failed|cancelled)$"
@@ -22,21 +23,23 @@ def _job(job_id: int, p: Principal) -> dict[str, Any]:
 
 
 @router.get("/jobs", response_model=list[dict[str, Any]])
-def jobs(tenant: TenantQuery = None, state: str | None = Query(None, pattern=STATES), order: int | None = None,
-         limit: int = Query(500, ge=1, le=5000), p: Principal = Depends(principal)) -> list[dict[str, Any]]:
+def jobs(tenant: TenantQuery = None, state: str | None = Query(None, pattern=STATES),
+         order: int | None = Query(None, ge=1, le=MAX_ID), limit: int = Query(500, ge=1, le=5000),
+         p: Principal = Depends(principal)) -> list[dict[str, Any]]:
     """Jobs, newest first: state, attempts, worker, and why a queued one waits."""
     rows = pool_jobs.list_jobs(tenant=tenant_filter(p, tenant), state=state, order_id=order)
     return rows[::-1][:limit]
 
 
 @router.get("/jobs/{job_id}", response_model=dict[str, Any])
-def show(job_id: int, p: Principal = Depends(principal)) -> dict[str, Any]:
+def show(job_id: Id, p: Principal = Depends(principal)) -> dict[str, Any]:
     """A job and its history: every state change with time, reason, attempt and worker."""
     return _job(job_id, p)
 
 
 @router.get("/jobs/{job_id}/logs", response_class=PlainTextResponse)
-def logs(job_id: int, tail: int = Query(200, ge=1, le=10000), attempt: int | None = Query(None, ge=0),
+def logs(job_id: Id, tail: int = Query(200, ge=1, le=10000),
+         attempt: int | None = Query(None, ge=0, le=MAX_ID),
          p: Principal = Depends(principal)):
     """The last lines of an attempt's log (default: the latest attempt)."""
     _job(job_id, p)
@@ -44,7 +47,7 @@ def logs(job_id: int, tail: int = Query(200, ge=1, le=10000), attempt: int | Non
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=dict[str, Any])
-def cancel(job_id: int, p: Principal = Depends(principal)) -> dict[str, Any]:
+def cancel(job_id: Id, p: Principal = Depends(principal)) -> dict[str, Any]:
     """Cancel a queued or running job; its dependents are cancelled too."""
     _job(job_id, p)
     pool_jobs.cancel(job_id, f"cancelled by {'admin' if p.admin else p.tenant}")

@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...compute.tenants import Principal
 from ...errors import NotFound
 from ...registry import registry
-from ..auth import TenantQuery, principal, tenant_filter, visible
+from ..auth import principal, tenant_filter, visible
+from ..params import MAX_ID, TenantQuery
 
 router = APIRouter(tags=["models"])
 
@@ -43,7 +44,7 @@ class ModelDetail(ModelSummary):
 
 class AliasSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_ID)
     alias: str = Field(pattern=r"^[a-z][a-z0-9._-]{0,99}$", description="e.g. prod, staging (not a number)")
 
 

@@ -25,8 +25,9 @@ from ...data import versions
 from ...errors import NotFound
 from ...factory.spec import OrderSpec
 from ...registry import registry
-from ..auth import TenantQuery, principal, tenant_filter, visible
+from ..auth import principal, tenant_filter, visible
 from ..errors import Forbidden, HTTPError, Invalid, field_errors
+from ..params import Id, TenantQuery
 
 router = APIRouter(tags=["orders"])
 MAX_SPEC_BYTES = 1 << 20
@@ -158,7 +159,7 @@ def orders(tenant: TenantQuery = None, state: str | None = Query(None, max_lengt
 
 
 @router.get("/orders/{order_id}", response_model=OrderDetail)
-def show(order_id: int, p: Principal = Depends(principal)) -> OrderDetail:
+def show(order_id: Id, p: Principal = Depends(principal)) -> OrderDetail:
     """An order with its stages (each stage's job, state, attempt, worker), the DAG's edges, its report and
     whether a Pareto plot exists."""
     st = _order(order_id, p)
@@ -176,7 +177,7 @@ def show(order_id: int, p: Principal = Depends(principal)) -> OrderDetail:
 
 
 @router.get("/orders/{order_id}/report", response_class=PlainTextResponse)
-def report(order_id: int, p: Principal = Depends(principal)):
+def report(order_id: Id, p: Principal = Depends(principal)):
     """The order's report (markdown), once it has one."""
     path = _report_path(_order(order_id, p))
     if path is None:
@@ -186,7 +187,7 @@ def report(order_id: int, p: Principal = Depends(principal)):
 
 @router.get("/orders/{order_id}/pareto.png", response_class=FileResponse,
             responses={200: {"content": {"image/png": {}}}})
-def pareto(order_id: int, p: Principal = Depends(principal)):
+def pareto(order_id: Id, p: Principal = Depends(principal)):
     """The recipe search's Pareto plot (orders with `search:`)."""
     path = _report_path(_order(order_id, p))
     if path is None or not (path.parent / "pareto.png").is_file():
@@ -195,7 +196,7 @@ def pareto(order_id: int, p: Principal = Depends(principal)):
 
 
 @router.post("/orders/{order_id}/cancel", response_model=Cancelled)
-def cancel(order_id: int, p: Principal = Depends(principal)) -> Cancelled:
+def cancel(order_id: Id, p: Principal = Depends(principal)) -> Cancelled:
     """Cancel a running pool order: its queued and running jobs stop; finished stages stay cached."""
     _order(order_id, p)
     stagejob.cancel_order(order_id, f"cancelled by {'admin' if p.admin else p.tenant}")

@@ -21,7 +21,8 @@ from ...compute.tenants import (
     set_tenant,
 )
 from ...errors import NotFound
-from ..auth import NAME, admin_only, principal, visible
+from ..auth import admin_only, principal, visible
+from ..params import NAME, Id
 
 router = APIRouter(tags=["tenants"])
 
@@ -143,7 +144,7 @@ def add_key(name: str, body: KeyCreate | None = None, p: Principal = Depends(pri
 
 
 @router.delete("/keys/{key_id}", response_model=KeyOut)
-def revoke(key_id: int, p: Principal = Depends(principal)) -> KeyOut:
+def revoke(key_id: Id, p: Principal = Depends(principal)) -> KeyOut:
     """Revoke a key: it fails from the next request on (a tenant may revoke its own keys, even the one it
     calls with)."""
     info = get_key(key_id)

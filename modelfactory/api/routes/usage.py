@@ -11,8 +11,9 @@ from fastapi.responses import PlainTextResponse
 from ...compute.ledger import invoice
 from ...compute.tenants import Principal
 from ...store import utcnow
-from ..auth import TenantQuery, principal, tenant_filter
+from ..auth import principal, tenant_filter
 from ..errors import HTTPError
+from ..params import TenantQuery
 
 router = APIRouter(tags=["usage"])
 

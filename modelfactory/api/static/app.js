@@ -386,7 +386,8 @@ function utilisationChart(points) {
   if (pts.some((p) => p.gpu_capacity > 0)) {
     svg.append(s("polyline", { points: line((p) => pct(p.gpu_used, p.gpu_capacity)), class: "line-gpu" }));
   }
-  const hm = (d) => `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
+  const p2 = (n) => String(n).padStart(2, "0");
+  const hm = (d) => `${p2(d.getHours())}:${p2(d.getMinutes())}` + (span < 600e3 ? `:${p2(d.getSeconds())}` : "");
   svg.append(s("text", { x: L, y: H - 8, class: "axis" }, hm(pts[0].t)),
     s("text", { x: W - R, y: H - 8, "text-anchor": "end", class: "axis" }, hm(pts[pts.length - 1].t)));
   const last = pts[pts.length - 1];
