@@ -11,6 +11,7 @@ import httpx
 import pandas as pd
 import pytest
 import yaml
+from sqlalchemy import select
 
 from modelfactory import registry
 from modelfactory.api import create_app
@@ -18,6 +19,7 @@ from modelfactory.compute import jobs as pool_jobs
 from modelfactory.compute import utilisation
 from modelfactory.compute.jobs import Spec, log_path
 from modelfactory.compute.tenants import create_key
+from modelfactory.store import ModelVersion, session
 
 from .conftest import sample_csv, tiny_order
 from .test_serve_support import LiveServer, register, text_model_dir  # noqa: F401 (fixture)
@@ -145,7 +147,7 @@ def test_dataset_upload_list_show_and_row_errors(acme, globex, admin, corpus_df,
     r = upload(acme, "reviews", bad, "broken.csv")
     assert r.status_code == 400
     body = r.json()
-    assert "2 bad row(s)" in body["error"]
+    assert body["error"].startswith("2 bad row(s) in broken.csv:") and "uploads" not in body["error"]
     assert [row["where"] for row in body["rows"]] == ["broken.csv:3", "broken.csv:4"]
     assert "empty" in body["rows"][0]["message"]
     assert [v["version"] for v in acme.get("/datasets/reviews").json()["versions"]] == [1]  # nothing added
@@ -277,6 +279,10 @@ def test_jobs_list_show_logs_cancel_and_boundary(acme, globex, admin, mf_home):
 # --- models ----------------------------------------------------------------------------------------------------
 def test_models_list_show_promote_download_and_boundary(api, acme, globex, admin, text_model_dir):  # noqa: F811
     register("sentiment", text_model_dir, "text-classification", tenant="acme")
+    with session() as s:  # an order's metrics as the factory records them: the deployed candidate is named
+        row = s.scalar(select(ModelVersion).where(ModelVersion.name == "sentiment"))
+        row.metrics = {"teacher": {"accuracy": 0.9}, "student": {"accuracy": 0.8},
+                       "student_int8": {"accuracy": 0.85}, "deployed": "student_int8", "ratios": {"x": 1}}
     register("sentiment", text_model_dir, "text-classification", tenant="acme", copy=1)
     register("other", text_model_dir, "text-classification", tenant="globex", copy=2)
 
@@ -284,7 +290,10 @@ def test_models_list_show_promote_download_and_boundary(api, acme, globex, admin
     assert {m["tenant"] for m in admin.get("/models").json()} == {"acme", "globex"}
     m = acme.get("/models/sentiment").json()
     assert m["version"] == 2 and "latest" in m["aliases"] and [v["version"] for v in m["versions"]] == [1, 2]
-    assert acme.get("/models/sentiment@1").json()["version"] == 1
+    v1 = acme.get("/models/sentiment@1").json()
+    assert v1["version"] == 1 and v1["deployed"] == "student_int8"
+    assert v1["metrics"] == {"teacher": {"accuracy": 0.9}, "student": {"accuracy": 0.85},  # student = deployed
+                             "student_fp32": {"accuracy": 0.8}}
     r = acme.post("/models/sentiment/aliases", json={"version": 1, "alias": "prod"})
     assert r.status_code == 200 and registry.resolve("sentiment").version == 1  # `name` now means prod
     assert acme.get("/models/sentiment").json()["version"] == 1

@@ -37,8 +37,8 @@ from modelfactory.compute import jobs, policies
 from modelfactory.compute.jobs import Spec
 from modelfactory.compute.pool import pool_config
 from modelfactory.compute.scheduler import schedule_once
-from modelfactory.compute.stagejob import finalize_orders, plan_keys, submit_order
-from modelfactory.compute.tables import Job, Usage, pool_read
+from modelfactory.compute.stagejob import finalize_orders, order_status, plan_keys, submit_order
+from modelfactory.compute.tables import Job, Usage, pool_read, pool_tx
 from modelfactory.compute.tenants import add_tenant
 from modelfactory.compute.worker import pid_alive
 from modelfactory.factory.order import run_order
@@ -347,3 +347,42 @@ def test_each_job_sees_only_the_gpus_it_was_given(tmp_path, monkeypatch, request
     assert sorted(seen[:2]) == ["gpus=[0]", "gpus=[1]"]  # the first two ran together, on different devices
     assert seen[2] == "gpus=[]"  # asked for none, sees none
     assert seen[3] in ("gpus=[0]", "gpus=[1]")  # ran after one of them freed its device
+
+
+def test_a_search_order_runs_as_one_job_that_survives_preemption(reviews_csv, tiny_teacher, tmp_path, mf_home):
+    """An order with `search:` is one job on the pool (its stages are only known as the search runs): preempted
+    while training its teacher, it checkpoints, is requeued, and the next attempt resumes from the checkpoint and
+    finishes the search; the order ends registered with its Pareto plot, as `mf order run` would leave it."""
+    add_tenant("acme")
+    spec = parse_spec(tiny_order("searched", reviews_csv, tiny_teacher, teacher=TEACHER,
+                                 search={"max_trials": 2, "max_minutes": 10, "space": {"layers": [1, 2],
+                                                                                      "vocab": ["train"]}}))
+    sub = submit_order(spec, tenant="acme")
+    assert list(sub.jobs) == ["search"]
+    search_job = sub.jobs["search"]
+    log = tmp_path / "worker.log"
+    worker = mf_process("worker", "--id", "solo", "--cpu", "1", "--memory-gb", "4", log=log)
+    try:
+        with SchedulerThread():
+            teacher_key = wait_for(lambda: next((n["key"] for n in order_status(sub.order_id)["nodes"]
+                                                 if n["node"] == "teacher" and n["state"] == "running"), None),
+                                   "the teacher stage to start inside the search job")
+            wait_for(lambda: checkpoint_step(mf_home, teacher_key) >= 5, "the teacher's first checkpoint")
+            with pool_tx() as s:  # what a policy does when it preempts
+                s.get(Job, search_job).preempt_requested = True
+            wait_for(lambda: job(search_job).attempts == 2, "the search job's second attempt", timeout=120)
+            done = wait_for(lambda: job(search_job).state in ("succeeded", "failed") and job(search_job),
+                            "the search job", timeout=300)
+            wait_for(lambda: _order_state(sub.order_id) != "running", "the order to close")
+    finally:
+        stop_all([worker])
+    assert done.state == "succeeded", done.last_error
+    assert [(a, o) for a, o, _ in ledger(search_job)] == [(1, "preempted"), (2, "succeeded")]
+    status = order_status(sub.order_id)
+    assert status["state"] in ("done", "missed_targets")
+    teacher_runs = [n for n in status["nodes"] if n["node"] == "teacher"]
+    assert teacher_runs[-1]["state"] == "done" and teacher_runs[-1]["resumed_from_step"] >= 5
+    assert any(n["node"].startswith("trial1/") for n in status["nodes"])  # the search's second trial ran
+    report = Path(status["report"])
+    assert "## Recipe search" in report.read_text() and (report.parent / "pareto.png").is_file()
+    assert registry.by_order([sub.order_id]) == {sub.order_id: "searched@1"}

@@ -15,7 +15,8 @@ import httpx
 from ..errors import MFError, NotFound
 
 API = "/api/v1"
-TIMEOUT = httpx.Timeout(300.0, connect=10.0)  # an upload or an order's ingest can take a while on the server
+TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+SLOW = httpx.Timeout(600.0, connect=10.0)  # an upload, or an order's ingest and planning on the server
 
 
 def base_url(url: str) -> str:
@@ -124,14 +125,14 @@ class ControlPlane:
         path = Path(path)
         if path.is_dir():
             raise MFError(f"{path}: a folder cannot be uploaded as it is; pack it first (a .zip or .tar.gz of "
-                          "class folders), e.g. `tar czf images.tar.gz -C {path} .`".replace("{path}", str(path)))
+                          f"class folders), e.g. `tar czf images.tar.gz -C {path} .`")
         if not path.is_file():
             raise MFError(f"{path}: no such file")
         form = {"name": name, "text": text, "label": label, "skip_bad_rows": "true" if skip_bad_rows else "false"}
         if image is not None:
             form["image"] = image
         with open(path, "rb") as f:
-            return self.json("POST", "/datasets", data=form,
+            return self.json("POST", "/datasets", data=form, timeout=SLOW,
                              files={"file": (path.name, f, "application/octet-stream")})
 
     def datasets(self, tenant: str | None = None) -> list[dict]:
@@ -147,7 +148,7 @@ class ControlPlane:
                      priority: str = "standard") -> dict:
         """`POST /orders` with the spec as YAML (or JSON): {order, dataset, jobs, cached, shared}."""
         return self.json("POST", "/orders", content=spec_text.encode(), params={"priority": priority},
-                         headers={"Content-Type": content_type})
+                         headers={"Content-Type": content_type}, timeout=SLOW)
 
     def order(self, order_id: int) -> dict:
         """`GET /orders/{id}`: the order with its nodes (the shapes of `compute.stagejob.order_status`)."""

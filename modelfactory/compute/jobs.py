@@ -43,7 +43,7 @@ ALLOWED: dict[str | None, frozenset[str]] = {
     "failed": frozenset(),
     "cancelled": frozenset(),
 }
-KINDS = ("stage", "command")
+KINDS = ("stage", "order", "command")  # order: a search order, run whole (compute/stagejob.py)
 
 
 class IllegalTransition(MFError):

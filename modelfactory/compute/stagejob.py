@@ -24,7 +24,7 @@ from ..artifacts import Artifact, ArtifactStore
 from ..config import settings
 from ..data.versions import DatasetRef, resolve
 from ..errors import MFError, NotFound
-from ..factory.order import fail_order, finish_order, ingest, open_order
+from ..factory.order import execute_order, fail_order, finish_order, ingest, open_order
 from ..factory.planner import Node, Plan, plan
 from ..factory.runner import NodeResult, Reporter, node_key, run_plan
 from ..factory.spec import OrderSpec
@@ -58,12 +58,10 @@ class Submitted:
 
 def submit_order(spec: OrderSpec, *, tenant: str | None = None, priority: str = "standard", cpu: float = 1.0,
                  memory_gb: float = 2.0, max_attempts: int = 3, skip_bad_rows: bool = False) -> Submitted:
-    """Ingest the order's data, plan it, and queue a stage job per node that is not a cache hit."""
+    """Ingest the order's data, plan it, and queue a stage job per node that is not a cache hit. An order with a
+    recipe search is one job instead (SEARCH_NODE): which stages the search runs is only known as it runs."""
     if tenant and tenant != spec.tenant:
         spec = spec.model_copy(update={"tenant": tenant})
-    if spec.search is not None:
-        raise MFError("orders with a `search:` block run in one process with `mf order run` for now; the pool "
-                      "runs an order's fixed recipe (drop `search:` or set the chosen recipe)")
     probe = Spec(kind="stage", payload={}, priority=priority, cpu=cpu, memory_gb=memory_gb,
                  max_attempts=max_attempts)
     with pool_tx() as s:
@@ -71,6 +69,9 @@ def submit_order(spec: OrderSpec, *, tenant: str | None = None, priority: str = 
     order_id = open_order(spec)
     try:
         dataset = ingest(spec, skip_bad_rows)
+        if spec.search is not None:
+            return _submit_search(spec, order_id, dataset, priority=priority, cpu=cpu, memory_gb=memory_gb,
+                                  max_attempts=max_attempts)
         the_plan = plan(spec, dataset.artifact_id)
         keys = plan_keys(the_plan)
         store = ArtifactStore()
@@ -108,6 +109,32 @@ def submit_order(spec: OrderSpec, *, tenant: str | None = None, priority: str = 
     if not out.jobs:  # every stage was a cache hit: register now
         finalize_orders(order_ids=[order_id])
     return out
+
+
+SEARCH_NODE = "search"  # the one node of a pool order with a recipe search: its job runs the whole order
+
+
+def _submit_search(spec: OrderSpec, order_id: int, dataset: DatasetRef, **resources) -> Submitted:
+    with pool_tx() as s:
+        job = create(s, spec.tenant, Spec(kind="order", payload={"dataset": str(dataset)},
+                                          name=f"{spec.name}/{SEARCH_NODE}", **resources, order_id=order_id),
+                     reason=f"submitted with order {order_id} (recipe search: one job runs the whole order)")
+        s.add(PoolOrder(order_id=order_id, tenant=spec.tenant, priority=resources["priority"], dataset=str(dataset),
+                        dataset_artifact=dataset.artifact_id,
+                        nodes={SEARCH_NODE: {"stage": SEARCH_NODE, "key": None, "job": job.id}}, state="running",
+                        updated=utcnow()))
+        return Submitted(order_id, dataset, jobs={SEARCH_NODE: job.id})
+
+
+def run_order_job(payload: dict, *, order_id: int, should_stop: Callable[[], bool],
+                  reporter: Reporter | None = None) -> dict:
+    """A search order's job: the whole order (teacher, trials, registration) as `mf order run` runs it, each
+    stage cached, so an attempt after a preemption picks up where the last one stopped."""
+    with session() as s:
+        spec = OrderSpec.model_validate(s.get(Order, order_id).spec)
+    result = execute_order(spec, order_id, resolve(payload["dataset"]), reporter=reporter,
+                           should_stop=should_stop)
+    return {"model": str(result.model) if result.model else None, "missed": result.missed}
 
 
 # --- one stage job (runs in the worker's job process) --------------------------------------------------------------
@@ -164,11 +191,15 @@ def finalize_orders(order_ids: list[int] | None = None, now: dt.datetime | None 
         mine = [jobs[n["job"]] for n in po.nodes.values() if n["job"] is not None]
         bad = next((j for j in mine if j.state in ("failed", "cancelled")), None)
         if bad is not None:
-            if _claim(po.order_id, ("running",), "failed"):
+            if _claim(po.order_id, ("running",), "failed") and not _closed(po.order_id):
                 fail_order(po.order_id, f"job {bad.id} ({bad.name}) {bad.state}: {bad.last_error or 'cancelled'}")
                 closed.append(po.order_id)
             continue
         if not all(j.state == "succeeded" for j in mine):
+            continue
+        if SEARCH_NODE in po.nodes:  # its job registered the order itself
+            _claim(po.order_id, ("running",), "done")
+            closed.append(po.order_id)
             continue
         stale = now - dt.timedelta(seconds=REGISTER_RETRY_S)
         if not (_claim(po.order_id, ("running",), "registering")
@@ -184,6 +215,12 @@ def finalize_orders(order_ids: list[int] | None = None, now: dt.datetime | None 
         _claim(po.order_id, ("registering",), "done")
         closed.append(po.order_id)
     return closed
+
+
+def _closed(order_id: int) -> bool:
+    """Whether the order already has its outcome (a search order's job closes it itself, e.g. as infeasible)."""
+    with session() as s:
+        return s.get(Order, order_id).state != "running"
 
 
 def _register(po: PoolOrder, jobs: dict[int, Job]) -> None:
@@ -216,6 +253,12 @@ def list_orders(*, tenant: str | None = None, state: str | None = None, limit: i
                  "created": o.created, "finished": o.finished} for o in s.scalars(q)]
 
 
+def _stage_runs(s, order_id: int) -> list[dict]:
+    return [{"node": run.node, "stage": run.stage, "key": run.key, "state": run.state,
+             "resumed_from_step": run.resumed_from_step, "error": run.error}
+            for run in s.scalars(select(StageRun).where(StageRun.order_id == order_id).order_by(StageRun.id))]
+
+
 def order_status(order_id: int) -> dict:
     """An order and its stages: for a pool order each node's job (or cache hit); for an order run in one
     process (`mf order run`) its stage runs."""
@@ -228,15 +271,14 @@ def order_status(order_id: int) -> dict:
                "error": order.error, "report": order.report_path, "created": order.created,
                "finished": order.finished, "on_pool": po is not None, "nodes": [], "edges": []}
         if po is None:
-            for run in s.scalars(select(StageRun).where(StageRun.order_id == order_id).order_by(StageRun.id)):
-                out["nodes"].append({"node": run.node, "stage": run.stage, "key": run.key, "state": run.state,
-                                     "resumed_from_step": run.resumed_from_step, "error": run.error})
+            out["nodes"] = _stage_runs(s, order_id)
             return out
         spec = OrderSpec.model_validate(order.spec)
-        the_plan = plan(spec, po.dataset_artifact)
-        out |= {"priority": po.priority, "dataset": po.dataset, "pool_state": po.state,
-                "edges": [(src, n.name) for n in the_plan.nodes for src in n.inputs.values()
-                          if not src.startswith("@")]}
+        out |= {"priority": po.priority, "dataset": po.dataset, "pool_state": po.state}
+        if SEARCH_NODE not in po.nodes:
+            the_plan = plan(spec, po.dataset_artifact)
+            out["edges"] = [(src, n.name) for n in the_plan.nodes for src in n.inputs.values()
+                            if not src.startswith("@")]
         job_ids = [n["job"] for n in po.nodes.values() if n["job"] is not None]
         jobs = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(job_ids)))} if job_ids else {}
         workers = last_workers(s, job_ids)
@@ -252,6 +294,8 @@ def order_status(order_id: int) -> dict:
                 row["resumed_from_step"] = (job.result or {}).get("resumed_from_step")
                 row["artifact"] = (job.result or {}).get("artifact")
             out["nodes"].append(row)
+        if SEARCH_NODE in po.nodes:  # the stages its job has run so far (teacher, each trial's chain)
+            out["nodes"] += _stage_runs(s, order_id)
         return out
 
 

@@ -188,6 +188,11 @@ def run_job(spec: dict, stop: threading.Event) -> None:
 
             out = {"status": "ok", "result": run_stage(spec["payload"], order_id=spec["order_id"],
                                                        should_stop=stop.is_set, reporter=_LogReporter())}
+        elif spec["kind"] == "order":
+            from .stagejob import run_order_job
+
+            out = {"status": "ok", "result": run_order_job(spec["payload"], order_id=spec["order_id"],
+                                                           should_stop=stop.is_set, reporter=_LogReporter())}
         else:
             out = _run_command(spec, stop)
     except MFError as e:
@@ -417,7 +422,7 @@ class PoolWorker:
         for a in self.running.values():
             if a.discard or a.forced or a.process.exitcode is not None:
                 continue
-            slack = 0 if a.kind == "stage" else 30  # the sandbox enforces a command's own limit
+            slack = 30 if a.kind == "command" else 0  # the sandbox enforces a command's own limit
             if a.time_limit_s is not None and now - a.started > a.time_limit_s + slack:
                 a.forced = "time limit"
                 _kill(a)

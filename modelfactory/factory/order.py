@@ -80,19 +80,36 @@ def run_order(spec: OrderSpec, *, reporter: Reporter | None = None, skip_bad_row
         dataset = ingest(spec, skip_bad_rows)
         if on_ingest:
             on_ingest(dataset)
+    except BaseException as e:
+        fail_order(order_id, e)
+        raise
+    return execute_order(spec, order_id, dataset, reporter=reporter)
+
+
+def execute_order(spec: OrderSpec, order_id: int, dataset: DatasetRef, *, reporter: Reporter | None = None,
+                  should_stop=lambda: False) -> OrderResult:
+    """Run an opened order's stages (its fixed recipe, or the teacher then the recipe search) and register it.
+    An error closes the order as failed; StopRequested (preemption on the pool) leaves it open, and the next
+    attempt finds every finished stage in the cache and the interrupted one's checkpoint."""
+    from ..train.loop import StopRequested
+
+    try:
         searched = None
         if spec.search is None:
             the_plan = plan(spec, dataset.artifact_id)
-            results = run_plan(the_plan, order_id=order_id, reporter=reporter)
+            results = run_plan(the_plan, order_id=order_id, reporter=reporter, should_stop=should_stop)
         else:
             tplan = teacher_plan(spec, dataset.artifact_id)
-            teacher = run_plan(tplan, order_id=order_id, reporter=reporter)
-            searched, runs = run_search(spec, teacher, order_id=order_id, reporter=reporter)
+            teacher = run_plan(tplan, order_id=order_id, reporter=reporter, should_stop=should_stop)
+            searched, runs = run_search(spec, teacher, order_id=order_id, reporter=reporter,
+                                        should_stop=should_stop)
             if searched.chosen is None:
                 report = _write_report(spec, order_id, dataset, teacher, _metrics(tplan, teacher), {}, None,
                                        "teacher", False, searched)
                 raise MFError(f"{infeasible_message(searched, targets_of(spec))} (report: {report})", exit_code=3)
             the_plan, results = chosen_plan(spec, tplan, runs, searched.chosen, teacher)
+    except StopRequested:
+        raise
     except BaseException as e:
         fail_order(order_id, e)
         raise

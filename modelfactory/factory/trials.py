@@ -31,7 +31,8 @@ def recipe_from(spec: OrderSpec, params: dict[str, Any]) -> list[RecipeStep]:
 
 
 def run_search(spec: OrderSpec, teacher: dict[str, NodeResult], *, order_id: int | None,
-               reporter: Reporter | None) -> tuple[SearchResult, dict[int, tuple[Plan, dict[str, NodeResult]]]]:
+               reporter: Reporter | None, should_stop=lambda: False
+               ) -> tuple[SearchResult, dict[int, tuple[Plan, dict[str, NodeResult]]]]:
     assert spec.search is not None
     teacher_acc = teacher["evaluate_teacher"].artifact.metrics["accuracy"]
     runs: dict[int, tuple[Plan, dict[str, NodeResult]]] = {}
@@ -39,7 +40,7 @@ def run_search(spec: OrderSpec, teacher: dict[str, NodeResult], *, order_id: int
     def evaluate(number: int, params: dict[str, Any]) -> Trial:
         prefix = f"trial{number}/"
         chain = student_chain(spec, recipe_from(spec, params), prefix=prefix)
-        results = run_plan(chain, order_id=order_id, reporter=reporter, produced=teacher)
+        results = run_plan(chain, order_id=order_id, reporter=reporter, produced=teacher, should_stop=should_stop)
         runs[number] = (chain, results)
         m = results[f"{prefix}evaluate_{chain.deployed}"].artifact.metrics
         deployed = results[chain.candidates[chain.deployed]].artifact.id

@@ -87,6 +87,19 @@ def check_owner(s, name: str, tenant: str) -> None:
         raise MFError(f"model name '{name}' belongs to another tenant; choose another order name")
 
 
+def contract_metrics(metrics: dict) -> dict:
+    """A version's metrics in the shape ARCHITECTURE.md promises (`mf models show --json`, the API): teacher,
+    teacher_int8, and `student` = the deployed model; the other student as student_fp32 / student_int8."""
+    deployed = metrics.get("deployed", "student_int8")
+    out = {k: metrics[k] for k in ("teacher", "teacher_int8") if k in metrics}
+    if deployed in metrics:
+        out["student"] = metrics[deployed]
+    for k in ("student", "student_int8"):
+        if k != deployed and k in metrics:
+            out["student_fp32" if k == "student" else k] = metrics[k]
+    return out
+
+
 def promote(name: str, version: int, alias: str) -> None:
     if alias.isdigit():
         raise MFError(f"alias '{alias}' cannot be a number (it would shadow a version)")

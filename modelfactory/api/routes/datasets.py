@@ -65,8 +65,10 @@ class Uploaded(BaseModel):
     stats: dict
 
 
-def bad_rows(e: BadRows) -> HTTPError:
-    return HTTPError(str(e).splitlines()[0], rows=[
+def bad_rows(e: BadRows, filename: str) -> HTTPError:
+    """The rows, each with its file and line; the summary names the upload, not where the server kept it."""
+    return HTTPError(f"{len(e.errors)} bad row(s) in {filename}: fix them, or send skip_bad_rows=true to add the "
+                     f"good rows only", rows=[
         {"where": f"{r.source}:{r.line}" if r.line is not None else r.source, "message": r.reason}
         for r in e.errors])
 
@@ -103,7 +105,7 @@ def upload(name: str = Form(pattern=NAME, description="dataset name; a new versi
             ref = versions.add_file(name, path, versions.roles_for(path, text=text, label=label, image=image),
                                     skip_bad_rows=skip_bad_rows, tenant=p.tenant)
         except BadRows as e:
-            raise bad_rows(e) from None
+            raise bad_rows(e, path.name) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return Uploaded(name=ref.name, version=ref.version, rows=ref.n_rows, skipped=ref.skipped, stats=ref.stats)

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from ... import registry
 from ...compute.tenants import Principal
 from ...errors import NotFound
-from ...registry import registry
 from ..auth import principal, tenant_filter, visible
 from ..params import MAX_ID, TenantQuery
 
@@ -25,7 +25,9 @@ class ModelSummary(BaseModel):
     tenant: str
     task: str
     aliases: list[str]
-    metrics: dict[str, Any]
+    metrics: dict[str, Any] = Field(description="teacher, teacher_int8, and student = the deployed model")
+    deployed: str | None = Field(description="which of the order's candidates was deployed")
+    ratios: dict[str, Any] | None = Field(description="the deployed student against the teacher")
     created: dt.datetime
 
 
@@ -56,7 +58,8 @@ class AliasOut(BaseModel):
 
 def _summary(r: registry.ModelRef) -> dict:
     return {"name": r.name, "version": r.version, "tenant": r.tenant, "task": r.task, "aliases": r.aliases,
-            "metrics": r.metrics, "created": r.created}
+            "metrics": registry.contract_metrics(r.metrics), "deployed": r.metrics.get("deployed"),
+            "ratios": r.metrics.get("ratios"), "created": r.created}
 
 
 def _model(ref: str, p: Principal) -> registry.ModelRef:

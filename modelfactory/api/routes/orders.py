@@ -18,13 +18,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, PlainTextResponse
 from pydantic import BaseModel, ValidationError
 
+from ... import registry
 from ...compute import stagejob
 from ...compute.tenants import Principal
 from ...config import settings
 from ...data import versions
 from ...errors import NotFound
 from ...factory.spec import OrderSpec
-from ...registry import registry
 from ..auth import principal, tenant_filter, visible
 from ..errors import Forbidden, HTTPError, Invalid, field_errors
 from ..params import Id, TenantQuery
