@@ -678,9 +678,10 @@ async function pageModel(view, page, ref) {
   const errors = h("div");
   const metrics = contractMetrics(m.metrics);
   const keys = Object.keys(metrics);
-  const r = (m.metrics || {}).ratios;
+  const r = m.ratios || (m.metrics || {}).ratios;
+  const deployed = m.deployed || (m.metrics || {}).deployed;
   const summary = r && r.accuracy_ratio ? h("p", {}, "The deployed student",
-    typeof m.metrics.deployed === "string" ? [" (", h("code", {}, m.metrics.deployed), ")"] : null, " keeps ",
+    typeof deployed === "string" ? [" (", h("code", {}, deployed), ")"] : null, " keeps ",
     h("strong", {}, `${(100 * r.accuracy_ratio).toFixed(1)}%`), " of the teacher's accuracy, ",
     h("strong", {}, `${num(r.size_reduction, 1)}x`), " smaller, ", h("strong", {}, `${num(r.latency_speedup, 1)}x`),
     " faster (batch 1).") : null;
@@ -716,7 +717,7 @@ async function pageModel(view, page, ref) {
         const x = metrics[k];
         return [h("strong", {}, k), num(x.accuracy, 4), num(x.macro_f1, 4), mb(x.size_bytes), num(x.latency_ms_p50, 2), num(x.throughput, 0)];
       }), "No metrics."),
-    summary,
+    ...(summary ? [summary] : []),
     h("h2", {}, "Aliases"),
     h("div", { class: "card" }, promote, promoteMsg,
       table(["version", "aliases", "created"], (m.versions || []).map((v) => [
