@@ -29,10 +29,39 @@ app.add_typer(models_app, name="models")
 console = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+# A remote control plane: per command (not global: Typer's sub-apps make a global option awkward to place).
+ServerOpt = Annotated[str | None, typer.Option(
+    "--server", envvar="MF_SERVER", show_envvar=True, metavar="URL", rich_help_panel="Remote control plane",
+    help="Work through the control plane at URL (`mf server`, e.g. http://host:8080) instead of this machine's "
+         "database.")]
+ApiKeyOpt = Annotated[str | None, typer.Option(
+    "--api-key", envvar="MF_API_KEY", show_envvar=True, metavar="KEY", rich_help_panel="Remote control plane",
+    help="API key for --server: a tenant's key (it binds what you do to that tenant) or an admin's.")]
 
 
 def _print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _remote(server: str | None, api_key: str | None):
+    """The control plane named by --server / MF_SERVER, or None: work on this machine's database."""
+    if not (server or "").strip():
+        return None
+    from .api.client import ControlPlane
+
+    return ControlPlane(server, api_key)
+
+
+def _when(value) -> str:
+    """A time to the second, from a datetime (local) or the API's ISO string (remote)."""
+    import datetime as dt
+
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value.isoformat(timespec="seconds") if value else ""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -168,9 +197,18 @@ def data_add(name: str, path: Path,
              image: Annotated[str | None, typer.Option(
                  "--image", help="Image-path column (paths relative to the table's folder): an image dataset.")] = None,
              skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows")] = False,
-             as_json: JsonFlag = False) -> None:
+             as_json: JsonFlag = False, server: ServerOpt = None, api_key: ApiKeyOpt = None) -> None:
     """Add a CSV/JSONL/Parquet file, or a folder/.zip/.tar.gz of class folders of images, as a new immutable
-    version of dataset NAME."""
+    version of dataset NAME (with --server: uploaded to the control plane, owned by the key's tenant)."""
+    cp = _remote(server, api_key)
+    if cp:
+        up = cp.upload_dataset(name, path, text=text, label=label, image=image, skip_bad_rows=skip_bad_rows)
+        if as_json:
+            _print_json(up)
+        else:
+            console.print(f"[bold]{up['name']}@{up['version']}[/] · {up['rows']} rows"
+                          + (f" · {up['skipped']} bad rows skipped" if up.get("skipped") else ""))
+        return
     from .data import versions
 
     ref = versions.add_file(name, path, versions.roles_for(path, text=text, label=label, image=image),
@@ -184,8 +222,17 @@ def data_add(name: str, path: Path,
 
 
 @data_app.command("ls")
-def data_ls(as_json: JsonFlag = False) -> None:
-    """List dataset versions."""
+def data_ls(as_json: JsonFlag = False, server: ServerOpt = None, api_key: ApiKeyOpt = None) -> None:
+    """List dataset versions (with --server --json: the API's list, the latest version of each dataset)."""
+    cp = _remote(server, api_key)
+    if cp:
+        summaries = cp.datasets()
+        if as_json:
+            _print_json(summaries)
+            return
+        console.print(_datasets_table([{"name": d["name"], **v} for d in summaries
+                                       for v in cp.dataset(d["name"])["versions"]]))
+        return
     from .data import versions
 
     rows = versions.list_versions()
@@ -193,11 +240,17 @@ def data_ls(as_json: JsonFlag = False) -> None:
         _print_json([{"name": r.name, "version": r.version, "id": r.artifact_id, "rows": r.n_rows,
                       "source": r.source, "created": r.created} for r in rows])
         return
+    console.print(_datasets_table([{"name": r.name, "version": r.version, "rows": r.n_rows, "stats": r.stats,
+                                    "artifact": r.artifact_id, "created": r.created} for r in rows]))
+
+
+def _datasets_table(rows: list[dict]) -> Table:
+    """Dataset versions as the API's DatasetVersionOut, with `name`."""
     table = Table("dataset", "rows", "labels", "id", "created")
     for r in rows:
-        table.add_row(f"{r.name}@{r.version}", str(r.n_rows), ", ".join(r.stats.get("labels", {})),
-                      r.artifact_id[:12], r.created.isoformat(timespec="seconds"))
-    console.print(table)
+        table.add_row(f"{r['name']}@{r['version']}", str(r["rows"]), ", ".join(r["stats"].get("labels", {})),
+                      r["artifact"][:12], _when(r["created"]))
+    return table
 
 
 @data_app.command("show")
@@ -273,71 +326,96 @@ def _read_inputs(path: Path) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------------
 def _model_json(ref) -> dict:
+    from . import registry
+
     return {"name": ref.name, "version": ref.version, "aliases": ref.aliases, "tenant": ref.tenant, "task": ref.task,
             "onnx_path": str(ref.onnx_path), "artifact": ref.artifact_id, "created": ref.created,
-            "metrics": _contract_metrics(ref.metrics),
+            "metrics": registry.contract_metrics(ref.metrics),
             "deployed": ref.metrics.get("deployed"), "ratios": ref.metrics.get("ratios"), "lineage": ref.lineage}
 
 
-def _contract_metrics(metrics: dict) -> dict:
-    """teacher, teacher_int8, and `student` = the deployed model (ARCHITECTURE.md); the other student as well."""
-    deployed = metrics.get("deployed", "student_int8")
-    out = {k: metrics[k] for k in ("teacher", "teacher_int8") if k in metrics}
-    if deployed in metrics:
-        out["student"] = metrics[deployed]
-    for k in ("student", "student_int8"):
-        if k != deployed and k in metrics:
-            out["student_fp32" if k == "student" else k] = metrics[k]
-    return out
-
-
 @models_app.command("ls")
-def models_ls(as_json: JsonFlag = False) -> None:
+def models_ls(as_json: JsonFlag = False, server: ServerOpt = None, api_key: ApiKeyOpt = None) -> None:
     """List model versions with their deployed metrics."""
+    cp = _remote(server, api_key)
+    if cp:
+        rows = cp.models()
+        if as_json:
+            _print_json(rows)
+            return
+        console.print(_models_table(rows))
+        return
     from . import registry
 
     refs = registry.list_models()
     if as_json:
         _print_json([_model_json(r) for r in refs])
         return
+    console.print(_models_table([{"name": r.name, "version": r.version, "aliases": r.aliases, "task": r.task,
+                                  "metrics": registry.contract_metrics(r.metrics), "created": r.created}
+                                 for r in refs]))
+
+
+def _models_table(rows: list[dict]) -> Table:
+    """Model versions as the API's ModelSummary (metrics in the contract's shape: `student` = the deployed one)."""
     table = Table("model", "aliases", "task", "accuracy", "size (MB)", "p50 (ms)", "created")
-    for r in refs:
-        m = r.metrics.get(r.metrics.get("deployed", ""), {})
-        table.add_row(str(r), ", ".join(r.aliases), r.task, f"{m.get('accuracy', 0):.4f}",
-                      f"{m.get('size_bytes', 0) / 1e6:.1f}", f"{m.get('latency_ms_p50', 0):.2f}", r.created)
-    console.print(table)
+    for r in rows:
+        m = r["metrics"].get("student", {})
+        table.add_row(f"{r['name']}@{r['version']}", ", ".join(r["aliases"]), r["task"],
+                      f"{m.get('accuracy', 0):.4f}", f"{m.get('size_bytes', 0) / 1e6:.1f}",
+                      f"{m.get('latency_ms_p50', 0):.2f}", _when(r["created"]))
+    return table
 
 
 @models_app.command("show")
-def models_show(ref: str, as_json: JsonFlag = False) -> None:
+def models_show(ref: str, as_json: JsonFlag = False, server: ServerOpt = None, api_key: ApiKeyOpt = None) -> None:
     """Show a model version: metrics of teacher and student side by side, lineage, model card."""
+    cp = _remote(server, api_key)
+    if cp:
+        d = cp.model(ref)
+        if as_json:
+            _print_json(d)
+            return
+        size = d.get("onnx_bytes")
+        where = cp.link(f"/models/{d['name']}@{d['version']}/onnx")
+        _model_view(d["card"], d["lineage"], f"ONNX: {size / 1e6:.1f} MB · download: {where}" if size is not None
+                    else "ONNX: none in the control plane's store")
+        return
     from . import registry
-    from .report import recipe_str
 
     r = registry.resolve(ref)
     if as_json:
         _print_json(_model_json(r))
         return
-    console.print(Markdown(r.card))
+    _model_view(r.card, r.lineage, f"ONNX: {r.onnx_path}")
+
+
+def _model_view(card: str, lin: dict, onnx: str) -> None:
+    from .report import recipe_str
+
+    console.print(Markdown(card))
     console.print("[bold]Lineage[/]")
-    lin = r.lineage
     chain = [f"order {lin.get('order')} ({lin.get('order_name')})", f"dataset {lin.get('dataset')}",
              f"teacher {str(lin.get('teacher'))[:12]} ← {lin.get('teacher_base')}",
              f"recipe {recipe_str(lin.get('recipe') or [])}", f"student {str(lin.get('student'))[:12]}",
              f"deployed {str(lin.get('deployed'))[:12]}"]
     console.print("  " + "\n  → ".join(chain))
-    console.print(f"ONNX: {r.onnx_path}")
+    console.print(onnx, soft_wrap=True)
 
 
 @models_app.command("promote")
-def models_promote(ref: str, alias: str) -> None:
+def models_promote(ref: str, alias: str, server: ServerOpt = None, api_key: ApiKeyOpt = None) -> None:
     """Point ALIAS (e.g. prod) at NAME@VERSION."""
-    from . import registry
-
     name, _, ver = ref.partition("@")
     if not ver.isdigit():
         raise MFError(f"give an explicit version to promote, e.g. {name}@3")
-    registry.promote(name, int(ver), alias)
+    cp = _remote(server, api_key)
+    if cp:
+        cp.promote(name, int(ver), alias)
+    else:
+        from . import registry
+
+        registry.promote(name, int(ver), alias)
     console.print(f"{name}@{ver} is now [bold]{alias}[/]")
 
 
@@ -370,18 +448,35 @@ def tenants_add(name: str,
                 cpu_hours: Annotated[float | None, typer.Option(help="Hard quota: CPU-hours per month.")] = None,
                 gpu_hours: Annotated[float | None, typer.Option(help="Hard quota: GPU-hours per month.")] = None,
                 max_slots: Annotated[int | None, typer.Option(help="Soft limit: concurrent slots.")] = None,
-                as_json: JsonFlag = False) -> None:
+                as_json: JsonFlag = False, server: ServerOpt = None,
+                api_key: Annotated[str | None, typer.Option(
+                    "--api-key", envvar="MF_API_KEY", show_envvar=True, metavar="KEY",
+                    rich_help_panel="Remote control plane", help="An admin API key for --server.")] = None) -> None:
     """Add a tenant and print its API key (shown this once; only its hash is stored)."""
-    from .compute.tenants import add_tenant
+    cp = _remote(server, api_key)
+    if cp:
+        created = cp.add_tenant(name, weight=weight, cpu_hours_month=cpu_hours, gpu_hours_month=gpu_hours,
+                                max_slots=max_slots)
+        if as_json:
+            _print_json(created)
+            return
+        t, key = created["tenant"], created["api_key"]
+    else:
+        from dataclasses import asdict
 
-    t, key = add_tenant(name, weight=weight, cpu_hours_month=cpu_hours, gpu_hours_month=gpu_hours,
-                        max_slots=max_slots)
-    if as_json:
-        _print_json({"name": t.name, "api_key": key, "weight": t.weight, "cpu_hours_month": t.cpu_hours_month,
-                     "gpu_hours_month": t.gpu_hours_month, "max_slots": t.max_slots})
-        return
-    console.print(f"tenant [bold]{t.name}[/] added · weight {t.weight:g} · CPU-h/month {_hours(t.cpu_hours_month)} "
-                  f"· GPU-h/month {_hours(t.gpu_hours_month)} · max slots {_hours(t.max_slots)}")
+        from .compute.tenants import add_tenant
+
+        added, key = add_tenant(name, weight=weight, cpu_hours_month=cpu_hours, gpu_hours_month=gpu_hours,
+                                max_slots=max_slots)
+        t = asdict(added)
+        if as_json:
+            _print_json({"name": t["name"], "api_key": key, "weight": t["weight"],
+                         "cpu_hours_month": t["cpu_hours_month"], "gpu_hours_month": t["gpu_hours_month"],
+                         "max_slots": t["max_slots"]})
+            return
+    console.print(f"tenant [bold]{t['name']}[/] added · weight {t['weight']:g} · "
+                  f"CPU-h/month {_hours(t['cpu_hours_month'])} · GPU-h/month {_hours(t['gpu_hours_month'])} · "
+                  f"max slots {_hours(t['max_slots'])}")
     console.print(f"API key (shown once, keep it): [bold]{key}[/]", soft_wrap=True)
 
 
@@ -405,20 +500,24 @@ def tenants_set(name: str,
 
 
 @tenants_app.command("ls")
-def tenants_ls(as_json: JsonFlag = False) -> None:
+def tenants_ls(as_json: JsonFlag = False, server: ServerOpt = None, api_key: ApiKeyOpt = None) -> None:
     """List tenants with their weights and quotas (keys are never shown again)."""
-    from dataclasses import asdict
+    cp = _remote(server, api_key)
+    if cp:
+        rows = cp.tenants()
+    else:
+        from dataclasses import asdict
 
-    from .compute.tenants import list_tenants
+        from .compute.tenants import list_tenants
 
-    rows = list_tenants()
+        rows = [asdict(t) for t in list_tenants()]
     if as_json:
-        _print_json([asdict(t) for t in rows])
+        _print_json(rows)
         return
     table = Table("tenant", "weight", "CPU-h/month", "GPU-h/month", "max slots", "created")
     for t in rows:
-        table.add_row(t.name, f"{t.weight:g}", _hours(t.cpu_hours_month), _hours(t.gpu_hours_month),
-                      _hours(t.max_slots), t.created.isoformat(timespec="seconds"))
+        table.add_row(t["name"], f"{t['weight']:g}", _hours(t["cpu_hours_month"]), _hours(t["gpu_hours_month"]),
+                      _hours(t["max_slots"]), _when(t["created"]))
     console.print(table)
 
 
@@ -444,8 +543,17 @@ def _jobs_table(rows: list[dict], title: str | None = None) -> Table:
 def jobs_ls(tenant: Annotated[str | None, typer.Option(help="Only this tenant's jobs.")] = None,
             state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
             order: Annotated[int | None, typer.Option(help="Only this order's jobs.")] = None,
-            as_json: JsonFlag = False) -> None:
-    """List jobs (state, attempts, worker, why a queued job waits)."""
+            as_json: JsonFlag = False, server: ServerOpt = None, api_key: ApiKeyOpt = None) -> None:
+    """List jobs (state, attempts, worker, why a queued job waits); with --server --json, newest first as the
+    API lists them."""
+    cp = _remote(server, api_key)
+    if cp:
+        rows = cp.jobs(tenant=tenant, state=state, order=order)
+        if as_json:
+            _print_json(rows)
+            return
+        console.print(_jobs_table(sorted(rows, key=lambda j: j["id"])))  # oldest first, as locally
+        return
     from .compute import jobs
 
     rows = jobs.list_jobs(tenant=tenant, state=state, order_id=order)
@@ -456,32 +564,38 @@ def jobs_ls(tenant: Annotated[str | None, typer.Option(help="Only this tenant's 
 
 
 @jobs_app.command("show")
-def jobs_show(job_id: int, as_json: JsonFlag = False) -> None:
+def jobs_show(job_id: int, as_json: JsonFlag = False, server: ServerOpt = None, api_key: ApiKeyOpt = None) -> None:
     """A job with its history: every state change with its time, reason, attempt and worker."""
-    from .compute import jobs
+    cp = _remote(server, api_key)
+    if cp:
+        job = cp.job(job_id)
+    else:
+        from .compute import jobs
 
-    job = jobs.describe(job_id)
-    events = job["events"]
+        job = jobs.describe(job_id)
     if as_json:
         _print_json(job)
         return
     console.print(_jobs_table([job]))
     table = Table("at", "from", "to", "try", "worker", "reason", title="history")
-    for e in events:
-        table.add_row(e["at"].isoformat(timespec="seconds"), e["from"] or "", e["to"], str(e["attempt"]),
-                      e["worker"] or "", e["reason"])
+    for e in job["events"]:
+        table.add_row(_when(e["at"]), e["from"] or "", e["to"], str(e["attempt"]), e["worker"] or "", e["reason"])
     console.print(table)
     if job["result"]:
         console.print(f"result: {json.dumps(job['result'], default=str)}", soft_wrap=True)
 
 
 @jobs_app.command("cancel")
-def jobs_cancel(job_id: int) -> None:
+def jobs_cancel(job_id: int, server: ServerOpt = None, api_key: ApiKeyOpt = None) -> None:
     """Cancel a queued or running job (its dependents are cancelled too)."""
-    from .compute import jobs
+    cp = _remote(server, api_key)
+    if cp:
+        job_id = cp.cancel_job(job_id)["id"]
+    else:
+        from .compute import jobs
 
-    job = jobs.cancel(job_id)
-    console.print(f"job {job.id} [bold]cancelled[/]")
+        job_id = jobs.cancel(job_id).id
+    console.print(f"job {job_id} [bold]cancelled[/]")
 
 
 @jobs_app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -512,29 +626,57 @@ def order_submit(spec_file: Annotated[Path, typer.Argument(help="order.yaml or .
                  cpu: Annotated[float, typer.Option(help="CPUs per stage job.")] = 1.0,
                  memory_gb: Annotated[float, typer.Option(help="Memory (GB) per stage job.")] = 2.0,
                  skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows")] = False,
-                 as_json: JsonFlag = False) -> None:
+                 as_json: JsonFlag = False, server: ServerOpt = None, api_key: ApiKeyOpt = None) -> None:
     """Queue an order on the compute pool: one stage job per stage that is not a cache hit (`mf server` runs
-    them); it is registered like `mf order run` when its last job succeeds."""
+    them); it is registered like `mf order run` when its last job succeeds. With --server the spec file goes to
+    the control plane as it is: the order belongs to the API key's tenant and reads an uploaded dataset
+    (`data: {dataset: NAME}`, see `mf data add --server`), not a file path."""
+    cp = _remote(server, api_key)
+    if cp:
+        given = [flag for flag, on in (("--tenant", tenant is not None), ("--cpu", cpu != 1.0),
+                                       ("--memory-gb", memory_gb != 2.0), ("--skip-bad-rows", skip_bad_rows)) if on]
+        if given:
+            raise MFError(f"{', '.join(given)}: not available with --server (the control plane takes the spec and "
+                          "--priority; the order belongs to the API key's tenant)")
+        if not spec_file.is_file():
+            raise MFError(f"{spec_file}: no such order file")
+        try:
+            text = spec_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise MFError(f"{spec_file}: not a text file (expected YAML or JSON)") from None
+        kind = "application/json" if spec_file.suffix.lower() == ".json" else "application/yaml"
+        d = cp.submit_order(text, content_type=kind, priority=priority)
+        if as_json:
+            _print_json(d)
+            return
+        _print_submitted(d, f" --server {cp.url}")
+        return
     from .compute.stagejob import submit_order
     from .factory.spec import load_spec
 
     sub = submit_order(load_spec(spec_file), tenant=tenant, priority=priority, cpu=cpu, memory_gb=memory_gb,
                        skip_bad_rows=skip_bad_rows)
+    d = {"order": sub.order_id, "dataset": str(sub.dataset), "jobs": sub.jobs, "cached": sub.cached,
+         "shared": sub.shared}
     if as_json:
-        _print_json({"order": sub.order_id, "dataset": str(sub.dataset), "jobs": sub.jobs, "cached": sub.cached,
-                     "shared": sub.shared})
+        _print_json(d)
         return
-    console.print(f"order [bold]{sub.order_id}[/] queued · dataset {sub.dataset} · {len(sub.jobs)} jobs"
-                  + (f" · {len(sub.cached)} cache hits" if sub.cached else "")
-                  + (f" · {len(sub.shared)} shared with earlier orders" if sub.shared else ""))
-    console.print(f"follow it: mf order status {sub.order_id} --watch", soft_wrap=True)
+    _print_submitted(d, "")
+
+
+def _print_submitted(d: dict, where: str) -> None:
+    console.print(f"order [bold]{d['order']}[/] queued · dataset {d['dataset']} · {len(d['jobs'])} jobs"
+                  + (f" · {len(d['cached'])} cache hits" if d["cached"] else "")
+                  + (f" · {len(d['shared'])} shared with earlier orders" if d["shared"] else ""))
+    console.print(f"follow it: mf order status {d['order']} --watch{where}", soft_wrap=True)
 
 
 def _order_view(st: dict):
     from rich.console import Group
 
     head = (f"order [bold]{st['order']}[/] {st['name']} · tenant {st['tenant']} · [bold]{st['state']}[/]"
-            + (f" · {st['error']}" if st.get("error") else "") + (f" · report {st['report']}" if st["report"] else ""))
+            + (f" · {st['error']}" if st.get("error") else "")
+            + (f" · report {st['report']}" if st.get("report") else ""))
     table = Table("node", "stage", "job", "state", "try", "worker", "note")
     for n in st["nodes"]:
         style = _STATE_STYLE.get(n["state"], "")
@@ -551,13 +693,23 @@ def _order_view(st: dict):
 @order_app.command("status")
 def order_status(order_id: int,
                  watch: Annotated[bool, typer.Option("--watch", help="Refresh until the order ends.")] = False,
-                 as_json: JsonFlag = False) -> None:
+                 as_json: JsonFlag = False, server: ServerOpt = None, api_key: ApiKeyOpt = None) -> None:
     """An order's stages: on the pool, each stage's job (state, attempt, worker, resume step) or cache hit."""
     import time
 
     from rich.live import Live
 
-    from .compute.stagejob import order_status as status
+    cp = _remote(server, api_key)
+    if cp:
+        if as_json:
+            _print_json(cp.order(order_id))
+            return
+
+        def status(order_id: int) -> dict:  # the API's order, its report as the URL that serves it
+            st = cp.order(order_id)
+            return st | {"report": cp.link(f"/orders/{order_id}/report") if st.get("report_markdown") else None}
+    else:
+        from .compute.stagejob import order_status as status
 
     st = status(order_id)
     if as_json:
@@ -689,21 +841,37 @@ def serve(models: Annotated[str | None, typer.Option(
 
 
 @app.command()
-def usage(tenant: Annotated[str, typer.Option(help="Tenant to invoice.")],
+def usage(tenant: Annotated[str | None, typer.Option(
+              help="Tenant to invoice (required, except with --server and a tenant's key: that tenant).")] = None,
           month: Annotated[str | None, typer.Option(help="YYYY-MM (default: this month, UTC).")] = None,
           csv_path: Annotated[Path | None, typer.Option("--csv", help="Also write the invoice as CSV.")] = None,
-          as_json: JsonFlag = False) -> None:
+          as_json: JsonFlag = False, server: ServerOpt = None, api_key: ApiKeyOpt = None) -> None:
     """A tenant's invoice for a month: every attempt with its resource-hours, outcome and cost (preempted and
     lost work included: it used the pool), and its models' inference (mf serve), one line per model version."""
-    from .compute.ledger import invoice
-    from .store import utcnow
+    cp = _remote(server, api_key)
+    if cp:
+        from .api.client import invoice as from_json
 
-    inv = invoice(tenant, month or f"{utcnow():%Y-%m}")
-    if csv_path:
-        inv.write_csv(csv_path)
-    if as_json:
-        _print_json(inv.as_dict())
-        return
+        d = cp.usage(tenant, month)
+        if csv_path:
+            csv_path.parent.mkdir(parents=True, exist_ok=True)
+            csv_path.write_text(cp.usage_csv(d["tenant"], d["month"]), newline="")
+        if as_json:
+            _print_json(d)
+            return
+        inv = from_json(d)
+    else:
+        from .compute.ledger import invoice
+        from .store import utcnow
+
+        if not tenant:
+            raise MFError("name the tenant to invoice: --tenant NAME")
+        inv = invoice(tenant, month or f"{utcnow():%Y-%m}")
+        if csv_path:
+            inv.write_csv(csv_path)
+        if as_json:
+            _print_json(inv.as_dict())
+            return
     table = Table("job", "name", "order", "try", "worker", "ended", "outcome", "CPU-h", "GPU-h",
                   f"cost ({inv.currency})", title=f"usage: {inv.tenant}, {inv.month}")
     for line in inv.lines:
@@ -732,7 +900,9 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except MFError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise SystemExit(e.exit_code) from None
     except click.exceptions.Abort:
         err.print("[yellow]interrupted[/]: finished stages are kept; run the same command again to resume")

@@ -22,6 +22,8 @@ def mf_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "mfhome"
     monkeypatch.setenv("MF_HOME", str(home))
     monkeypatch.delenv("MF_DATABASE_URL", raising=False)
+    for var in ("MF_SERVER", "MF_API_KEY", "MF_ADMIN_KEY"):  # a developer's shell must not send tests remote
+        monkeypatch.delenv(var, raising=False)
     return home
 
 

@@ -67,8 +67,8 @@ class Uploaded(BaseModel):
 
 def bad_rows(e: BadRows, filename: str) -> HTTPError:
     """The rows, each with its file and line; the summary names the upload, not where the server kept it."""
-    return HTTPError(f"{len(e.errors)} bad row(s) in {filename}: fix them, or send skip_bad_rows=true to add the "
-                     f"good rows only", rows=[
+    return HTTPError(f"{len(e.errors)} bad row(s) in {filename}: fix them, or skip them (skip_bad_rows) to add "
+                     f"the good rows only", rows=[
         {"where": f"{r.source}:{r.line}" if r.line is not None else r.source, "message": r.reason}
         for r in e.errors])
 
