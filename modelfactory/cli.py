@@ -106,6 +106,7 @@ def _metrics_table(metrics: dict[str, dict], title: str) -> Table:
 
 
 def _run_order(spec, skip_bad_rows: bool, as_json: bool):
+    from . import tasks
     from .factory.order import run_order
     from .report import ratios
 
@@ -125,10 +126,17 @@ def _run_order(spec, skip_bad_rows: bool, as_json: bool):
                           f"[bold]{r['size_reduction']:.1f}x[/] smaller, [bold]{r['latency_speedup']:.1f}x[/] faster "
                           f"(batch 1, 1 thread)")
         status = "[green]promoted to prod[/]" if result.deployed else "[yellow]registered, not promoted[/]"
+        generative = tasks.get(spec.task).pipeline == "adapt"
+        where = f"adapter: {result.model.path}" if generative else f"ONNX: {result.model.onnx_path}"
         # soft_wrap: paths and the command stay on one line, so they can be copied as they are
-        console.print(f"registry: [bold]{result.model}[/] ({status}) · ONNX: {result.model.onnx_path}", soft_wrap=True)
+        console.print(f"registry: [bold]{result.model}[/] ({status}) · {where}", soft_wrap=True)
         console.print(f"report: {result.report_path}", soft_wrap=True)
-        console.print(f"try it: mf predict {result.model} {_example_argument(spec.task, result)}", soft_wrap=True)
+        if generative:
+            console.print(f"try it: mf serve-llm --base {spec.teacher.model} --adapters {result.model}, then any "
+                          f"OpenAI client with model=\"{result.model.name}\"", soft_wrap=True)
+        else:
+            console.print(f"try it: mf predict {result.model} {_example_argument(spec.task, result)}",
+                          soft_wrap=True)
     if result.missed:
         raise MFError("targets missed: " + ", ".join(result.missed) + f" (see {result.report_path})", exit_code=3)
     return result
@@ -146,7 +154,8 @@ def _example_argument(task_name: str, result) -> str:
 
 
 # The demo orders: a built-in corpus and the order spec that runs on it, per kind of task.
-DEMOS = {"text": ("rotten-tomatoes", "rotten_tomatoes.yaml"), "image": ("mnist-5k", "mnist.yaml")}
+DEMOS = {"text": ("rotten-tomatoes", "rotten_tomatoes.yaml"), "image": ("mnist-5k", "mnist.yaml"),
+         "chat": ("critic-chat", "critic_chat.yaml")}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -182,11 +191,16 @@ def demo(task: Annotated[str, typer.Option(help=f"Which demo order: {' or '.join
 def order_run(spec_file: Annotated[Path, typer.Argument(help="order.yaml or .json")],
               skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows",
                                                           help="Skip bad rows instead of stopping.")] = False,
+              truncate: Annotated[bool, typer.Option("--truncate", help="Generative tasks: cut rows longer than the "
+                                                                        "context instead of stopping.")] = False,
               as_json: JsonFlag = False) -> None:
     """Run an order spec end to end in this process (finished stages are cache hits; a killed stage resumes)."""
     from .factory.spec import load_spec
 
-    _run_order(load_spec(spec_file), skip_bad_rows, as_json)
+    spec = load_spec(spec_file)
+    if truncate:
+        spec.data.truncate = True
+    _run_order(spec, skip_bad_rows, as_json)
 
 
 # ---------------------------------------------------------------------------------------------------------

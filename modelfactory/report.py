@@ -4,7 +4,8 @@ from __future__ import annotations
 
 COLUMNS = [("accuracy", "accuracy", "{:.4f}"), ("macro_f1", "macro-F1", "{:.4f}"),
            ("size_bytes", "size (MB)", None), ("parameters", "params (M)", None),
-           ("latency_ms_p50", "p50 batch-1 (ms)", None), ("throughput", "batch-32 (rows/s)", "{:.0f}")]
+           ("latency_ms_p50", "p50 batch-1 (ms)", None), ("throughput", "batch-32 (rows/s)", "{:.0f}"),
+           ("eval_loss", "held-out loss", "{:.4f}"), ("perplexity", "perplexity", "{:.2f}")]
 
 
 def _significant(value: float) -> str:
@@ -27,12 +28,18 @@ def cell(key: str, value) -> str:
     return fmt.format(value)
 
 
+def columns_of(metrics: dict[str, dict]) -> list[tuple[str, str, str | None]]:
+    """The columns some model has a value for (a classifier's accuracy and latency, a language model's loss)."""
+    return [c for c in COLUMNS if any(m.get(c[0]) is not None for m in metrics.values())]
+
+
 def metrics_rows(metrics: dict[str, dict]) -> list[list[str]]:
-    return [[name, *(cell(k, m.get(k)) for k, _, _ in COLUMNS)] for name, m in metrics.items()]
+    cols = columns_of(metrics)
+    return [[name, *(cell(k, m.get(k)) for k, _, _ in cols)] for name, m in metrics.items()]
 
 
 def metrics_table(metrics: dict[str, dict]) -> str:
-    header = ["model", *(title for _, title, _ in COLUMNS)]
+    header = ["model", *(title for _, title, _ in columns_of(metrics))]
     rows = metrics_rows(metrics)
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -41,7 +48,7 @@ def metrics_table(metrics: dict[str, dict]) -> str:
 
 def ratios(metrics: dict[str, dict], student: str = "student_int8", teacher: str = "teacher") -> dict[str, float]:
     s, t = metrics.get(student), metrics.get(teacher)
-    if not s or not t:
+    if not s or not t or "accuracy" not in s or "accuracy" not in t:
         return {}
     return {"accuracy_ratio": s["accuracy"] / t["accuracy"] if t["accuracy"] else 0.0,
             "size_reduction": t["size_bytes"] / s["size_bytes"],

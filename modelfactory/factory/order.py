@@ -44,7 +44,7 @@ def ingest(spec: OrderSpec, skip_bad_rows: bool = False) -> DatasetRef:
     if spec.data.dataset:
         return versions.resolve(spec.data.dataset)
     task = tasks.get(spec.task)
-    roles = {role: getattr(spec.data, role) for role in task.roles}
+    roles = task.data_roles(spec.data.columns(), Path(spec.data.path))
     name = re.sub(r"[^a-z0-9._-]+", "-", Path(spec.data.path).name.split(".")[0].lower()).strip("-") or spec.name
     if versions.owner(name) not in (None, spec.tenant):  # another tenant's file had the same name
         name = f"{spec.tenant}.{name}"
@@ -157,15 +157,18 @@ def _register(spec: OrderSpec, order_id: int, dataset: DatasetRef, the_plan: Pla
     targets_met = check_targets(spec, metrics, deployed)
     deploy = spec.deploy and all(targets_met.values())
     split = results["split"].artifact
-    steps = recipe_from(spec, searched.chosen.params) if searched and searched.chosen else spec.steps()
     lineage: dict[str, Any] = {
         "order": order_id, "order_name": spec.name, "tenant": spec.tenant,
         "dataset": str(dataset), "dataset_artifact": dataset.artifact_id, "split": split.id,
         "teacher_base": spec.teacher.model, "teacher": results["teacher"].artifact.id,
-        "recipe": [step.model_dump(mode="json", exclude_none=True) for step in steps],
-        "student": results["student"].artifact.id, "deployed": results[the_plan.candidates[deployed]].artifact.id,
+        "pipeline": tasks.get(spec.task).pipeline,
     }
-    labels = split.manifest["labels"]
+    if "student" in results:  # the compress pipeline: the recipe that made the student
+        steps = recipe_from(spec, searched.chosen.params) if searched and searched.chosen else spec.steps()
+        lineage |= {"recipe": [step.model_dump(mode="json", exclude_none=True) for step in steps],
+                    "student": results["student"].artifact.id}
+    lineage["deployed"] = results[the_plan.candidates[deployed]].artifact.id
+    labels = split.manifest.get("labels", [])
 
     def card(name: str, version: int) -> str:
         return model_card(name, version, task=spec.task, labels=labels, metrics=metrics, lineage=lineage,
@@ -200,6 +203,12 @@ def _write_report(spec: OrderSpec, order_id: int, dataset: DatasetRef, results: 
     if r:
         lines.append(f"Deployed `{deployed}` keeps **{r['accuracy_ratio']:.1%}** of the teacher's accuracy at "
                      f"**{r['size_reduction']:.1f}x** smaller and **{r['latency_speedup']:.1f}x** faster (batch 1).")
+    base, adapter = metrics.get("base", {}), metrics.get(deployed, {})
+    if deployed != "base" and "perplexity" in base and "perplexity" in adapter:
+        lines.append(f"The adapter takes held-out perplexity from **{base['perplexity']:.2f}** (the base alone) to "
+                     f"**{adapter['perplexity']:.2f}** on the same {adapter.get('eval_tokens', 0)} answer tokens; it "
+                     f"is {results['teacher'].artifact.metrics.get('size_bytes', 0) / 1e6:.2f} MB beside the "
+                     f"shared base.")
     if searched is not None:
         lines += [""] + search_report(searched, spec, folder)
     lines += ["", "## Targets", ""]

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import tasks
 from ..tasks import pretrained
-from .spec import OrderSpec, RecipeStep
+from .spec import LoraSpec, OrderSpec, RecipeStep
 
 
 @dataclass
@@ -35,6 +36,24 @@ class Plan:
 def _evaluate(name: str, producer: str, task: str, prefix: str = "") -> Node:
     return Node(f"{prefix}evaluate_{name}", "evaluate", {"task": task, "threads": 1},
                 {"model": producer, "split": "split"})
+
+
+def adapt_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
+    """A generative order: the base's adapter ("teacher": the fine-tuned base, which a later distillation may
+    teach from) trained on the split, and base and adapter measured on the same held-out rows."""
+    task, t = spec.task, spec.teacher
+    base = {"task": task, "_base": t.model, "base_id": pretrained.identity(t.model), "max_length": t.max_length}
+    lora = (t.lora or LoraSpec()).model_dump()
+    nodes = [
+        Node("split", "split", spec.split.model_dump(), {"dataset": f"@{dataset_artifact}"}),
+        Node("teacher", "adapt", {**base, "lora": lora, "epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size,
+                                  "truncate": spec.data.truncate, "seed": spec.split.seed,
+                                  "_checkpoint_every": t.checkpoint_every}, {"split": "split"}),
+        Node("evaluate_base", "evaluate_generative", {**base, "truncate": True}, {"split": "split"}),
+        Node("evaluate_adapter", "evaluate_generative", {**base, "truncate": True},
+             {"split": "split", "model": "teacher"}),
+    ]
+    return Plan(nodes, {"base": "evaluate_base", "adapter": "teacher"}, deployed="adapter")
 
 
 def teacher_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
@@ -94,6 +113,8 @@ def student_chain(spec: OrderSpec, steps: list[RecipeStep], prefix: str = "") ->
 
 
 def plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
+    if tasks.get(spec.task).pipeline == "adapt":
+        return adapt_plan(spec, dataset_artifact)
     teacher = teacher_plan(spec, dataset_artifact)
     student = student_chain(spec, spec.steps())
     return Plan(teacher.nodes + student.nodes, teacher.candidates | student.candidates, student.deployed)

@@ -26,7 +26,17 @@ class DataSpec(Strict):
     text: str = "text"
     label: str = "label"
     image: str = Field("image", description="image tasks: the column of image file paths (tables only)")
+    messages: str = Field("messages", description="chat tasks: the column of [{role, content}] conversations")
+    prompt: str = Field("prompt", description="generative tasks without chat: the prompt column")
+    completion: str = Field("completion", description="generative tasks without chat: the completion column")
     skip_bad_rows: bool = False
+    truncate: bool = Field(False, description="generative tasks: cut rows longer than teacher.max_length instead "
+                                              "of refusing the order")
+
+    def columns(self) -> dict[str, str]:
+        """role -> column, for every role a family may read."""
+        return {"text": self.text, "label": self.label, "image": self.image, "messages": self.messages,
+                "prompt": self.prompt, "completion": self.completion}
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
@@ -42,6 +52,15 @@ class SplitSpec(Strict):
     max_rows: int | None = Field(None, gt=10, description="stratified sample of this many rows before splitting")
 
 
+class LoraSpec(Strict):
+    """A LoRA adapter (peft): rank, scale, dropout, and which linear layers it wraps."""
+
+    r: int = Field(8, ge=1, le=256)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
 class TeacherSpec(Strict):
     model: str = Field(description="a local Hugging Face model dir, a hub id, or a family's built-in architecture "
                                    "trained from scratch (e.g. 'scratch:resnet-s' for images)")
@@ -52,6 +71,7 @@ class TeacherSpec(Strict):
     image_size: int | None = Field(None, ge=4, le=1024, description="images: side they are resized to "
                                                                      "(default: the data's most common size)")
     checkpoint_every: int = Field(50, gt=0, description="training steps between checkpoints")
+    lora: LoraSpec | None = Field(None, description="generative tasks: the adapter trained on the frozen base")
 
 
 class StudentSpec(Strict):

@@ -80,7 +80,7 @@ def split_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str
                              max_rows=params.get("max_rows"))
     for name, part in parts.items():
         part.to_parquet(ctx.out / f"{name}.parquet", index=False)
-    labels = sorted(df["label"].unique().tolist())
+    labels = sorted(df["label"].unique().tolist()) if "label" in df else []
     return {"metrics": {name: len(part) for name, part in parts.items()}, "labels": labels}
 
 
@@ -225,3 +225,27 @@ def evaluate_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[
                              threads=params.get("threads", 1))
     metrics["parameters"] = model.metrics.get("parameters")
     return {"metrics": metrics, "model": model.id, "precision": model.manifest.get("precision")}
+
+
+# --- the "adapt" pipeline (generative families) ---------------------------------------------------------------
+@stage("adapt", version=1, kind="adapter")
+def adapt_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
+    """Train the family's adapter (e.g. LoRA) on the frozen base; checkpoints under the stage's work dir."""
+    task = tasks.get(params["task"])
+    split = inputs["split"]
+    metrics = task.adapt(params["_base"], read_split(split, "train"), read_split(split, "val"), params, ctx.out,
+                         ctx.work, should_stop=ctx.should_stop, progress=ctx.progress)
+    ctx.notes["resumed_from_step"] = metrics.pop("resumed_from_step", None)
+    return {"metrics": metrics, "task": task.name}
+
+
+@stage("evaluate_generative", version=1, kind="evaluation")
+def evaluate_generative_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]
+                              ) -> dict[str, Any]:
+    """Held-out metrics of the base alone, or of the base with the adapter given as input `model`."""
+    model = inputs.get("model")
+    metrics = tasks.get(params["task"]).evaluate(params["_base"], model.path if model else None,
+                                                 read_split(inputs["split"], "test"), params)
+    if model is not None:
+        metrics.setdefault("size_bytes", model.metrics.get("size_bytes"))
+    return {"metrics": metrics, "model": model.id if model else None}

@@ -1,9 +1,10 @@
 """Task families, one file each. `get(name)` is the only way the factory, compute and serving layers see them.
 
-Families are discovered, never listed: every module of this package that defines a concrete `TaskFamily`
-subclass contributes it, and so does any installed package that declares one under the `modelfactory.tasks`
-entry-point group (`[project.entry-points."modelfactory.tasks"] my-task = "my_pkg.module:MyTask"`). Adding a
-family is adding a file (or a package); nothing else in the platform changes.
+Families are discovered, never listed: every module of this package that defines a concrete, named `Family`
+subclass (a `TaskFamily` or a `GenerativeFamily`) contributes it, and so does any installed package that
+declares one under the `modelfactory.tasks` entry-point group
+(`[project.entry-points."modelfactory.tasks"] my-task = "my_pkg.module:MyTask"`). Adding a family is adding a
+file (or a package); nothing else in the platform changes.
 """
 
 from __future__ import annotations
@@ -15,21 +16,22 @@ from functools import cache
 from importlib.metadata import entry_points
 
 from ..errors import MFError
-from .base import Bundle, Encoded, Outputs, Predictor, TaskFamily, read_meta
+from .base import Bundle, Encoded, Family, GenerativeFamily, Outputs, Predictor, TaskFamily, read_meta
 
 ENTRY_POINT_GROUP = "modelfactory.tasks"
 
 
-def _concrete_families(module) -> list[type[TaskFamily]]:
+def _concrete_families(module) -> list[type[Family]]:
     return [obj for _, obj in inspect.getmembers(module, inspect.isclass)
-            if issubclass(obj, TaskFamily) and not inspect.isabstract(obj) and obj.__module__ == module.__name__]
+            if issubclass(obj, Family) and not inspect.isabstract(obj) and obj.__module__ == module.__name__
+            and isinstance(getattr(obj, "name", None), str)]
 
 
 @cache
-def _families() -> dict[str, type[TaskFamily]]:
-    found: dict[str, type[TaskFamily]] = {}
+def _families() -> dict[str, type[Family]]:
+    found: dict[str, type[Family]] = {}
 
-    def add(cls: type[TaskFamily], origin: str) -> None:
+    def add(cls: type[Family], origin: str) -> None:
         if cls.name in found and found[cls.name] is not cls:
             raise MFError(f"two task families are named '{cls.name}': {found[cls.name].__module__} and {origin}")
         found[cls.name] = cls
@@ -40,8 +42,8 @@ def _families() -> dict[str, type[TaskFamily]]:
             add(cls, module.__name__)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         cls = ep.load()
-        if not (inspect.isclass(cls) and issubclass(cls, TaskFamily)):
-            raise MFError(f"entry point '{ep.name}' = '{ep.value}' ({ENTRY_POINT_GROUP}) is not a TaskFamily class")
+        if not (inspect.isclass(cls) and issubclass(cls, Family)):
+            raise MFError(f"entry point '{ep.name}' = '{ep.value}' ({ENTRY_POINT_GROUP}) is not a task family class")
         add(cls, ep.value)
     return found
 
@@ -50,7 +52,7 @@ def names() -> list[str]:
     return sorted(_families())
 
 
-def get(name: str) -> TaskFamily:
+def get(name: str) -> Family:
     try:
         return _families()[name]()
     except KeyError:
@@ -62,4 +64,5 @@ def refresh() -> None:
     _families.cache_clear()
 
 
-__all__ = ["Bundle", "Encoded", "Outputs", "Predictor", "TaskFamily", "get", "names", "read_meta", "refresh"]
+__all__ = ["Bundle", "Encoded", "Family", "GenerativeFamily", "Outputs", "Predictor", "TaskFamily", "get", "names",
+           "read_meta", "refresh"]

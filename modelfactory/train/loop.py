@@ -46,17 +46,24 @@ class StopRequested(Exception):
 
 
 class Checkpoint:
-    """model.safetensors + trainer.pt (optimiser/scheduler, loaded with weights_only=True) + state.json."""
+    """model.safetensors + trainer.pt (optimiser/scheduler, loaded with weights_only=True) + state.json.
 
-    def __init__(self, folder: Path):
+    `trainable_only`: store only the parameters being trained (a LoRA adapter's few MB, not the frozen base it
+    sits on, which the next attempt rebuilds from the same pretrained checkpoint)."""
+
+    def __init__(self, folder: Path, trainable_only: bool = False):
         self.folder = folder
+        self.trainable_only = trainable_only
 
     def exists(self) -> bool:
         return (self.folder / "state.json").is_file()
 
     def save(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched, step: int, loss: float) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if self.trainable_only:
+            state = {k: v.detach().contiguous() for k, v in model.named_parameters() if v.requires_grad}
+        else:
+            state = {k: v.contiguous() for k, v in model.state_dict().items()}
         _atomic(self.folder / "model.safetensors", lambda p: save_file(_untie(state), str(p)))
         _atomic(self.folder / "trainer.pt", lambda p: torch.save({"opt": opt.state_dict(),
                                                                   "sched": sched.state_dict()}, p))
