@@ -94,11 +94,11 @@ def _progress(to_stderr: bool = False) -> Progress:
 
 
 def _metrics_table(metrics: dict[str, dict], title: str) -> Table:
-    from .report import COLUMNS, metrics_rows
+    from .report import columns_of, metrics_rows
 
     table = Table(title=title)
     table.add_column("model")
-    for _, name, _ in COLUMNS:
+    for _, name, _ in columns_of(metrics):
         table.add_column(name, justify="right")
     for row in metrics_rows(metrics):
         table.add_row(*row)
@@ -181,7 +181,7 @@ def demo(task: Annotated[str, typer.Option(help=f"Which demo order: {' or '.join
         if table.errors:
             console.print(f"[yellow]{len(table.errors)} bad rows skipped[/], e.g. {table.errors[0]}")
     raw = yaml.safe_load(resources.files("modelfactory.examples").joinpath(spec_file).read_text())
-    raw["data"] = {"dataset": str(ds)}
+    raw["data"] = {**raw.get("data", {}), "dataset": str(ds)}
     if rows:
         raw.setdefault("split", {})["max_rows"] = rows
     _run_order(parse_spec(raw, "demo order"), skip_bad_rows=False, as_json=as_json)
