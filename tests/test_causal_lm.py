@@ -152,3 +152,35 @@ def test_cli_order_with_prompt_completion_pairs_and_truncate(lm_base, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout)
     assert out["model"] == "sums@1" and set(out["metrics"]) == {"base", "adapter"}
+
+
+def test_adapter_training_stops_at_a_checkpoint_and_resumes_to_the_same_adapter(lm_base, corpus_df, tmp_path):
+    from safetensors.torch import load_file
+
+    from modelfactory.train.loop import StopRequested
+
+    family = tasks.get("causal-lm")
+    rows = pd.DataFrame(chat_rows(corpus_df, 48))
+    rows["messages"] = rows["messages"].map(json.dumps)
+    # no dropout: the resumed run must then land on the very same weights (dropout's random masks would differ)
+    params = {"lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}, "epochs": 1,
+              "lr": 3e-3, "batch_size": 4, "max_length": 192, "truncate": True, "seed": 0, "_checkpoint_every": 3}
+
+    def run(name: str, stop_after: int | None):
+        steps = []
+        out = tmp_path / name
+        out.mkdir(exist_ok=True)
+        metrics = family.adapt(str(lm_base), rows, rows.head(8), params, out, tmp_path / f"{name}-work",
+                               should_stop=lambda: stop_after is not None and len(steps) >= stop_after,
+                               progress=lambda s, t, info: steps.append(s))
+        return metrics, load_file(str(out / "adapter_model.safetensors"))
+
+    whole, expected = run("whole", None)
+    with pytest.raises(StopRequested):
+        run("resumed", 4)
+    again, got = run("resumed", None)
+    assert whole["resumed_from_step"] == 0 and again["resumed_from_step"] == 4  # checkpointed where it stopped
+    assert again["steps"] == whole["steps"] == 12
+    assert got.keys() == expected.keys()
+    for k in expected:
+        assert (got[k] - expected[k]).abs().max() < 1e-5, k

@@ -107,6 +107,7 @@ class CausalLM(GenerativeFamily):
 
         tokenizer, model = _load_base(base)
         lora = params["lora"]
+        torch.manual_seed(params.get("seed", 0))  # the adapter's random init: the same order, the same adapter
         model = get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                                                  target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
         data = self.encode(tokenizer, train, params["max_length"], params["truncate"])
