@@ -386,3 +386,34 @@ def test_a_search_order_runs_as_one_job_that_survives_preemption(reviews_csv, ti
     report = Path(status["report"])
     assert "## Recipe search" in report.read_text() and (report.parent / "pareto.png").is_file()
     assert registry.by_order([sub.order_id]) == {sub.order_id: "searched@1"}
+
+
+def test_a_causal_lm_order_runs_on_the_pool_like_any_other(corpus_df, tmp_path, mf_home):
+    """A generative order's stages (split, LoRA adapter, base and adapter evaluation) are ordinary stage jobs."""
+    from modelfactory.tasks.lm_base import build_base
+
+    base = tmp_path / "tiny-llama"
+    build_base(corpus_df["text"].head(1000).tolist(), base, size="tiny", vocab_size=600)
+    rows = [{"messages": [{"role": "user", "content": r.text[:120]},
+                          {"role": "assistant", "content": f"This review is {r.label}."}]}
+            for r in corpus_df.sample(120, random_state=0).itertuples()]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    add_tenant("acme")
+    spec = parse_spec({"name": "pooled-chat", "task": "causal-lm", "data": {"path": str(data), "truncate": True},
+                       "teacher": {"model": str(base), "epochs": 1, "lr": 3e-3, "batch_size": 8,
+                                   "max_length": 128, "lora": {"r": 4}}})
+    sub = submit_order(spec, tenant="acme")
+    assert set(sub.jobs) == {"split", "teacher", "evaluate_base", "evaluate_adapter"}
+    log = tmp_path / "worker.log"
+    worker = mf_process("worker", "--id", "solo", "--cpu", "1", "--memory-gb", "4", log=log)
+    try:
+        with SchedulerThread():
+            wait_for(lambda: _order_state(sub.order_id) != "running", "the order to close", timeout=240)
+    finally:
+        stop_all([worker])
+    assert _order_state(sub.order_id) == "done", log.read_text()[-3000:]
+    ref = registry.resolve("pooled-chat")
+    assert ref.task == "causal-lm" and (ref.path / "adapter_model.safetensors").is_file()
+    assert ref.metrics["adapter"]["perplexity"] < ref.metrics["base"]["perplexity"]
+    assert {j["name"] for j in jobs.list_jobs(order_id=sub.order_id)} == {f"pooled-chat/{n}" for n in sub.jobs}
