@@ -19,7 +19,7 @@ from modelfactory.compute import jobs as pool_jobs
 from modelfactory.compute import utilisation
 from modelfactory.compute.jobs import Spec, log_path
 from modelfactory.compute.tenants import create_key
-from modelfactory.store import ModelVersion, session
+from modelfactory.store import ModelVersion, Order, session
 
 from .conftest import sample_csv, tiny_order
 from .test_serve_support import LiveServer, register, text_model_dir  # noqa: F401 (fixture)
@@ -187,7 +187,7 @@ def post_order(c: httpx.Client, text: str, content_type: str = "application/yaml
 
 
 def test_orders_submit_validate_show_cancel_and_boundary(acme, globex, admin, corpus_df, tiny_teacher, tmp_path,
-                                                        monkeypatch):
+                                                        monkeypatch, mf_home):
     assert upload(acme, "reviews", csv_bytes(corpus_df, 10, tmp_path)).status_code == 201
     teacher = {"model": str(tiny_teacher), "epochs": 1, "max_length": 32}
     # a local teacher dir outside MF_MODEL_DIRS is the server's disk: refused for tenants
@@ -239,6 +239,20 @@ def test_orders_submit_validate_show_cancel_and_boundary(acme, globex, admin, co
     assert globex.get(f"/orders/{order_id}").status_code == 404
     assert globex.post(f"/orders/{order_id}/cancel").status_code == 404
     assert admin.get("/orders", params={"tenant": "acme"}).json()[0]["order"] == order_id
+
+    # a finished search order's report and Pareto plot (written by the factory under MF_HOME/orders/<id>/)
+    folder = mf_home / "orders" / str(order_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.md").write_text("# Order\n\n## Recipe search\n")
+    (folder / "pareto.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 32)
+    with session() as s:
+        s.get(Order, order_id).report_path = str(folder / "report.md")
+    detail = acme.get(f"/orders/{order_id}").json()
+    assert detail["report_markdown"].startswith("# Order") and detail["has_pareto"]
+    r = acme.get(f"/orders/{order_id}/pareto.png")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content.startswith(b"\x89PNG")
+    assert acme.get(f"/orders/{order_id}/report").text.startswith("# Order")
+    assert globex.get(f"/orders/{order_id}/pareto.png").status_code == 404
 
     r = acme.post(f"/orders/{order_id}/cancel")
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
