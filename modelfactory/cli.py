@@ -854,6 +854,42 @@ def serve(models: Annotated[str | None, typer.Option(
     run(settings, host=host, port=port, log_level=log_level, access_log=access_log)
 
 
+@app.command("serve-llm")
+def serve_llm(base: Annotated[str, typer.Option(help="The base causal LM: a local model dir or a hub id.")],
+              base_name: Annotated[str | None, typer.Option(
+                  help="The `model` name of the bare base (default: the dir's name, or the hub id).")] = None,
+              adapters: Annotated[str | None, typer.Option(
+                  help="LoRA adapters to load at startup: name, name@3 or name@alias, comma-separated (others "
+                       "load on their first request).")] = None,
+              host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+              port: Annotated[int, typer.Option(help="Port.")] = 8001,
+              max_adapters: Annotated[int, typer.Option(help="Most adapters loaded at once (LRU eviction).")] = 8,
+              max_batch: Annotated[int, typer.Option(help="Most sequences generated together.")] = 16,
+              auth: Annotated[bool, typer.Option("--auth", help="Require 'Authorization: Bearer <tenant API key>'; a "
+                                                                "tenant sees only its adapters (or MF_SERVE_AUTH=1).")]
+              = False,
+              meter_interval: Annotated[float, typer.Option(help="Seconds between usage-ledger writes.")] = 60.0,
+              log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning") -> None:
+    """Serve a causal LM and its LoRA adapters from the registry over the OpenAI API (/v1/chat/completions,
+    /v1/completions, /v1/models; the openai client works unmodified), all adapters batched together on one base."""
+    from .serve.llm import LLMSettings
+    from .serve.llm import run as run_llm
+    from .serve.llm.adapters import check_adapter
+
+    if max_adapters < 1 or max_batch < 1:
+        raise MFError(f"--max-adapters and --max-batch must be >= 1 (got {max_adapters}, {max_batch})")
+    refs = [a.strip() for a in (adapters or "").split(",") if a.strip()]
+    for ref in refs:  # a typo or a wrong adapter fails here, with a clear message, not in the server's startup
+        check_adapter(ref, base)
+    use_auth = auth or os.environ.get("MF_SERVE_AUTH", "").strip().lower() in ("1", "true", "yes", "on")
+    settings = LLMSettings(base=base, base_name=base_name, adapters=refs, max_adapters=max_adapters,
+                           max_batch=max_batch, auth=use_auth, meter_interval_s=meter_interval,
+                           server_id=f"{host}:{port}/{os.getpid()}")
+    err.print(f"mf serve-llm: http://{host}:{port}/v1 · base {base} · up to {max_batch} sequences together, "
+              f"{max_adapters} adapters loaded · auth {'on' if use_auth else 'off'}; Ctrl-C stops")
+    run_llm(settings, host=host, port=port, log_level=log_level)
+
+
 @app.command()
 def usage(tenant: Annotated[str | None, typer.Option(
               help="Tenant to invoice (required, except with --server and a tenant's key: that tenant).")] = None,

@@ -1,0 +1,560 @@
+"""Continuous (iteration-level) batching of generation requests on ONE copy of a base model, each row with its own
+LoRA adapter.
+
+One engine thread owns the model. Each iteration it
+
+1. admits waiting requests (up to `max_batch` active sequences): their prompts run through the model together
+   (one prefill forward, left-padded, each row with its adapter), which gives each its first token;
+2. runs ONE decode forward for every active sequence (one new token each, each row with its adapter: peft's
+   mixed-batch `adapter_names`), samples each row's next token (greedy, or temperature / top-p with the request's
+   own seeded `torch.Generator`), detokenises it incrementally, checks the stop conditions, and hands the new text
+   to the request's asyncio queue (one thread-safe call per event loop per step);
+3. drops the sequences that finished (or whose client went away), so the next step is smaller.
+
+A request that arrives while others are decoding joins at the next step instead of waiting for the batch to end,
+and a short answer leaves without holding the long ones back: that is what makes many concurrent requests, even
+for different adapters, cost little more than one.
+
+The KV cache of the batch is one transformers `DynamicCache` whose per-layer key/value tensors
+(`[batch, kv_heads, columns, head_dim]`) the engine edits itself between forwards: sequences are left-padded to a
+common number of columns, an attention mask marks the real ones, and explicit `position_ids` give every row its
+own positions (so padding changes nothing a row computes). Joining pads the shorter side on the left and
+concatenates along the batch; leaving selects the remaining rows and cuts the columns that have become padding
+for everyone. This works for every decoder whose layers use a plain `DynamicLayer` (Llama-, Mistral-without-
+sliding-window-, Qwen-, GPT-2-style models); the warm-up forward refuses others with a clear message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+log = logging.getLogger("modelfactory.serve.llm")
+
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+class QueueFull(Exception):
+    """More requests are waiting than the engine accepts (503)."""
+
+
+class EngineClosed(Exception):
+    """The engine stopped while the request waited or ran (503)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request samples. temperature 0 is greedy; `stop` strings end the answer and are not part of it;
+    `stop_token_ids` end it like EOS does (EOS itself is always one, unless `ignore_eos`)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    stop_token_ids: frozenset[int] = frozenset()
+    seed: int | None = None
+    ignore_eos: bool = False
+
+
+class AdapterHost:
+    """One base model and the LoRA adapters loaded onto it, run with a per-row adapter choice.
+
+    The base is wrapped into a peft `PeftModel` when the first adapter is loaded (until then rows can only use the
+    bare base); adapters come and go with `load` / `delete` (peft's `load_adapter` / `delete_adapter`). A forward
+    passes each row's adapter to peft's LoRA layers as their `adapter_names` argument, peft's mixed-batch
+    inference. peft's own `PeftModel.forward(adapter_names=...)` walks every module of the model twice per call to
+    set that up, which on CPU costs as much as the base's forward itself at batch 1; so the host hooks the LoRA
+    layers once (again after each load, which may wrap more layers) and hands them the list per forward.
+    Only the engine thread, or a caller holding `Engine.lock`, may touch it.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.base = model
+        self.peft: Any = None
+        self._rows: list[str] | None = None
+        self._hooked: set[int] = set()
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.peft.peft_config) if self.peft is not None else []
+
+    @property
+    def config(self) -> Any:
+        return self.base.config
+
+    def load(self, name: str, path: str) -> None:
+        from peft import PeftModel
+        from peft.tuners.lora import LoraLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
+        if self.peft is None:
+            self.peft = PeftModel.from_pretrained(self.base, path, adapter_name=name, is_trainable=False)
+        else:
+            self.peft.load_adapter(path, adapter_name=name, is_trainable=False)
+        self.peft.eval()
+        for module in self.peft.modules():
+            if isinstance(module, LoraLayer | AuxiliaryTrainingWrapper) and id(module) not in self._hooked:
+                module.register_forward_pre_hook(self._inject, with_kwargs=True)
+                self._hooked.add(id(module))
+
+    def _inject(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if self._rows is None:
+            return None
+        kwargs["adapter_names"] = self._rows
+        return args, kwargs
+
+    def delete(self, name: str) -> None:
+        if self.peft is None or name not in self.peft.peft_config:
+            return
+        others = [n for n in self.peft.peft_config if n != name]
+        if others and name in self.peft.active_adapters:
+            self.peft.set_adapter(others[-1])  # rows choose their adapter by name; this only keeps peft quiet
+        self.peft.delete_adapter(name)
+
+    def forward(self, adapters: list[str], **kwargs: Any) -> Any:
+        """The model's forward with row i using adapter `adapters[i]` (BASE: the bare base)."""
+        if self.peft is None:
+            if any(a != BASE for a in adapters):
+                raise RuntimeError(f"adapters {sorted(set(adapters) - {BASE})} are not loaded")
+            return self.base(**kwargs)
+        missing = set(adapters) - {BASE} - set(self.peft.peft_config)
+        if missing:
+            raise RuntimeError(f"adapters {sorted(missing)} are not loaded")
+        self._rows = adapters
+        try:
+            return self.peft.get_base_model()(**kwargs)
+        finally:
+            self._rows = None
+
+
+class IncrementalDetokenizer:
+    """Text from a growing list of token ids, one stable piece at a time.
+
+    A token may end in the middle of a multi-byte character (byte-level BPE), and some tokenizers only know whether
+    a piece starts with a space from the token before it (SentencePiece), so each step decodes a short window of
+    ids and hands out only the part that is new and not a dangling partial character (U+FFFD at its end); the rest
+    waits for the next token. `flush` gives whatever is left when the sequence ends.
+    """
+
+    def __init__(self, tokenizer: Any, context: list[int]):
+        self.tokenizer = tokenizer
+        self.ids = list(context[-5:])  # a few prompt ids give the first generated piece its leading space right
+        self.prefix = 0
+        self.read = len(self.ids)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def step(self, token: int) -> str:
+        self.ids.append(token)
+        before = self._decode(self.ids[self.prefix:self.read])
+        now = self._decode(self.ids[self.prefix:])
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return now[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        before = self._decode(self.ids[self.prefix:self.read])
+        now = self._decode(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return now[len(before):] if len(now) > len(before) else ""
+
+
+class Generation:
+    """One request's handle on the event loop side: `async for text in gen.stream()` yields text pieces as they
+    are generated; when it ends, `finish_reason` ("stop" or "length"), `completion_tokens`, `compute_seconds` (this
+    request's share of the forwards it was in) and `first_token_at` (perf_counter) are set. `cancel()` drops it
+    from the batch at the next step."""
+
+    def __init__(self, prompt_ids: list[int], adapter: str, params: SamplingParams):
+        self.prompt_ids = prompt_ids
+        self.adapter = adapter
+        self.params = params
+        self.loop = asyncio.get_running_loop()
+        self.submitted_at = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.finish_reason: str | None = None
+        self.completion_tokens = 0
+        self.compute_seconds = 0.0
+        self.cancelled = False
+        self._queue: asyncio.Queue = asyncio.Queue()
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    async def stream(self) -> AsyncIterator[str]:
+        """The text as it comes. Pieces that are already waiting when the consumer asks come as one (a slow
+        consumer, e.g. a busy event loop, then writes fewer, larger chunks instead of falling behind)."""
+        done: BaseException | bool = False
+        while not done:
+            pieces = []
+            kind, value = await self._queue.get()
+            while True:
+                if kind == "text":
+                    pieces.append(value)
+                else:
+                    done = value if kind == "error" else True
+                    break
+                if self._queue.empty():
+                    break
+                kind, value = self._queue.get_nowait()
+            if pieces:
+                yield "".join(pieces)
+            if isinstance(done, BaseException):
+                raise done
+
+    async def text(self) -> str:
+        return "".join([piece async for piece in self.stream()])
+
+
+@dataclass
+class _Seq:
+    gen: Generation
+    detok: IncrementalDetokenizer
+    generator: torch.Generator | None
+    stops: frozenset[int]
+    pending: int = -1  # the last sampled token, fed to the next decode step
+    position: int = 0  # tokens this row holds in the cache = its next position id
+    text: str = ""  # every stable piece so far
+    emitted: int = 0  # characters of `text` handed out (the rest may be the start of a stop string)
+    done: bool = False
+    events: list[tuple[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class StepStats:
+    """One forward of the engine, for metrics: kind "prefill" or "decode", rows in it, wall seconds."""
+
+    kind: str
+    rows: int
+    seconds: float
+
+
+class Engine:
+    """`submit(prompt_ids, adapter, params)` (on an event loop) -> a `Generation`; the engine's thread does the rest.
+
+    `lock` is held for every forward: take it to change the adapters (AdapterHost.load / delete) between steps.
+    `on_step(stats)` is called on the engine thread after every forward.
+    """
+
+    def __init__(self, host: AdapterHost, tokenizer: Any, *, max_batch: int = 16, max_waiting: int = 1024,
+                 prefill_tokens: int = 4096, eos_token_ids: Iterable[int] = (),
+                 context_length: int | None = None, on_step: Callable[[StepStats], None] | None = None):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1 (got {max_batch})")
+        self.host = host
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.max_waiting = max_waiting
+        self.prefill_tokens = prefill_tokens  # prompt tokens admitted per step (at least one request): bounds the
+        # pause a burst of long prompts puts on the running sequences, and the prefill's memory
+        self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
+        config = host.config
+        self.context_length = context_length or int(getattr(config, "max_position_embeddings", None)
+                                                     or getattr(config, "n_positions", None) or 1 << 30)
+        self.on_step = on_step
+        self.lock = threading.RLock()
+        self._cv = threading.Condition()
+        self._waiting: deque[Generation] = deque()
+        self._closed = False
+        # the running batch: rows, their cache (None when empty) and its attention mask [rows, columns]
+        self._rows: list[_Seq] = []
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None
+        self._thread = threading.Thread(target=self._serve, name="mf-llm-engine", daemon=True)
+        self._started = False
+
+    # --- public -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Check the model works this way (one tiny forward), then start the engine thread."""
+        with self.lock, torch.inference_mode():
+            cache = self._new_cache()
+            self.host.forward([BASE], input_ids=torch.tensor([[0, 0]]), attention_mask=torch.ones(1, 2,
+                              dtype=torch.long), position_ids=torch.tensor([[0, 1]]), cache=cache, use_cache=True)
+            from transformers.cache_utils import DynamicLayer
+
+            kinds = {type(layer).__name__ for layer in cache.layers}
+            if not all(type(layer) is DynamicLayer for layer in cache.layers):
+                raise ValueError(f"unsupported model for continuous batching: its KV cache layers are {kinds} "
+                                 f"(only full-attention DynamicLayer models: Llama-, Qwen-, GPT-2-style)")
+        self._thread.start()
+        self._started = True
+
+    @property
+    def active(self) -> int:
+        return len(self._rows)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, prompt_ids: list[int], adapter: str, params: SamplingParams) -> Generation:
+        gen = Generation(list(prompt_ids), adapter, params)
+        with self._cv:
+            if self._closed:
+                raise EngineClosed("the server is shutting down")
+            if len(self._waiting) >= self.max_waiting:
+                raise QueueFull(f"{self.max_waiting} requests are waiting already; retry later")
+            self._waiting.append(gen)
+            self._cv.notify()
+        return gen
+
+    def close(self) -> None:
+        """Stop the thread: requests still waiting or running end with EngineClosed."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if self._started:
+            self._thread.join(60)
+
+    # --- the engine thread ------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._cv:
+                while not self._waiting and not self._rows and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    break
+                room = self.max_batch - len(self._rows)
+                new: list[Generation] = []
+                tokens = 0
+                while self._waiting and len(new) < room:
+                    g = self._waiting[0]
+                    if new and tokens + len(g.prompt_ids) > self.prefill_tokens:
+                        break
+                    self._waiting.popleft()
+                    if not g.cancelled:
+                        new.append(g)
+                        tokens += len(g.prompt_ids)
+            with self.lock, torch.inference_mode():
+                if new:
+                    try:
+                        self._prefill(new)
+                    except Exception as e:  # only the new requests fail: the running batch is untouched
+                        log.exception("prefill failed")
+                        _post([(g, ("error", e)) for g in new if g.finish_reason is None])
+                if self._rows:
+                    try:
+                        self._decode()
+                    except Exception as e:  # never lose the thread: the requests in flight get the error
+                        log.exception("decode step failed")
+                        _post([(s.gen, ("error", e)) for s in self._rows if s.gen.finish_reason is None])
+                        self._rows, self._cache, self._mask = [], None, None
+        closed = EngineClosed("the server is shutting down")
+        with self._cv:
+            left = list(self._waiting)
+            self._waiting.clear()
+        _post([(g, ("error", closed)) for g in left] + [(s.gen, ("error", closed)) for s in self._rows])
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.host.config)
+
+    def _prefill(self, gens: list[Generation]) -> None:
+        """One forward over the new prompts (left-padded to the longest), then their first tokens; the rows join
+        the running batch."""
+        lengths = [len(g.prompt_ids) for g in gens]
+        width = max(lengths)
+        ids = torch.zeros(len(gens), width, dtype=torch.long)
+        mask = torch.zeros(len(gens), width, dtype=torch.long)
+        for i, g in enumerate(gens):
+            ids[i, width - lengths[i]:] = torch.tensor(g.prompt_ids, dtype=torch.long)
+            mask[i, width - lengths[i]:] = 1
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        cache = self._new_cache()
+        start = time.perf_counter()
+        out = self.host.forward([g.adapter for g in gens], input_ids=ids, attention_mask=mask,
+                                position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1, :].float()
+        seconds = time.perf_counter() - start
+        total = sum(lengths)
+        rows = []
+        for g, n in zip(gens, lengths):
+            g.compute_seconds += seconds * n / total
+            params = g.params
+            generator = None
+            if params.temperature > 0:
+                generator = torch.Generator().manual_seed(params.seed if params.seed is not None
+                                                          else random.getrandbits(63))
+            stops = params.stop_token_ids | (frozenset() if params.ignore_eos else self.eos_token_ids)
+            rows.append(_Seq(g, IncrementalDetokenizer(self.tokenizer, g.prompt_ids), generator, stops,
+                             position=n))
+        if self.on_step:
+            self.on_step(StepStats("prefill", len(gens), seconds))
+        self._join(rows, cache, mask)
+        self._advance(rows, logits)
+
+    def _decode(self) -> None:
+        rows = self._rows
+        ids = torch.tensor([[s.pending] for s in rows], dtype=torch.long)
+        assert self._mask is not None
+        mask = torch.cat([self._mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
+        positions = torch.tensor([[s.position] for s in rows], dtype=torch.long)
+        start = time.perf_counter()
+        out = self.host.forward([s.gen.adapter for s in rows], input_ids=ids, attention_mask=mask,
+                                position_ids=positions, cache=self._cache, use_cache=True)
+        logits = out.logits[:, -1, :].float()
+        seconds = time.perf_counter() - start
+        self._mask = mask
+        for s in rows:
+            s.position += 1
+            s.gen.compute_seconds += seconds / len(rows)
+        if self.on_step:
+            self.on_step(StepStats("decode", len(rows), seconds))
+        self._advance(rows, logits)
+
+    def _advance(self, rows: list[_Seq], logits: torch.Tensor) -> None:
+        """Sample a token for each row, turn it into text, end the rows that are done, and hand out the events."""
+        tokens = self._sample(rows, logits)
+        now = time.perf_counter()
+        for s, token in zip(rows, tokens):
+            if s.gen.cancelled:
+                s.done = True
+                continue
+            g = s.gen
+            if g.first_token_at is None:
+                g.first_token_at = now
+            g.completion_tokens += 1
+            s.pending = token
+            if token in s.stops:
+                self._finish(s, "stop")
+                continue
+            s.text += s.detok.step(token)
+            if self._emit(s):
+                continue
+            if g.completion_tokens >= g.params.max_tokens or s.position >= self.context_length:
+                self._finish(s, "length")  # (the last token cannot be fed back beyond the model's positions)
+        events = [(s.gen, event) for s in rows for event in s.events]
+        for s in rows:
+            s.events.clear()
+        _post(events)
+        if any(s.done for s in rows):
+            self._leave()
+
+    def _sample(self, rows: list[_Seq], logits: torch.Tensor) -> list[int]:
+        banned = [i for i, s in enumerate(rows) if s.gen.params.ignore_eos]
+        if banned and self.eos_token_ids:
+            logits[torch.tensor(banned)[:, None], torch.tensor(sorted(self.eos_token_ids))[None, :]] = float("-inf")
+        tokens = logits.argmax(dim=-1).tolist()
+        for i, s in enumerate(rows):
+            p = s.gen.params
+            if p.temperature <= 0:
+                continue
+            probs = torch.softmax(logits[i] / p.temperature, dim=-1)
+            if p.top_p < 1.0:
+                sorted_probs, order = probs.sort(descending=True)
+                cumulative = sorted_probs.cumsum(0)
+                sorted_probs[(cumulative - sorted_probs) >= p.top_p] = 0.0  # keep the smallest set reaching top_p
+                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+            tokens[i] = int(torch.multinomial(probs, 1, generator=s.generator).item())
+        return tokens
+
+    def _emit(self, s: _Seq) -> bool:
+        """Hand out the text that is now certain; True when a stop string ended the row."""
+        stops = s.gen.params.stop
+        if stops:
+            longest = max(len(x) for x in stops)
+            search_from = max(0, s.emitted - longest + 1)
+            hits = [i for i in (s.text.find(x, search_from) for x in stops) if i >= 0]
+            if hits:
+                s.text = s.text[:min(hits)]
+                self._close(s, "stop")
+                return True
+            hold = max((k for x in stops for k in range(1, len(x)) if s.text.endswith(x[:k])), default=0)
+            end = len(s.text) - hold
+        else:
+            end = len(s.text)
+        if end > s.emitted:
+            s.events.append(("text", s.text[s.emitted:end]))
+            s.emitted = end
+        return False
+
+    def _finish(self, s: _Seq, reason: str) -> None:
+        """End a row (EOS, a stop token or max_tokens): what the detokenizer still held is text too, unless a
+        stop string turns up in it."""
+        s.text += s.detok.flush()
+        stops = s.gen.params.stop
+        if stops:
+            search_from = max(0, s.emitted - max(len(x) for x in stops) + 1)
+            hits = [i for i in (s.text.find(x, search_from) for x in stops) if i >= 0]
+            if hits:
+                s.text, reason = s.text[:min(hits)], "stop"
+        self._close(s, reason)
+
+    def _close(self, s: _Seq, reason: str) -> None:
+        if len(s.text) > s.emitted:
+            s.events.append(("text", s.text[s.emitted:]))
+            s.emitted = len(s.text)
+        s.done = True
+        s.gen.finish_reason = reason
+        s.events.append(("done", None))
+
+    # --- the batch's KV cache ---------------------------------------------------------------------------
+    def _join(self, rows: list[_Seq], cache: Any, mask: torch.Tensor) -> None:
+        if not self._rows:
+            self._rows, self._cache, self._mask = list(rows), cache, mask
+            return
+        assert self._mask is not None
+        width = max(self._mask.shape[1], mask.shape[1])
+        for old, new in zip(self._cache.layers, cache.layers):
+            old.keys = torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)], dim=0)
+            old.values = torch.cat([_left_pad(old.values, width, 2), _left_pad(new.values, width, 2)], dim=0)
+        self._mask = torch.cat([_left_pad(self._mask, width, 1), _left_pad(mask, width, 1)], dim=0)
+        self._rows.extend(rows)
+
+    def _leave(self) -> None:
+        keep = [i for i, s in enumerate(self._rows) if not s.done]
+        if not keep:
+            self._rows, self._cache, self._mask = [], None, None
+            return
+        index = torch.tensor(keep, dtype=torch.long)
+        assert self._mask is not None
+        mask = self._mask.index_select(0, index)
+        used = mask.any(dim=0).nonzero()
+        cut = int(used[0]) if len(used) else 0  # columns that are padding for every remaining row
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, cut:].contiguous()
+            layer.values = layer.values.index_select(0, index)[:, :, cut:].contiguous()
+        self._mask = mask[:, cut:].contiguous()
+        self._rows = [self._rows[i] for i in keep]
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
+
+
+def _post(items: list[tuple[Generation, tuple[str, Any]]]) -> None:
+    """Hand events to their generations' event loops: one thread-safe call per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Generation, tuple[str, Any]]]] = {}
+    for item in items:
+        by_loop.setdefault(item[0].loop, []).append(item)
+    for loop, batch in by_loop.items():
+        def deliver(batch=batch) -> None:
+            for gen, event in batch:
+                gen._queue.put_nowait(event)
+
+        try:
+            loop.call_soon_threadsafe(deliver)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
