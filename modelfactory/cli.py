@@ -22,7 +22,10 @@ app = typer.Typer(help="modelfactory: one order in, one small fast served model 
 data_app = typer.Typer(help="Datasets: add, list, show.", no_args_is_help=True)
 order_app = typer.Typer(help="Orders: run an order spec end to end.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+label_app = typer.Typer(help="Labeling: a teacher's pseudo-labels, the review queue, Label Studio.",
+                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(label_app, name="label")
 app.add_typer(order_app, name="order")
 app.add_typer(models_app, name="models")
 
@@ -211,10 +214,15 @@ def data_add(name: str, path: Path,
              image: Annotated[str | None, typer.Option(
                  "--image", help="Image-path column (paths relative to the table's folder): an image dataset.")] = None,
              skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows")] = False,
+             unlabeled: Annotated[Path | None, typer.Option(
+                 "--unlabeled", help="Unlabeled rows to add beside PATH's labeled seed rows: a table with the "
+                                     "text (or --image) column, or a folder/archive of images.")] = None,
              as_json: JsonFlag = False, server: ServerOpt = None, api_key: ApiKeyOpt = None) -> None:
     """Add a CSV/JSONL/Parquet file, or a folder/.zip/.tar.gz of class folders of images, as a new immutable
     version of dataset NAME (with --server: uploaded to the control plane, owned by the key's tenant)."""
     cp = _remote(server, api_key)
+    if cp and unlabeled is not None:
+        raise MFError("--unlabeled works on this machine's database only (not yet through --server)")
     if cp:
         up = cp.upload_dataset(name, path, text=text, label=label, image=image, skip_bad_rows=skip_bad_rows)
         if as_json:
@@ -226,12 +234,13 @@ def data_add(name: str, path: Path,
     from .data import versions
 
     ref = versions.add_file(name, path, versions.roles_for(path, text=text, label=label, image=image),
-                            skip_bad_rows=skip_bad_rows)
+                            skip_bad_rows=skip_bad_rows, unlabeled=unlabeled)
     if as_json:
         _print_json({"name": ref.name, "version": ref.version, "id": ref.artifact_id, "rows": ref.n_rows,
                      "skipped": ref.skipped, "stats": ref.stats})
     else:
         console.print(f"[bold]{ref}[/] · {ref.n_rows} rows · id {ref.artifact_id[:12]}"
+                      + (f" · {ref.stats['unlabeled']} unlabeled" if ref.stats.get("unlabeled") else "")
                       + (f" · {ref.skipped} bad rows skipped" if ref.skipped else ""))
 
 
@@ -268,17 +277,125 @@ def _datasets_table(rows: list[dict]) -> Table:
 
 
 @data_app.command("show")
-def data_show(ref: str, as_json: JsonFlag = False) -> None:
-    """Show a dataset version: size, label counts, source."""
+def data_show(ref: str, as_json: JsonFlag = False,
+              lineage: Annotated[bool, typer.Option(
+                  "--lineage", help="The chain of versions it was made from, with each one's label sources.")
+              ] = False) -> None:
+    """Show a dataset version: size, label counts, source (with --lineage: where its labels came from)."""
     from .data import versions
 
     d = versions.resolve(ref)
+    chain = versions.lineage(str(d)) if lineage else None
     if as_json:
-        _print_json({"name": d.name, "version": d.version, "id": d.artifact_id, "rows": d.n_rows, "stats": d.stats})
+        _print_json({"name": d.name, "version": d.version, "id": d.artifact_id, "rows": d.n_rows, "stats": d.stats}
+                    | ({"lineage": chain} if lineage else {}))
         return
     console.print(f"[bold]{d}[/] · {d.n_rows} rows · id {d.artifact_id}")
     for lab, n in d.stats.get("labels", {}).items():
         console.print(f"  {lab:<20} {n}")
+    if d.stats.get("unlabeled"):
+        console.print(f"  {'(unlabeled)':<20} {d.stats['unlabeled']}")
+    if chain:
+        table = Table("version", "made by", "from", "label sources", "details", title="lineage (newest first)")
+        for v in chain:
+            info = v["details"]
+            what = (f"teacher {info.get('teacher')} · threshold {info.get('threshold', 0):.3f}"
+                    if v["operation"] == "auto_label" else
+                    f"{info.get('rows')} reviewed labels from {info.get('source')}" if v["operation"] == "import"
+                    else str(info.get("source", "")))
+            table.add_row(v["dataset"], v["operation"], v["parent"] or "-",
+                          ", ".join(f"{k} {n}" for k, n in v["label_sources"].items()), what)
+        console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------------------
+@label_app.command("auto")
+def label_auto(dataset: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")],
+               teacher: Annotated[str, typer.Option(
+                   help="A registered model (NAME[@VERSION]), or a base to fine-tune on the seed rows first: a "
+                        "local model dir, a hub id, or an architecture such as scratch:resnet-s.")],
+               task: Annotated[str | None, typer.Option(help="Task family (default: from the dataset's columns).")
+                               ] = None,
+               threshold: Annotated[float | None, typer.Option(
+                   help="Confidence at or above which a prediction becomes a pseudo-label (default: chosen on "
+                        "held-out seed rows to reach --target-accuracy).")] = None,
+               target_accuracy: Annotated[float, typer.Option(help="Accuracy the chosen threshold aims at.")
+                                          ] = 0.97,
+               strategy: Annotated[str, typer.Option(help="Review queue order: least-confidence or margin.")
+                                   ] = "least-confidence",
+               epochs: Annotated[float | None, typer.Option(help="Teacher fine-tuning epochs.")] = None,
+               lr: Annotated[float | None, typer.Option(help="Teacher learning rate.")] = None,
+               show: Annotated[int, typer.Option(help="Queue rows to print.")] = 5,
+               as_json: JsonFlag = False) -> None:
+    """Label a dataset's unlabeled rows with a teacher: confident ones become pseudo-labels, the rest go to the
+    review queue, most uncertain first. Makes a new dataset version."""
+    from .factory.autolabel import auto_label
+
+    params = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
+    with _progress(to_stderr=as_json) as progress:
+        r = auto_label(dataset, teacher, task=task, threshold=threshold, target_accuracy=target_accuracy,
+                       strategy=strategy, teacher_params=params, reporter=RichReporter(progress))
+    head = r.queue.head(show) if r.queue is not None else None
+    role = next((c for c in ("text", "image") if head is not None and c in head.columns), None)
+    queue = [] if head is None else [
+        {"mf_id": int(q["mf_id"]), "pred_label": q["pred_label"], "confidence": q["label_confidence"],
+         "margin": q["label_margin"], "uncertainty": q["uncertainty"],
+         **({"text": q["text"]} if role == "text" else {})} for q in head.to_dict("records")]
+    if as_json:
+        _print_json({"dataset": str(r.dataset), "parent": str(r.parent), "teacher": r.teacher,
+                     "threshold": r.threshold, "threshold_from": r.threshold_from, "predicted": r.predicted,
+                     "pseudo_labeled": r.pseudo_labeled, "queued": r.queued, "calibration": r.calibration,
+                     "queue_head": queue})
+        return
+    share = r.pseudo_labeled / max(1, r.predicted)
+    console.print(f"[bold]{r.dataset}[/] (from {r.parent}) · teacher {r.teacher}", soft_wrap=True)
+    console.print(f"threshold {r.threshold:.3f} ({r.threshold_from})", soft_wrap=True)
+    console.print(f"{r.predicted} rows predicted · [green]{r.pseudo_labeled} pseudo-labeled ({share:.1%})[/] · "
+                  f"[yellow]{r.queued} in the review queue[/] ({strategy})")
+    if queue:
+        table = Table("mf_id", "prediction", "confidence", "margin", *(["text"] if role == "text" else []),
+                      title="most uncertain first")
+        for q in queue:
+            table.add_row(str(q["mf_id"]), str(q["pred_label"]), f"{q['confidence']:.3f}", f"{q['margin']:.3f}",
+                          *([q["text"][:70]] if role == "text" else []))
+        console.print(table)
+    console.print(f"review them: mf label export {r.dataset} --format label-studio --out review.json",
+                  soft_wrap=True)
+
+
+@label_app.command("export")
+def label_export(dataset: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")],
+                 out: Annotated[Path, typer.Option(help="The JSON file to write (its labeling config beside it, "
+                                                        ".xml).")] = Path("review.json"),
+                 fmt: Annotated[str, typer.Option("--format", help="label-studio")] = "label-studio",
+                 rows: Annotated[str, typer.Option(help="queue (unlabeled rows, most uncertain first) or all.")
+                                 ] = "queue",
+                 strategy: Annotated[str, typer.Option(help="Queue order: least-confidence or margin.")
+                                     ] = "least-confidence",
+                 limit: Annotated[int | None, typer.Option(help="At most this many tasks.")] = None) -> None:
+    """Write Label Studio's JSON import format, the teacher's predictions pre-filled, and its labeling config."""
+    from .data import labelstudio
+
+    if fmt != "label-studio":
+        raise MFError(f"unknown export format '{fmt}' (use label-studio)")
+    path, config, n = labelstudio.export_file(dataset, out, rows=rows, strategy=strategy, limit=limit)
+    console.print(f"{n} tasks -> {path} · labeling config -> {config}", soft_wrap=True)
+
+
+@label_app.command("import")
+def label_import(dataset: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")],
+                 path: Annotated[Path, typer.Argument(help="A Label Studio JSON export, or a CSV/JSONL of "
+                                                           "mf_id,label.")],
+                 as_json: JsonFlag = False) -> None:
+    """Bring reviewed labels back as a new dataset version (they win over any teacher's)."""
+    from .data import labelstudio
+
+    ref, n = labelstudio.import_file(dataset, path)
+    if as_json:
+        _print_json({"dataset": str(ref), "rows": n, "stats": ref.stats})
+        return
+    console.print(f"[bold]{ref}[/] · {n} reviewed labels imported · label sources: "
+                  + ", ".join(f"{k} {v}" for k, v in ref.stats.get("label_sources", {}).items()))
 
 
 # ---------------------------------------------------------------------------------------------------------

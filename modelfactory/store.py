@@ -57,6 +57,22 @@ class DatasetVersion(Base):
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class DatasetLineage(Base):
+    """How a dataset version was made: from a file (`ingest`, no parent), or from its parent version by
+    `auto_label` (a teacher's predictions) or `import` (reviewed labels). Per-row label provenance lives in the
+    version's rows (label_source, label_model, label_confidence); this row summarises it and points at the parent.
+    A table of its own, so databases made before it only gain a table (create_all), never an ALTER."""
+
+    __tablename__ = "dataset_lineage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id"), unique=True, index=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"), nullable=True)
+    operation: Mapped[str] = mapped_column(String(40))  # ingest | auto_label | import
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class Order(Base):
     __tablename__ = "orders"
 

@@ -146,22 +146,42 @@ def read_image_folder(path: str | Path, *, max_total_bytes: int = DEFAULT_MAX_TO
     Limits bound memory and refuse archive bombs; an unsafe archive entry refuses the whole archive.
     """
     path = Path(path)
-    limits = _Limits(max_total_bytes, max_files, max_ratio)
+    entries = _entries(path, _Limits(max_total_bytes, max_files, max_ratio))
+    if not entries:
+        raise MFError(f"{path}: no files in it (expected class folders of images, e.g. cats/1.png, dogs/2.jpg)")
+    return _table_of(entries, str(path))
+
+
+def read_unlabeled_images(path: str | Path, *, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+                          max_files: int = DEFAULT_MAX_FILES, max_ratio: float = DEFAULT_MAX_RATIO) -> Table:
+    """Rows `{"image": bytes}` for every file of a folder or archive, whatever its sub-folder (unlabeled images
+    for a teacher to label); the same limits and checks as `read_image_folder`."""
+    path = Path(path)
+    entries = sorted(_entries(path, _Limits(max_total_bytes, max_files, max_ratio)), key=lambda e: e.relpath)
+    if not entries:
+        raise MFError(f"{path}: no files in it (expected images)")
+    table = Table(rows=[], source=str(path))
+    for e in entries:
+        reason = e.problem or check_image(e.data or b"")
+        if reason:
+            table.errors.append(RowError(_shown(e.relpath), None, reason))
+        else:
+            table.rows.append({"image": e.data})
+    return table
+
+
+def _entries(path: Path, limits: _Limits) -> list[_Entry]:
     if not path.exists():
         raise MFError(f"{path}: no such file or folder")
     kind = "folder" if path.is_dir() else _archive_kind(path)
     if kind == "folder":
-        entries = _folder_entries(path, limits)
-    elif kind == "zip":
-        entries = _zip_entries(path, limits)
-    elif kind == "tar":
-        entries = _tar_entries(path, limits)
-    else:
-        raise MFError(f"{path}: unsupported archive type '{''.join(path.suffixes) or path.name}' "
-                      f"(use a folder, .zip, .tar, .tar.gz or .tgz)")
-    if not entries:
-        raise MFError(f"{path}: no files in it (expected class folders of images, e.g. cats/1.png, dogs/2.jpg)")
-    return _table_of(entries, str(path))
+        return _folder_entries(path, limits)
+    if kind == "zip":
+        return _zip_entries(path, limits)
+    if kind == "tar":
+        return _tar_entries(path, limits)
+    raise MFError(f"{path}: unsupported archive type '{''.join(path.suffixes) or path.name}' "
+                  f"(use a folder, .zip, .tar, .tar.gz or .tgz)")
 
 
 def _table_of(entries: list[_Entry], source: str) -> Table:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -14,8 +15,8 @@ from sqlalchemy import func, select
 
 from ..artifacts import ArtifactStore, content_hash
 from ..errors import MFError, NotFound
-from ..store import DatasetVersion, session
-from . import images
+from ..store import DatasetLineage, DatasetVersion, session
+from . import images, labels
 from .ingest import RowCheck, RowError, Table, peek_columns, raise_on_errors, read_table
 
 ROWS_FILE = "rows.parquet"
@@ -31,6 +32,7 @@ class DatasetRef:
     stats: dict
     skipped: int = 0
     tenant: str = "default"
+    label_sources: dict[str, int] | None = None  # an order's training view: its rows by label source
 
     def __str__(self) -> str:
         return f"{self.name}@{self.version}"
@@ -45,8 +47,13 @@ def check_name(name: str, what: str = "dataset") -> str:
 def stats_of(rows: list[dict]) -> dict:
     out: dict = {"rows": len(rows)}
     if rows and "label" in rows[0]:
-        counts = Counter(r["label"] for r in rows)
+        counts = Counter(r["label"] for r in rows if r["label"] is not None)
         out["labels"] = dict(sorted(counts.items()))
+        if len(rows) > sum(counts.values()):
+            out["unlabeled"] = len(rows) - sum(counts.values())
+    if rows and "label_source" in rows[0]:
+        sources = Counter(r["label_source"] or "unlabeled" for r in rows)
+        out["label_sources"] = {k: sources[k] for k in (*labels.SOURCES, "unlabeled") if sources.get(k)}
     if rows and "messages" in rows[0]:
         turns = sorted(len(json.loads(r["messages"])) for r in rows)
         out["messages_median"] = turns[len(turns) // 2]
@@ -71,18 +78,15 @@ def _image_stats(rows: list[dict]) -> dict:
             "image_bytes_total": sum(len(r["image"]) for r in rows)}
 
 
-def add_table(name: str, table: Table, *, tenant: str = "default", source: str | None = None) -> DatasetRef:
-    """Store `table.rows` as a content-addressed artifact and register it as the next version of `name`."""
+def add_table(name: str, table: Table, *, tenant: str = "default", source: str | None = None,
+              parent: DatasetRef | None = None, operation: str = "ingest", details: dict | None = None) -> DatasetRef:
+    """Store `table.rows` as a content-addressed artifact and register it as the next version of `name`, with
+    its lineage (`operation`, the `parent` version it was derived from, `details`). Rows equal to an existing
+    version's are that version (its lineage unchanged)."""
     check_name(name)
     rows = table.rows
-    artifact_id = content_hash({"kind": "dataset", "rows": rows})
-    store = ArtifactStore()
     stats = stats_of(rows)
-    if not store.exists(artifact_id):
-        with store.create(artifact_id, kind="dataset", producer="ingest",
-                          params={"source": source or table.source}) as (tmp, extra):
-            pd.DataFrame(rows).to_parquet(tmp / ROWS_FILE, index=False)
-            extra["metrics"] = stats
+    artifact_id = store_rows(rows, producer="ingest", params={"source": source or table.source}, stats=stats)
     with session() as s:
         other = s.scalar(select(DatasetVersion.tenant).where(DatasetVersion.name == name).limit(1))
         if other is not None and other != tenant:
@@ -95,8 +99,47 @@ def add_table(name: str, table: Table, *, tenant: str = "default", source: str |
                                       source=source or table.source, n_rows=len(rows), stats=stats)
             s.add(existing)
             s.flush()
+            parent_id = None
+            if parent is not None:
+                parent_id = s.scalar(select(DatasetVersion.id).where(DatasetVersion.name == parent.name,
+                                                                     DatasetVersion.version == parent.version))
+            s.add(DatasetLineage(dataset_version_id=existing.id, parent_id=parent_id, operation=operation,
+                                 details=details or {}))
         return DatasetRef(existing.name, existing.version, artifact_id, existing.n_rows, existing.stats,
                           skipped=len(table.errors), tenant=existing.tenant)
+
+
+def store_rows(rows: list[dict], *, producer: str, params: dict, stats: dict | None = None) -> str:
+    """Rows as a content-addressed dataset artifact (what the split stage reads); its id."""
+    artifact_id = content_hash({"kind": "dataset", "rows": rows})
+    store = ArtifactStore()
+    if not store.exists(artifact_id):
+        with store.create(artifact_id, kind="dataset", producer=producer, params=params) as (tmp, extra):
+            pd.DataFrame(rows).to_parquet(tmp / ROWS_FILE, index=False)
+            extra["metrics"] = stats if stats is not None else stats_of(rows)
+    return artifact_id
+
+
+def training_view(ref: DatasetRef, *, use_pseudo_labels: bool = False,
+                  min_confidence: float | None = None) -> DatasetRef:
+    """What an order trains on from a version: the version itself when every row has a label from its file;
+    else its labeled rows (reviewed ones, plus the teacher's when asked; see labels.training_view) stored as an
+    artifact of their own, with the count of rows per label source."""
+    import pyarrow.parquet as pq
+
+    if "label_source" not in pq.read_schema(ArtifactStore().path(ref.artifact_id) / ROWS_FILE).names:
+        return dataclasses.replace(ref, label_sources={"human": ref.n_rows})
+    df = load_rows(ref.artifact_id)
+    view, sources = labels.training_view(df, use_pseudo_labels=use_pseudo_labels, min_confidence=min_confidence)
+    rows = labels.records(view)
+    if not rows:
+        raise MFError(f"dataset {ref} has no labeled rows to train on"
+                      + ("" if use_pseudo_labels else " (its teacher's labels count only with use_pseudo_labels)"))
+    artifact_id = store_rows(rows, producer="label_view", params={
+        "dataset": str(ref), "dataset_artifact": ref.artifact_id, "use_pseudo_labels": use_pseudo_labels,
+        "min_confidence": min_confidence, "label_sources": sources})
+    return dataclasses.replace(ref, artifact_id=artifact_id, n_rows=len(rows), stats=stats_of(rows),
+                               label_sources=sources)
 
 
 def roles_for(path: str | Path, *, text: str = "text", label: str = "label", image: str | None = None) -> dict:
@@ -113,17 +156,76 @@ def roles_for(path: str | Path, *, text: str = "text", label: str = "label", ima
 
 
 def add_file(name: str, path: str | Path, roles: Mapping[str, str], *, skip_bad_rows: bool = False,
-             checks: Mapping[str, RowCheck] | None = None, tenant: str = "default") -> DatasetRef:
+             checks: Mapping[str, RowCheck] | None = None, tenant: str = "default",
+             unlabeled: str | Path | None = None) -> DatasetRef:
     """Add a table file, or an image folder/archive (roles image+label), as the next version of `name`.
 
     A table with an `image` role names image files relative to its own folder; they are read in as bytes.
     Image bytes are judged by decoding them, so a `checks["image"]` (meant for other values) is not applied.
+    `unlabeled` adds rows without labels (a table with the input column, or a folder/archive of images) after
+    the labeled seed rows of `path`: the dataset then records each row's label source (see labels.py).
     """
     table = read_source(path, roles, checks)
     raise_on_errors(table, skip_bad_rows)
     if not table.rows:
         raise MFError(f"{path}: every row is bad; nothing to add")
-    return add_table(name, table, tenant=tenant, source=str(Path(path).resolve()))
+    details: dict = {"source": str(Path(path).resolve())}
+    if unlabeled is not None:
+        pool = read_unlabeled(unlabeled, roles, checks)
+        raise_on_errors(pool, skip_bad_rows)
+        if not pool.rows:
+            raise MFError(f"{unlabeled}: every row is bad; nothing to add")
+        table = Table(rows=labels.combine(table.rows, pool.rows), errors=table.errors + pool.errors,
+                      source=table.source)
+        details |= {"unlabeled_source": str(Path(unlabeled).resolve())}
+    return add_table(name, table, tenant=tenant, source=str(Path(path).resolve()), details=details)
+
+
+def read_unlabeled(path: str | Path, roles: Mapping[str, str],
+                   checks: Mapping[str, RowCheck] | None = None) -> Table:
+    """Unlabeled rows: a table with the input columns of `roles` (no label column needed), or any folder or
+    archive of images."""
+    path = Path(path)
+    inputs = {role: col for role, col in roles.items() if role != "label"}
+    if images.is_image_source(path):
+        if "image" not in inputs:
+            raise MFError(f"{path}: a folder or archive holds images, but this dataset's rows are "
+                          f"{' and '.join(inputs)}")
+        return images.read_unlabeled_images(path)
+    table = read_table(path, inputs, {r: c for r, c in (checks or {}).items() if r in inputs and r != "image"})
+    return images.resolve_image_paths(table, path.parent) if "image" in inputs else table
+
+
+def derive(parent: DatasetRef, df: pd.DataFrame, operation: str, details: dict) -> DatasetRef:
+    """A new version of `parent`'s dataset holding `df` (its rows with provenance), recorded as made from it."""
+    table = Table(rows=labels.records(df), source=f"{parent}")
+    return add_table(parent.name, table, tenant=parent.tenant, source=f"{operation} of {parent}", parent=parent,
+                     operation=operation, details=details)
+
+
+def lineage(ref: str) -> list[dict]:
+    """The version and its ancestors, newest first: version, operation, details, label sources, parent."""
+    d = resolve(ref)
+    chain: list[dict] = []
+    with session() as s:
+        row = s.scalar(select(DatasetVersion).where(DatasetVersion.name == d.name,
+                                                    DatasetVersion.version == d.version))
+        seen: set[int] = set()
+        while row is not None and row.id not in seen:
+            seen.add(row.id)
+            lin = s.scalar(select(DatasetLineage).where(DatasetLineage.dataset_version_id == row.id))
+            parent = s.get(DatasetVersion, lin.parent_id) if lin is not None and lin.parent_id else None
+            stats = row.stats or {}
+            chain.append({
+                "dataset": f"{row.name}@{row.version}", "id": row.artifact_id, "rows": row.n_rows,
+                "operation": lin.operation if lin is not None else "ingest",
+                "parent": f"{parent.name}@{parent.version}" if parent is not None else None,
+                "label_sources": stats.get("label_sources") or ({"human": row.n_rows} if "labels" in stats else {}),
+                "details": lin.details if lin is not None else {"source": row.source},
+                "created": row.created.isoformat(timespec="seconds") if row.created else None,
+            })
+            row = parent
+    return chain
 
 
 def read_source(path: str | Path, roles: Mapping[str, str],

@@ -42,7 +42,9 @@ class OrderResult:
 
 def ingest(spec: OrderSpec, skip_bad_rows: bool = False) -> DatasetRef:
     if spec.data.dataset:
-        return versions.resolve(spec.data.dataset)
+        return versions.training_view(versions.resolve(spec.data.dataset),
+                                      use_pseudo_labels=spec.data.use_pseudo_labels,
+                                      min_confidence=spec.data.min_confidence)
     task = tasks.get(spec.task)
     roles = task.data_roles(spec.data.columns(), Path(spec.data.path))
     name = re.sub(r"[^a-z0-9._-]+", "-", Path(spec.data.path).name.split(".")[0].lower()).strip("-") or spec.name
@@ -50,6 +52,11 @@ def ingest(spec: OrderSpec, skip_bad_rows: bool = False) -> DatasetRef:
         name = f"{spec.tenant}.{name}"
     return versions.add_file(name, spec.data.path, roles, skip_bad_rows=skip_bad_rows or spec.data.skip_bad_rows,
                              checks=task.row_checks(), tenant=spec.tenant)
+
+
+def label_sources_text(sources: dict[str, int]) -> str:
+    total = sum(sources.values()) or 1
+    return ", ".join(f"{k} {n} ({n / total:.0%})" for k, n in sources.items())
 
 
 def check_targets(spec: OrderSpec, metrics: dict[str, dict], deployed: str) -> dict[str, bool]:
@@ -163,6 +170,8 @@ def _register(spec: OrderSpec, order_id: int, dataset: DatasetRef, the_plan: Pla
         "teacher_base": spec.teacher.model, "teacher": results["teacher"].artifact.id,
         "pipeline": tasks.get(spec.task).pipeline,
     }
+    if dataset.label_sources:
+        lineage["label_sources"] = dataset.label_sources
     if "student" in results:  # the compress pipeline: the recipe that made the student
         steps = recipe_from(spec, searched.chosen.params) if searched and searched.chosen else spec.steps()
         lineage |= {"recipe": [step.model_dump(mode="json", exclude_none=True) for step in steps],
@@ -194,6 +203,11 @@ def _write_report(spec: OrderSpec, order_id: int, dataset: DatasetRef, results: 
     r = ratios(metrics, deployed)
     lines = [f"# Order {order_id}: {spec.name}", "",
              f"Task `{spec.task}` on dataset `{dataset}` ({dataset.n_rows} rows) for tenant `{spec.tenant}`.", "",
+             *([f"Training labels by source: {label_sources_text(dataset.label_sources)}"
+                + (" (teacher pseudo-labels" + (f" with confidence ≥ {spec.data.min_confidence:g}"
+                                                if spec.data.min_confidence is not None else "") + ")"
+                   if spec.data.use_pseudo_labels else "") + ".", ""]
+               if dataset.label_sources else []),
              "## Stages", "", "| stage | artifact | |", "|---|---|---|"]
     for name, res in results.items():
         how = "cache hit" if res.cached else (f"resumed from step {res.resumed_from_step}"

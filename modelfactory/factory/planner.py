@@ -79,6 +79,13 @@ def teacher_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
     return Plan(nodes, candidates, deployed="teacher")
 
 
+def labeling_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
+    """A teacher to label a dataset with: the teacher half's split, fine-tune and export nodes, exactly as an
+    order names them (so an order on the same seed rows with the same teacher shares their cache)."""
+    nodes = teacher_plan(spec, dataset_artifact).nodes[:3]
+    return Plan(nodes, {"teacher": "export_teacher"}, deployed="teacher")
+
+
 def student_chain(spec: OrderSpec, steps: list[RecipeStep], prefix: str = "") -> Plan:
     """Nodes for one student recipe; node names carry `prefix` (e.g. 'trial3/'), candidate names do not."""
     task, seed = spec.task, spec.split.seed

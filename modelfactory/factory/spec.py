@@ -32,6 +32,10 @@ class DataSpec(Strict):
     skip_bad_rows: bool = False
     truncate: bool = Field(False, description="generative tasks: cut rows longer than teacher.max_length instead "
                                               "of refusing the order")
+    use_pseudo_labels: bool = Field(False, description="a dataset labeled by `mf label auto`: train on its teacher's "
+                                                       "pseudo-labels too, not only on people's labels")
+    min_confidence: float | None = Field(None, ge=0, le=1, description="with use_pseudo_labels: the teacher "
+                                         "predictions to use (default: the pseudo-labels `mf label auto` accepted)")
 
     def columns(self) -> dict[str, str]:
         """role -> column, for every role a family may read."""
@@ -42,6 +46,10 @@ class DataSpec(Strict):
     def _one_source(self) -> DataSpec:
         if bool(self.path) == bool(self.dataset):
             raise ValueError("give exactly one of 'path' (a file) or 'dataset' (a registered dataset)")
+        if (self.use_pseudo_labels or self.min_confidence is not None) and not self.dataset:
+            raise ValueError("'use_pseudo_labels' and 'min_confidence' need 'dataset' (one labeled by `mf label auto`)")
+        if self.min_confidence is not None and not self.use_pseudo_labels:
+            raise ValueError("'min_confidence' chooses which pseudo-labels to use: set 'use_pseudo_labels: true' too")
         return self
 
 

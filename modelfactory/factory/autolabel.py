@@ -1,0 +1,142 @@
+"""Teacher auto-labeling: a dataset's unlabeled rows labeled by a fine-tuned teacher, as a new dataset version.
+
+The teacher is a registered model (`name[@version|alias]`: its ONNX graph), or a pretrained base / a family's
+architecture (a local model dir, a hub id, `scratch:resnet-s`) that is fine-tuned on the dataset's reviewed
+(seed) rows through the factory's own stages: split -> finetune_teacher -> export_onnx, cached and checkpointed
+like an order's. Predictions go through the task family's ONNX predictor, so any family works unchanged.
+
+The confidence threshold is given, or chosen on labeled rows the teacher was not trained on (the split's val and
+test rows of the seed) as the lowest one at which those rows are `target_accuracy` accurate; the unlabeled rows'
+own labels are never looked at.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import registry, tasks
+from ..data import labels, versions
+from ..data.versions import DatasetRef
+from ..errors import MFError, NotFound
+from .planner import labeling_plan
+from .runner import Reporter, run_plan
+from .spec import parse_spec
+from .stages import read_split
+
+_REGISTRY_REF = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}(@[A-Za-z0-9._-]+)?$")
+
+
+@dataclass
+class AutoLabelResult:
+    dataset: DatasetRef  # the new version
+    parent: DatasetRef
+    teacher: str  # what made the labels: name@version (registry) or base@<artifact id prefix> (trained here)
+    threshold: float
+    threshold_from: str  # "given" or what it was chosen on
+    predicted: int
+    pseudo_labeled: int
+    queued: int
+    calibration: dict[str, Any] = field(default_factory=dict)
+    queue: pd.DataFrame | None = None  # the review queue, most uncertain first
+
+
+def infer_task(df: pd.DataFrame) -> str:
+    """The one discriminative family whose input role the rows have (text -> text, image -> image)."""
+    fits = [n for n in tasks.names() if tasks.get(n).pipeline == "compress"
+            and set(tasks.get(n).roles) <= set(df.columns)]
+    if len(fits) != 1:
+        raise MFError(f"cannot tell this dataset's task from its columns ({', '.join(df.columns)}): give --task "
+                      f"({', '.join(tasks.names())})")
+    return fits[0]
+
+
+def _registered(teacher: str) -> registry.ModelRef | None:
+    if not _REGISTRY_REF.match(teacher):
+        return None
+    try:
+        return registry.resolve(teacher)
+    except NotFound:
+        return None
+
+
+def train_teacher(parent: DatasetRef, seed: pd.DataFrame, teacher: str, task: str, *,
+                  teacher_params: dict | None = None, holdout: float = 0.3, seed_value: int = 0,
+                  reporter: Reporter | None = None) -> tuple[str, str, pd.DataFrame]:
+    """Fine-tune `teacher` on the seed rows through the factory's stages; (ONNX dir, label_model, held-out
+    seed rows for calibration)."""
+    view = versions.training_view(parent)  # reviewed rows only, as an order without pseudo-labels sees them
+    part = round(holdout / 2, 4)
+    spec = parse_spec({"name": "autolabel", "tenant": parent.tenant, "task": task,
+                       "data": {"dataset": str(parent)},
+                       "teacher": {"model": teacher, **(teacher_params or {})},
+                       "split": {"val": part, "test": part, "seed": seed_value}}, "auto-label teacher")
+    the_plan = labeling_plan(spec, view.artifact_id)
+    results = run_plan(the_plan, reporter=reporter)
+    split = results["split"].artifact
+    held_out = pd.concat([read_split(split, "val"), read_split(split, "test")], ignore_index=True)
+    label_model = f"{teacher}@{results['teacher'].artifact.id[:12]}"
+    return str(results["export_teacher"].artifact.path), label_model, held_out
+
+
+def auto_label(dataset: str, teacher: str, *, task: str | None = None, threshold: float | None = None,
+               target_accuracy: float = 0.97, strategy: str = "least-confidence",
+               teacher_params: dict | None = None, holdout: float = 0.3, min_calibration_rows: int = 20,
+               reporter: Reporter | None = None) -> AutoLabelResult:
+    """Label `dataset`'s rows without a reviewed label with `teacher` and register the result as a new version."""
+    if strategy not in labels.STRATEGIES:
+        raise MFError(f"unknown queue strategy '{strategy}'; use one of: {', '.join(labels.STRATEGIES)}")
+    parent = versions.resolve(dataset)
+    df = labels.with_provenance(versions.load_rows(parent.artifact_id))
+    seed = labels.seed_rows(df)
+    pending = labels.to_predict(df)
+    if pending.empty:
+        raise MFError(f"dataset {parent} has no rows without a reviewed label: nothing to auto-label")
+    if seed.empty:
+        raise MFError(f"dataset {parent} has no labeled seed rows to train or check a teacher on")
+    ref = _registered(teacher)
+    if ref is not None:
+        family = tasks.get(ref.task)
+        model_dir, label_model, calib = str(ref.path), str(ref), seed
+        calib_from = f"{len(seed)} seed rows (the registered teacher may have seen them)"
+    else:
+        name = task or infer_task(df)
+        family = tasks.get(name)
+        model_dir, label_model, calib = train_teacher(parent, seed, teacher, name, teacher_params=teacher_params,
+                                                      holdout=holdout, reporter=reporter)
+        calib_from = f"{len(calib)} held-out seed rows"
+    if not hasattr(family, "load_predictor"):
+        raise MFError(f"task '{family.name}' has no classifier predictor to label rows with")
+    predictor = family.load_predictor(model_dir)
+    missing = sorted(set(labels.label_set(df)) - set(predictor.labels))
+    if missing:
+        raise MFError(f"teacher {label_model} does not know the dataset's label(s) {', '.join(missing)}")
+    probs = predictor.predict_proba(family.raw_inputs(pending))
+    calibration: dict[str, Any] = {}
+    if threshold is None:
+        c_probs = predictor.predict_proba(family.raw_inputs(calib))
+        top, conf, _ = labels.confidence_and_margin(c_probs)
+        correct = np.asarray([predictor.labels[i] for i in top]) == calib["label"].astype(str).to_numpy()
+        threshold = labels.choose_threshold(conf, correct, target_accuracy, min_rows=min(min_calibration_rows,
+                                                                                         len(calib)))
+        above = conf >= threshold
+        calibration = {"rows": int(len(calib)), "accuracy": float(correct.mean()),
+                       "rows_above": int(above.sum()),
+                       "accuracy_above": float(correct[above].mean()) if above.any() else None,
+                       "target_accuracy": target_accuracy}
+        threshold_from = f"chosen on {calib_from} for {target_accuracy:.0%} accuracy"
+    else:
+        threshold_from = "given"
+    new_rows = labels.apply_predictions(df, probs, predictor.labels, label_model, threshold)
+    predicted = len(pending)
+    pseudo = int((new_rows.loc[pending.index, "label_source"] == "teacher").sum())
+    details = {"teacher": label_model, "threshold": threshold, "threshold_from": threshold_from,
+               "calibration": calibration, "predicted": predicted, "pseudo_labeled": pseudo,
+               "queued": predicted - pseudo, "strategy": strategy}
+    new = versions.derive(parent, new_rows, "auto_label", details)
+    return AutoLabelResult(new, parent, label_model, threshold, threshold_from, predicted, pseudo,
+                           predicted - pseudo, calibration, labels.review_queue(new_rows, strategy))
