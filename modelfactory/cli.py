@@ -325,6 +325,8 @@ def label_auto(dataset: Annotated[str, typer.Argument(help="NAME or NAME@VERSION
                                    ] = "least-confidence",
                epochs: Annotated[float | None, typer.Option(help="Teacher fine-tuning epochs.")] = None,
                lr: Annotated[float | None, typer.Option(help="Teacher learning rate.")] = None,
+               rounds: Annotated[int, typer.Option(help="Self-training rounds: each retrains the teacher on the seed "
+                                                        "+ the last round's pseudo-labels.")] = 1,
                show: Annotated[int, typer.Option(help="Queue rows to print.")] = 5,
                as_json: JsonFlag = False) -> None:
     """Label a dataset's unlabeled rows with a teacher: confident ones become pseudo-labels, the rest go to the
@@ -334,7 +336,7 @@ def label_auto(dataset: Annotated[str, typer.Argument(help="NAME or NAME@VERSION
     params = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
     with _progress(to_stderr=as_json) as progress:
         r = auto_label(dataset, teacher, task=task, threshold=threshold, target_accuracy=target_accuracy,
-                       strategy=strategy, teacher_params=params, reporter=RichReporter(progress))
+                       strategy=strategy, teacher_params=params, rounds=rounds, reporter=RichReporter(progress))
     head = r.queue.head(show) if r.queue is not None else None
     role = next((c for c in ("text", "image") if head is not None and c in head.columns), None)
     queue = [] if head is None else [
@@ -345,7 +347,7 @@ def label_auto(dataset: Annotated[str, typer.Argument(help="NAME or NAME@VERSION
         _print_json({"dataset": str(r.dataset), "parent": str(r.parent), "teacher": r.teacher,
                      "threshold": r.threshold, "threshold_from": r.threshold_from, "predicted": r.predicted,
                      "pseudo_labeled": r.pseudo_labeled, "queued": r.queued, "calibration": r.calibration,
-                     "queue_head": queue})
+                     "rounds": r.details.get("rounds"), "queue_head": queue})
         return
     share = r.pseudo_labeled / max(1, r.predicted)
     console.print(f"[bold]{r.dataset}[/] (from {r.parent}) · teacher {r.teacher}", soft_wrap=True)

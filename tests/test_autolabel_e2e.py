@@ -38,12 +38,15 @@ def test_auto_label_then_order_on_pseudo_labels(tmp_path, corpus_df, tiny_teache
     margins = [q["margin"] for q in out["queue_head"]]
     assert margins == sorted(margins)  # most uncertain (smallest margin) first
 
-    # The same teacher again is a cache hit (the factory's stages), and a chosen threshold says what it used.
+    # The same teacher again is a cache hit (the factory's stages), then self-trained for a second round; a chosen
+    # threshold says what it was chosen on.
     proc = run_mf("label", "auto", "reviews@1", "--teacher", str(tiny_teacher), "--epochs", "1", "--lr", "1e-3",
-                  "--json")
+                  "--rounds", "2", "--json")
     assert proc.returncode == 0, proc.stderr
     chosen = json.loads(proc.stdout)
     assert "held-out seed rows" in chosen["threshold_from"] and chosen["calibration"]["rows"] > 0
+    assert [r["round"] for r in chosen["rounds"]] == [1, 2]
+    assert chosen["rounds"][0]["teacher"] == out["teacher"] != chosen["rounds"][1]["teacher"]
 
     proc = run_mf("label", "export", "reviews@2", "--out", str(tmp_path / "review.json"), "--rows", "all",
                   "--limit", "5")

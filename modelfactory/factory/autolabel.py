@@ -43,6 +43,7 @@ class AutoLabelResult:
     queued: int
     calibration: dict[str, Any] = field(default_factory=dict)
     queue: pd.DataFrame | None = None  # the review queue, most uncertain first
+    details: dict[str, Any] = field(default_factory=dict)  # what the version's lineage records
 
 
 def infer_task(df: pd.DataFrame) -> str:
@@ -64,32 +65,46 @@ def _registered(teacher: str) -> registry.ModelRef | None:
         return None
 
 
-def train_teacher(parent: DatasetRef, seed: pd.DataFrame, teacher: str, task: str, *,
-                  teacher_params: dict | None = None, holdout: float = 0.3, seed_value: int = 0,
+def train_teacher(rows_artifact: str, tenant: str, teacher: str, task: str, *, teacher_params: dict | None = None,
+                  holdout: float = 0.3, seed_value: int = 0,
                   reporter: Reporter | None = None) -> tuple[str, str, pd.DataFrame]:
-    """Fine-tune `teacher` on the seed rows through the factory's stages; (ONNX dir, label_model, held-out
-    seed rows for calibration)."""
-    view = versions.training_view(parent)  # reviewed rows only, as an order without pseudo-labels sees them
+    """Fine-tune `teacher` on a dataset artifact of labeled rows through the factory's stages; (ONNX dir,
+    label_model, the split's val+test rows: held out from training)."""
     part = round(holdout / 2, 4)
-    spec = parse_spec({"name": "autolabel", "tenant": parent.tenant, "task": task,
-                       "data": {"dataset": str(parent)},
+    spec = parse_spec({"name": "autolabel", "tenant": tenant, "task": task, "data": {"dataset": "seed"},
                        "teacher": {"model": teacher, **(teacher_params or {})},
                        "split": {"val": part, "test": part, "seed": seed_value}}, "auto-label teacher")
-    the_plan = labeling_plan(spec, view.artifact_id)
-    results = run_plan(the_plan, reporter=reporter)
+    results = run_plan(labeling_plan(spec, rows_artifact), reporter=reporter)
     split = results["split"].artifact
     held_out = pd.concat([read_split(split, "val"), read_split(split, "test")], ignore_index=True)
     label_model = f"{teacher}@{results['teacher'].artifact.id[:12]}"
     return str(results["export_teacher"].artifact.path), label_model, held_out
 
 
+def _calibrate(predictor, family, calib: pd.DataFrame, target: float, min_rows: int) -> tuple[float, dict]:
+    """The threshold at which `calib`'s rows (labeled, unseen by the teacher) reach `target` accuracy."""
+    top, conf, _ = labels.confidence_and_margin(predictor.predict_proba(family.raw_inputs(calib)))
+    correct = np.asarray([predictor.labels[i] for i in top]) == calib["label"].astype(str).to_numpy()
+    threshold = labels.choose_threshold(conf, correct, target, min_rows=min(min_rows, len(calib)))
+    above = conf >= threshold
+    return threshold, {"rows": int(len(calib)), "accuracy": float(correct.mean()), "rows_above": int(above.sum()),
+                       "accuracy_above": float(correct[above].mean()) if above.any() else None,
+                       "target_accuracy": target}
+
+
 def auto_label(dataset: str, teacher: str, *, task: str | None = None, threshold: float | None = None,
                target_accuracy: float = 0.97, strategy: str = "least-confidence",
                teacher_params: dict | None = None, holdout: float = 0.3, min_calibration_rows: int = 20,
-               reporter: Reporter | None = None) -> AutoLabelResult:
-    """Label `dataset`'s rows without a reviewed label with `teacher` and register the result as a new version."""
+               rounds: int = 1, reporter: Reporter | None = None) -> AutoLabelResult:
+    """Label `dataset`'s rows without a reviewed label with `teacher` and register the result as a new version.
+
+    `rounds` > 1 (a teacher trained here only) is self-training: each further round fine-tunes the teacher again
+    on the seed rows plus the previous round's pseudo-labels, and labels every unreviewed row anew. The seed rows
+    held out to choose the threshold in round 1 stay out of every round's training."""
     if strategy not in labels.STRATEGIES:
         raise MFError(f"unknown queue strategy '{strategy}'; use one of: {', '.join(labels.STRATEGIES)}")
+    if rounds < 1:
+        raise MFError(f"rounds must be at least 1, got {rounds}")
     parent = versions.resolve(dataset)
     df = labels.with_provenance(versions.load_rows(parent.artifact_id))
     seed = labels.seed_rows(df)
@@ -99,44 +114,57 @@ def auto_label(dataset: str, teacher: str, *, task: str | None = None, threshold
     if seed.empty:
         raise MFError(f"dataset {parent} has no labeled seed rows to train or check a teacher on")
     ref = _registered(teacher)
+    family_name = ref.task if ref is not None else (task or infer_task(df))
+    if tasks.get(family_name).pipeline != "compress":
+        raise MFError(f"task '{family_name}' has no classifier to label rows with")
     if ref is not None:
+        if rounds > 1:
+            raise MFError("--rounds > 1 retrains the teacher: give a base to fine-tune, not a registered model")
         family = tasks.get(ref.task)
         model_dir, label_model, calib = str(ref.path), str(ref), seed
         calib_from = f"{len(seed)} seed rows (the registered teacher may have seen them)"
+        predictor = family.load_predictor(model_dir)
     else:
-        name = task or infer_task(df)
+        name = family_name
         family = tasks.get(name)
-        model_dir, label_model, calib = train_teacher(parent, seed, teacher, name, teacher_params=teacher_params,
-                                                      holdout=holdout, reporter=reporter)
+        seed_view = versions.training_view(parent)  # reviewed rows only, as an order without pseudo-labels sees them
+        model_dir, label_model, calib = train_teacher(seed_view.artifact_id, parent.tenant, teacher, name,
+                                                      teacher_params=teacher_params, holdout=holdout,
+                                                      reporter=reporter)
         calib_from = f"{len(calib)} held-out seed rows"
-    if not hasattr(family, "load_predictor"):
-        raise MFError(f"task '{family.name}' has no classifier predictor to label rows with")
-    predictor = family.load_predictor(model_dir)
+        predictor = family.load_predictor(model_dir)
     missing = sorted(set(labels.label_set(df)) - set(predictor.labels))
     if missing:
         raise MFError(f"teacher {label_model} does not know the dataset's label(s) {', '.join(missing)}")
-    probs = predictor.predict_proba(family.raw_inputs(pending))
-    calibration: dict[str, Any] = {}
-    if threshold is None:
-        c_probs = predictor.predict_proba(family.raw_inputs(calib))
-        top, conf, _ = labels.confidence_and_margin(c_probs)
-        correct = np.asarray([predictor.labels[i] for i in top]) == calib["label"].astype(str).to_numpy()
-        threshold = labels.choose_threshold(conf, correct, target_accuracy, min_rows=min(min_calibration_rows,
-                                                                                         len(calib)))
-        above = conf >= threshold
-        calibration = {"rows": int(len(calib)), "accuracy": float(correct.mean()),
-                       "rows_above": int(above.sum()),
-                       "accuracy_above": float(correct[above].mean()) if above.any() else None,
-                       "target_accuracy": target_accuracy}
-        threshold_from = f"chosen on {calib_from} for {target_accuracy:.0%} accuracy"
-    else:
-        threshold_from = "given"
-    new_rows = labels.apply_predictions(df, probs, predictor.labels, label_model, threshold)
+    history, new_rows = [], df
+    for round_no in range(1, rounds + 1):
+        if round_no > 1:  # self-training: seed + last round's pseudo-labels, the calibration rows kept out
+            role = family.roles[0]
+            view, _ = labels.training_view(new_rows, use_pseudo_labels=True)
+            view = view[~view[role].isin(set(calib[role]))]
+            artifact = versions.store_rows(labels.records(view), producer="label_round", params={
+                "dataset": str(parent), "round": round_no, "teacher": label_model})
+            model_dir, label_model, _ = train_teacher(artifact, parent.tenant, teacher, family.name,
+                                                      teacher_params=teacher_params, holdout=0.2,
+                                                      reporter=reporter)
+            predictor = family.load_predictor(model_dir)
+        probs = predictor.predict_proba(family.raw_inputs(pending))
+        calibration: dict[str, Any] = {}
+        if threshold is None or round_no < rounds:
+            round_threshold, calibration = _calibrate(predictor, family, calib, target_accuracy,
+                                                      min_calibration_rows)
+            threshold_from = f"chosen on {calib_from} for {target_accuracy:.0%} accuracy"
+        if round_no == rounds and threshold is not None:
+            round_threshold, threshold_from = threshold, "given"
+        new_rows = labels.apply_predictions(df, probs, predictor.labels, label_model, round_threshold)
+        pseudo = int((new_rows.loc[pending.index, "label_source"] == "teacher").sum())
+        history.append({"round": round_no, "teacher": label_model, "threshold": round_threshold,
+                        "pseudo_labeled": pseudo, **({"calibration": calibration} if calibration else {})})
+    threshold = round_threshold
     predicted = len(pending)
-    pseudo = int((new_rows.loc[pending.index, "label_source"] == "teacher").sum())
     details = {"teacher": label_model, "threshold": threshold, "threshold_from": threshold_from,
                "calibration": calibration, "predicted": predicted, "pseudo_labeled": pseudo,
-               "queued": predicted - pseudo, "strategy": strategy}
+               "queued": predicted - pseudo, "strategy": strategy, **({"rounds": history} if rounds > 1 else {})}
     new = versions.derive(parent, new_rows, "auto_label", details)
     return AutoLabelResult(new, parent, label_model, threshold, threshold_from, predicted, pseudo,
-                           predicted - pseudo, calibration, labels.review_queue(new_rows, strategy))
+                           predicted - pseudo, calibration, labels.review_queue(new_rows, strategy), details)
