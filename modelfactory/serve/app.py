@@ -338,9 +338,14 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
 def run(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning",
         access_log: bool = False) -> None:
-    """Serve until interrupted (uvicorn; uvloop and httptools when installed)."""
+    """Serve until interrupted."""
+    run_asgi(create_app(settings), host=host, port=port, log_level=log_level, access_log=access_log)
+
+
+def run_asgi(app: Any, host: str, port: int, log_level: str = "warning", access_log: bool = False) -> None:
+    """Any of our ASGI apps under uvicorn (uvloop and httptools when installed), with our log format."""
     import uvicorn
 
     logging.basicConfig(level=logging.INFO if log_level in ("info", "debug") else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=access_log)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)

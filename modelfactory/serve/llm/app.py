@@ -314,9 +314,7 @@ def create_app(settings: LLMSettings) -> FastAPI:
 
 def run(settings: LLMSettings, host: str = "127.0.0.1", port: int = 8001, log_level: str = "warning",
         access_log: bool = False) -> None:
-    """Serve until interrupted (uvicorn)."""
-    import uvicorn
+    """Serve until interrupted."""
+    from ..app import run_asgi
 
-    logging.basicConfig(level=logging.INFO if log_level in ("info", "debug") else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=access_log)
+    run_asgi(create_app(settings), host=host, port=port, log_level=log_level, access_log=access_log)
