@@ -364,6 +364,18 @@ def test_openapi_docs_dashboard_and_unknown_routes(api, admin):
     assert admin.get("/orders/notanumber").status_code == 422
 
 
+def test_task_families_are_listed_from_discovery(api, admin, acme):
+    from modelfactory import tasks
+
+    families = acme.get("/tasks").json()
+    assert [f["name"] for f in families] == tasks.names()
+    for f in families:
+        assert f["roles"] == list(tasks.get(f["name"]).roles) and f["pipeline"] in ("compress", "adapt")
+    assert admin.get("/tasks").json() == families
+    with httpx.Client(base_url=api.url) as anonymous:
+        assert anonymous.get("/api/v1/tasks").status_code == 401
+
+
 def test_admin_keys_from_the_table_work_and_are_revocable(api, admin):
     info, key = create_key(None, "second admin")
     with client(api, key) as c:

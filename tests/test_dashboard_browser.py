@@ -9,6 +9,7 @@ bench/results/. Any JavaScript error on any page, or a request to anything but t
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -156,6 +157,7 @@ def test_dashboard_order_to_model(server, browser, tmp_path, corpus_df, tiny_tea
         page.click("#nav >> text=Orders")
         spec = page.locator("[data-testid=order-spec]")
         assert "tenant: acme" in spec.input_value()  # the commented template, for this tenant
+        expect(spec).to_have_value(re.compile(r"task: \S+-\S+"))  # a family the server discovered, from /tasks
         spec.fill(order_yaml(dataset, tiny_teacher, 'targets: {max_size_mb: "big"}\n'))
         page.click("[data-testid=order-submit]")
         expect(page.locator("[data-testid=field-errors]")).to_contain_text("max_size_mb")

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import MFError, NotFound
 from .errors import HTTPError, error, field_errors
-from .routes import datasets, jobs, models, orders, pool, tenants, usage
+from .routes import datasets, jobs, models, orders, pool, tasks, tenants, usage
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("modelfactory.api")
@@ -59,7 +59,7 @@ def create_app() -> FastAPI:
         log.exception("%s %s failed", request.method, request.url.path)
         return error(500, f"internal error ({type(exc).__name__}); see the server log")
 
-    for module in (tenants, datasets, orders, jobs, models, usage, pool):
+    for module in (tenants, datasets, orders, jobs, models, usage, pool, tasks):
         app.include_router(module.router, prefix="/api/v1")
 
     if STATIC.is_dir():

@@ -436,11 +436,14 @@ async function pageOverview(view, page) {
 // ---------------------------------------------------------------------------------------------------------
 // Orders
 
-function orderTemplate() {
+function orderTemplate(families) {
+  const names = (families || []).map((f) => f.name);
+  const first = names[0] || "<task family>";
+  const others = names.slice(1);
   return `# A new order: labelled data in, a small fast model out.
 name: my-model                  # becomes the registry model name
 tenant: ${me && me.tenant ? me.tenant : "acme"}
-task: text-classification       # or image-classification
+task: ${first}${others.length ? `       # or ${others.join(", ")}` : ""}
 data: {dataset: my-dataset}     # a registered dataset (see Datasets): name or name@version
 teacher: {model: /path/to/hf-model-dir, epochs: 2}
 student: {layers: 2, epochs: 3}
@@ -462,6 +465,8 @@ async function pageOrders(view, page) {
   const formErrors = h("div");
   const spec = h("textarea", { id: "order-spec", rows: 14, spellcheck: "false", "data-testid": "order-spec" });
   spec.value = orderTemplate();
+  api("/tasks").then((families) => { if (!spec.dataset.edited) spec.value = orderTemplate(families); }, () => {});
+  spec.addEventListener("input", () => { spec.dataset.edited = "1"; });
   const priority = h("select", { id: "order-priority", "data-testid": "order-priority" },
     ["batch", "standard", "urgent"].map((p) => h("option", { value: p, selected: p === "standard" }, p)));
   const submit = h("button", { type: "submit", "data-testid": "order-submit" }, "Submit order");
