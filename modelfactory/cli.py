@@ -327,16 +327,23 @@ def label_auto(dataset: Annotated[str, typer.Argument(help="NAME or NAME@VERSION
                lr: Annotated[float | None, typer.Option(help="Teacher learning rate.")] = None,
                rounds: Annotated[int, typer.Option(help="Self-training rounds: each retrains the teacher on the seed "
                                                         "+ the last round's pseudo-labels.")] = 1,
+               round_epochs: Annotated[float | None, typer.Option(
+                   help="Teacher epochs from round 2 on (default: --epochs).")] = None,
+               augment: Annotated[bool, typer.Option(
+                   "--augment", help="Images: train the teacher on randomly shifted/rotated/scaled copies.")
+                                  ] = False,
                show: Annotated[int, typer.Option(help="Queue rows to print.")] = 5,
                as_json: JsonFlag = False) -> None:
     """Label a dataset's unlabeled rows with a teacher: confident ones become pseudo-labels, the rest go to the
     review queue, most uncertain first. Makes a new dataset version."""
     from .factory.autolabel import auto_label
 
-    params = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
+    params = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("augment", augment or None)) if v is not None}
     with _progress(to_stderr=as_json) as progress:
         r = auto_label(dataset, teacher, task=task, threshold=threshold, target_accuracy=target_accuracy,
-                       strategy=strategy, teacher_params=params, rounds=rounds, reporter=RichReporter(progress))
+                       strategy=strategy, teacher_params=params, rounds=rounds,
+                       round_params={"epochs": round_epochs} if round_epochs is not None else None,
+                       reporter=RichReporter(progress))
     head = r.queue.head(show) if r.queue is not None else None
     role = next((c for c in ("text", "image") if head is not None and c in head.columns), None)
     queue = [] if head is None else [

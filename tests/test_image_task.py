@@ -419,3 +419,57 @@ def test_static_int8_puts_qdq_around_convolutions_and_keeps_predictions(digits_d
     assert (int8_pred == fp32_pred).mean() >= 0.9
     with pytest.raises(ValueError, match="at least one calibration batch"):
         quantize_static_int8(fp32_dir / "model.onnx", tmp_path / "never.onnx", [])
+
+
+# --- augmentation (teacher.augment) --------------------------------------------------------------------------
+
+
+def test_random_affine_keeps_shape_is_seeded_and_moves_pixels(rows):
+    from modelfactory.tasks.image_classification import random_affine
+
+    pixels = torch.from_numpy(np.stack([decode_image(d, "L") for d in rows["image"].head(8)])).float()
+    a = random_affine(pixels, torch.Generator().manual_seed(3))
+    b = random_affine(pixels, torch.Generator().manual_seed(3))
+    c = random_affine(pixels, torch.Generator().manual_seed(4))
+    assert a.shape == pixels.shape and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)  # the generator decides, nothing else
+    assert (a - pixels).abs().mean() > 0.5  # really perturbed...
+    assert 0 <= a.min() and a.max() <= 255  # ...as pixels (bilinear, edges repeated: no values out of range)
+    same = random_affine(pixels, torch.Generator(), shift=0.0, degrees=0.0, scale=(1.0, 1.0))
+    assert torch.allclose(same, pixels, atol=1e-3)  # no warp asked: the images as they were
+
+
+def test_teacher_augment_reaches_the_fine_tune_stage_and_only_image_families_take_it(rows, labels, tmp_path):
+    from modelfactory.artifacts import Artifact
+    from modelfactory.factory.planner import teacher_plan
+    from modelfactory.factory.stages import StageContext, finetune_stage
+
+    order = {"name": "digits", "task": "image-classification", "data": {"dataset": "digits"},
+             "teacher": {"model": "scratch:resnet-xs", "epochs": 1, "batch_size": 16}}
+    plain = teacher_plan(parse_spec(order), "a" * 64).node("teacher").params
+    order["teacher"]["augment"] = True
+    params = teacher_plan(parse_spec(order), "a" * 64).node("teacher").params
+    assert "augment" not in plain and params["augment"] is True  # absent by default: old cache keys still hit
+    with pytest.raises(MFError, match="no training augmentation"):
+        teacher_plan(parse_spec({**order, "task": "text-classification", "data": {"dataset": "reviews"}}), "a" * 64)
+
+    split = tmp_path / "split"
+    split.mkdir()
+    for part in ("train", "val"):
+        rows.to_parquet(split / f"{part}.parquet", index=False)
+    seen = []
+    family = tasks.get("image-classification")
+    original = type(family).augment
+
+    def spy(self, batch, generator):
+        seen.append(len(batch["image"]))
+        return original(self, batch, generator)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(family), "augment", spy)
+        result = finetune_stage(StageContext(out, tmp_path / "work"),
+                                {"split": Artifact("s", split, {"labels": labels})},
+                                {**params, "_pretrained": "scratch:resnet-xs"})
+    assert seen == [16, 16, 8] and result["metrics"]["steps"] == 3  # every training batch, 40 rows

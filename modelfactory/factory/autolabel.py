@@ -13,6 +13,7 @@ own labels are never looked at.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,12 +96,15 @@ def _calibrate(predictor, family, calib: pd.DataFrame, target: float, min_rows: 
 def auto_label(dataset: str, teacher: str, *, task: str | None = None, threshold: float | None = None,
                target_accuracy: float = 0.97, strategy: str = "least-confidence",
                teacher_params: dict | None = None, holdout: float = 0.3, min_calibration_rows: int = 20,
-               rounds: int = 1, reporter: Reporter | None = None) -> AutoLabelResult:
+               rounds: int = 1, round_params: dict | None = None, reporter: Reporter | None = None,
+               on_round: Callable[[int, pd.DataFrame], None] | None = None) -> AutoLabelResult:
     """Label `dataset`'s rows without a reviewed label with `teacher` and register the result as a new version.
 
     `rounds` > 1 (a teacher trained here only) is self-training: each further round fine-tunes the teacher again
     on the seed rows plus the previous round's pseudo-labels, and labels every unreviewed row anew. The seed rows
-    held out to choose the threshold in round 1 stay out of every round's training."""
+    held out to choose the threshold in round 1 stay out of every round's training. `round_params` override
+    `teacher_params` from round 2 on (the training set is then many times the seed: fewer epochs do).
+    `on_round(round, rows)` sees every round's labeled rows (e.g. to measure what each round adds)."""
     if strategy not in labels.STRATEGIES:
         raise MFError(f"unknown queue strategy '{strategy}'; use one of: {', '.join(labels.STRATEGIES)}")
     if rounds < 1:
@@ -144,9 +148,11 @@ def auto_label(dataset: str, teacher: str, *, task: str | None = None, threshold
             view = view[~view[role].isin(set(calib[role]))]
             artifact = versions.store_rows(labels.records(view), producer="label_round", params={
                 "dataset": str(parent), "round": round_no, "teacher": label_model})
+            # A small split holdout: the threshold is chosen on `calib`, these rows only report val accuracy.
             model_dir, label_model, _ = train_teacher(artifact, parent.tenant, teacher, family.name,
-                                                      teacher_params=teacher_params, holdout=0.2,
-                                                      reporter=reporter)
+                                                      teacher_params={**(teacher_params or {}),
+                                                                      **(round_params or {})},
+                                                      holdout=0.1, reporter=reporter)
             predictor = family.load_predictor(model_dir)
         probs = predictor.predict_proba(family.raw_inputs(pending))
         calibration: dict[str, Any] = {}
@@ -160,6 +166,8 @@ def auto_label(dataset: str, teacher: str, *, task: str | None = None, threshold
         pseudo = int((new_rows.loc[pending.index, "label_source"] == "teacher").sum())
         history.append({"round": round_no, "teacher": label_model, "threshold": round_threshold,
                         "pseudo_labeled": pseudo, **({"calibration": calibration} if calibration else {})})
+        if on_round is not None:
+            on_round(round_no, new_rows)
     threshold = round_threshold
     predicted = len(pending)
     details = {"teacher": label_model, "threshold": threshold, "threshold_from": threshold_from,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import tasks
+from ..errors import MFError
 from ..tasks import pretrained
 from .spec import LoraSpec, OrderSpec, RecipeStep
 
@@ -58,13 +59,16 @@ def adapt_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
 
 def teacher_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
     task, t = spec.task, spec.teacher
+    if t.augment and not tasks.get(task).augments:
+        raise MFError(f"teacher.augment: the {task} family has no training augmentation; remove it")
     nodes = [
         Node("split", "split", spec.split.model_dump(), {"dataset": f"@{dataset_artifact}"}),
         Node("teacher", "finetune_teacher",
              {"task": task, "_pretrained": t.model, "pretrained_id": pretrained.identity(t.model),
               "epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size, "max_length": t.max_length,
               "seed": spec.split.seed, "_checkpoint_every": t.checkpoint_every,
-              **({"image_size": t.image_size} if t.image_size else {})},  # absent by default: text keys unchanged
+              **({"image_size": t.image_size} if t.image_size else {}),  # absent by default: cache keys unchanged
+              **({"augment": True} if t.augment else {})},
              {"split": "split"}),
         Node("export_teacher", "export_onnx", {"task": task}, {"model": "teacher", "split": "split"}),
     ]

@@ -78,6 +78,8 @@ class TeacherSpec(Strict):
     max_length: int = Field(128, gt=4, le=4096, description="text: tokens kept per input")
     image_size: int | None = Field(None, ge=4, le=1024, description="images: side they are resized to "
                                                                      "(default: the data's most common size)")
+    augment: bool = Field(False, description="images: train on randomly shifted, rotated and scaled copies "
+                                             "(worth it when the labeled rows are few)")
     checkpoint_every: int = Field(50, gt=0, description="training steps between checkpoints")
     lora: LoraSpec | None = Field(None, description="generative tasks: the adapter trained on the frozen base")
 

@@ -97,7 +97,14 @@ def finetune_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[
     def loss_fn(model, batch, idx):
         return task.loss(task.forward(model, batch), train.targets[idx])
 
-    result = fit(bundle.model, len(train), lambda idx: task.collate(train, idx), loss_fn, cfg,
+    def make_batch(idx):
+        batch = task.collate(train, idx)
+        if not params.get("augment"):
+            return batch
+        # Seeded by the batch's rows: the same batch gets the same perturbations after a resume.
+        return task.augment(batch, torch.Generator().manual_seed(hash((cfg.seed, *idx)) & 0x7FFFFFFF))
+
+    result = fit(bundle.model, len(train), make_batch, loss_fn, cfg,
                  Checkpoint(ctx.work / "checkpoint"),
                  on_step=lambda s, t, loss: ctx.progress(s, t, f"loss {loss:.3f}"), should_stop=ctx.should_stop)
     ctx.notes["resumed_from_step"] = result.resumed_from_step

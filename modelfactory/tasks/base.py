@@ -182,6 +182,13 @@ class TaskFamily(Family):
     def loss(self, outputs: Outputs, targets: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.cross_entropy(outputs.logits, targets)
 
+    augments: ClassVar[bool] = False  # whether `augment` does anything (teacher.augment is refused if not)
+
+    def augment(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """A training batch randomly perturbed in ways that keep its labels (teacher fine-tuning with
+        `teacher.augment`); the batch as it is for families without augmentation."""
+        return batch
+
     def raw_inputs(self, df: pd.DataFrame) -> list[Any]:
         """The split's raw inputs as a client would send them (texts, encoded image bytes)."""
         return df[self.roles[0]].tolist()

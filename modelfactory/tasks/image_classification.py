@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -204,6 +205,26 @@ def _resize_float(arr: np.ndarray, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
 
 
+def random_affine(pixels: torch.Tensor, generator: torch.Generator, shift: float = 0.1, degrees: float = 12.0,
+                  scale: tuple[float, float] = (0.9, 1.1)) -> torch.Tensor:
+    """[N, H, W, C] float pixels, each image warped by its own random shift (share of the side), rotation and
+    scale; same shape out."""
+    n = pixels.shape[0]
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=generator)
+
+    angle = uniform(-degrees, degrees) * (math.pi / 180)
+    zoom = uniform(*scale)
+    tx, ty = uniform(-2 * shift, 2 * shift), uniform(-2 * shift, 2 * shift)  # grid coordinates span 2
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    x = pixels.permute(0, 3, 1, 2)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.permute(0, 2, 3, 1).contiguous()
+
+
 def data_preprocessing(images: Sequence[bytes], image_size: int | None) -> Preprocessing:
     """Size, channels and normalisation chosen from the data: the most common side, grey unless any image has
     colour, per-channel mean and std of the pixels."""
@@ -346,6 +367,14 @@ class ImageClassification(TaskFamily):
 
     def collate(self, encoded: Encoded, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         return {"image": torch.stack([encoded.examples[i].to(torch.float32) for i in indices])}
+
+    augments = True
+
+    def augment(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Each image independently shifted by up to 10% of its side, rotated by up to 12 degrees and scaled by
+        0.9-1.1 (one bilinear affine warp, edges repeated): what lets a teacher learn from a couple of hundred
+        images. No flips: they change what digits and text mean."""
+        return {**batch, "image": random_affine(batch["image"], generator)}
 
     def forward(self, model: nn.Module, batch: Mapping[str, torch.Tensor], *, hidden_states: bool = False,
                 attentions: bool = False) -> Outputs:
