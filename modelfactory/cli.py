@@ -140,6 +140,9 @@ def _run_order(spec, skip_bad_rows: bool, as_json: bool):
         else:
             console.print(f"try it: mf predict {result.model} {_example_argument(spec.task, result)}",
                           soft_wrap=True)
+            console.print(f"serve it: mf serve --models {result.model.name}  ->  POST "
+                          f"http://127.0.0.1:8000/v2/models/{result.model.name}/infer (Open Inference Protocol v2)",
+                          soft_wrap=True)
     if result.missed:
         raise MFError("targets missed: " + ", ".join(result.missed) + f" (see {result.report_path})", exit_code=3)
     return result
