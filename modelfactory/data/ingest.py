@@ -91,7 +91,7 @@ def _records_csv(text: str, delimiter: str) -> Iterator[tuple[int, dict]]:
         start = reader.line_num + 1
 
 
-def _records_jsonl(text: str) -> Iterator[tuple[int, dict]]:
+def records_jsonl(text: str) -> Iterator[tuple[int, dict]]:
     for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -149,7 +149,7 @@ def read_table(path: str | Path, roles: Mapping[str, str], checks: Mapping[str, 
         records = _records_parquet(path)
     else:
         text = _text(path, compression)
-        records = _records_jsonl(text) if fmt == "jsonl" else _records_csv(text, "," if fmt == "csv" else "\t")
+        records = records_jsonl(text) if fmt == "jsonl" else _records_csv(text, "," if fmt == "csv" else "\t")
 
     checks = checks or {}
     table = Table(rows=[], source=str(path))

@@ -33,6 +33,7 @@ from xml.sax.saxutils import quoteattr
 import pandas as pd
 
 from ..errors import MFError
+from .ingest import records_jsonl
 from .labels import Correction, review_queue, with_provenance
 
 FROM_NAME = "label"  # the Choices control's name in the labeling config
@@ -201,16 +202,9 @@ def _from_task(task: dict, where: str) -> tuple[Correction | None, str | None]:
 
 def _from_jsonl(text: str, name: str) -> tuple[list[Correction], list[str]]:
     out, errors = [], []
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            errors.append(f"{name}:{i}: invalid JSON ({e.msg})")
-            continue
-        if not isinstance(obj, dict):
-            errors.append(f"{name}:{i}: not a JSON object")
+    for i, obj in records_jsonl(text):  # the same line reader (and messages) as `mf data add`
+        if "__error__" in obj:
+            errors.append(f"{name}:{i}: {obj['__error__']}")
             continue
         c, e = _flat(obj, f"{name}:{i}")
         if e:
