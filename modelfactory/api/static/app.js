@@ -437,7 +437,9 @@ async function pageOverview(view, page) {
 // Orders
 
 function orderTemplate(families) {
-  const names = (families || []).map((f) => f.name);
+  // the template below is a teacher -> student order: start from a "compress" family, name the others
+  const sorted = [...(families || [])].sort((a, b) => (a.pipeline === "compress" ? 0 : 1) - (b.pipeline === "compress" ? 0 : 1));
+  const names = sorted.map((f) => f.name);
   const first = names[0] || "<task family>";
   const others = names.slice(1);
   return `# A new order: labelled data in, a small fast model out.
