@@ -971,7 +971,7 @@ def serve(models: Annotated[str | None, typer.Option(
 
         for ref in refs:
             registry.resolve(ref)
-    use_auth = auth or os.environ.get("MF_SERVE_AUTH", "").strip().lower() in ("1", "true", "yes", "on")
+    use_auth = _serve_auth(auth)
     settings = ServeSettings(models=refs, batch=batch, max_loaded=max_loaded,
                              max_loaded_bytes=int(max_loaded_mb * 1e6) if max_loaded_mb else None, threads=threads,
                              auth=use_auth, load_on_demand=not explicit, meter_interval_s=meter_interval,
@@ -981,6 +981,11 @@ def serve(models: Annotated[str | None, typer.Option(
                  else "no batching")
               + f" · auth {'on' if use_auth else 'off'} · models {', '.join(refs) or 'on demand'}; Ctrl-C stops")
     run(settings, host=host, port=port, log_level=log_level, access_log=access_log)
+
+
+def _serve_auth(flag: bool) -> bool:
+    """--auth, or MF_SERVE_AUTH set to a true value: both servers read it the same way."""
+    return flag or os.environ.get("MF_SERVE_AUTH", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @app.command("serve-llm")
@@ -1010,7 +1015,7 @@ def serve_llm(base: Annotated[str, typer.Option(help="The base causal LM: a loca
     refs = [a.strip() for a in (adapters or "").split(",") if a.strip()]
     for ref in refs:  # a typo or a wrong adapter fails here, with a clear message, not in the server's startup
         check_adapter(ref, base)
-    use_auth = auth or os.environ.get("MF_SERVE_AUTH", "").strip().lower() in ("1", "true", "yes", "on")
+    use_auth = _serve_auth(auth)
     settings = LLMSettings(base=base, base_name=base_name, adapters=refs, max_adapters=max_adapters,
                            max_batch=max_batch, auth=use_auth, meter_interval_s=meter_interval,
                            server_id=f"{host}:{port}/{os.getpid()}")

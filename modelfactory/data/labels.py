@@ -101,13 +101,6 @@ def label_set(df: pd.DataFrame) -> list[str]:
     return sorted({str(x) for x in seen})
 
 
-def source_counts(df: pd.DataFrame) -> dict[str, int]:
-    """Rows by label source; `unlabeled` for rows with no label yet."""
-    df = with_provenance(df)
-    counts = Counter(s if isinstance(s, str) else "unlabeled" for s in df["label_source"])
-    return {k: counts[k] for k in (*SOURCES, "unlabeled") if counts.get(k)}
-
-
 def seed_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The rows people labeled (what a teacher may be trained and calibrated on)."""
     df = with_provenance(df)

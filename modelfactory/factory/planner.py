@@ -86,7 +86,7 @@ def teacher_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
 def labeling_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
     """A teacher to label a dataset with: the teacher half's split, fine-tune and export nodes, exactly as an
     order names them (so an order on the same seed rows with the same teacher shares their cache)."""
-    nodes = teacher_plan(spec, dataset_artifact).nodes[:3]
+    nodes = [n for n in teacher_plan(spec, dataset_artifact).nodes if n.name in ("split", "teacher", "export_teacher")]
     return Plan(nodes, {"teacher": "export_teacher"}, deployed="teacher")
 
 
