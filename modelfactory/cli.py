@@ -1079,7 +1079,10 @@ def usage(tenant: Annotated[str | None, typer.Option(
 
 # ---------------------------------------------------------------------------------------------------------
 def main() -> None:
-    import click
+    try:  # Typer >= 0.2x raises the exceptions of the copy of click it vendors, not click's own
+        from typer._click import exceptions as click_errors
+    except ImportError:  # pragma: no cover - an older Typer, over click itself
+        from click import exceptions as click_errors
 
     try:
         app(standalone_mode=False)
@@ -1088,10 +1091,15 @@ def main() -> None:
 
         err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise SystemExit(e.exit_code) from None
-    except click.exceptions.Abort:
+    except (typer.Abort, getattr(click_errors, "Abort", typer.Abort)):
         err.print("[yellow]interrupted[/]: finished stages are kept; run the same command again to resume")
         raise SystemExit(130) from None
-    except click.ClickException as e:
+    except click_errors.UsageError as e:
+        # A missing argument, an unknown option, a value of the wrong type: click's usage line, a hint and the
+        # problem (or the help, for a group run without a command), exit 2 - never a traceback.
+        e.show()
+        raise SystemExit(e.exit_code) from None
+    except click_errors.ClickException as e:
         err.print(f"[red]error:[/] {e.format_message()}")
         raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt:
