@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .. import safeyaml
 from ..errors import MFError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"
+# Bounds on what one order may ask for (its cost is still checked by quotas; these stop absurd values early).
+MAX_EPOCHS = 1000
+MAX_BATCH = 4096
+MAX_STEPS = 10_000_000
+MAX_EXCERPT = 80  # characters of a rejected value quoted back in an error message
 
 
 class Strict(BaseModel):
@@ -56,15 +63,16 @@ class DataSpec(Strict):
 class SplitSpec(Strict):
     val: float = Field(0.1, gt=0, lt=0.5)
     test: float = Field(0.1, gt=0, lt=0.5)
-    seed: int = 0
-    max_rows: int | None = Field(None, gt=10, description="stratified sample of this many rows before splitting")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    max_rows: int | None = Field(None, gt=10, le=100_000_000,
+                                 description="stratified sample of this many rows before splitting")
 
 
 class LoraSpec(Strict):
     """A LoRA adapter (peft): rank, scale, dropout, and which linear layers it wraps."""
 
     r: int = Field(8, ge=1, le=256)
-    alpha: float = Field(16.0, gt=0)
+    alpha: float = Field(16.0, gt=0, le=4096)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
@@ -72,47 +80,48 @@ class LoraSpec(Strict):
 class TeacherSpec(Strict):
     model: str = Field(description="a local Hugging Face model dir, a hub id, or a family's built-in architecture "
                                    "trained from scratch (e.g. 'scratch:resnet-s' for images)")
-    epochs: float = Field(2.0, gt=0)
-    lr: float = Field(5e-5, gt=0)
-    batch_size: int = Field(32, gt=0)
+    epochs: float = Field(2.0, gt=0, le=MAX_EPOCHS)
+    lr: float = Field(5e-5, gt=0, le=10)
+    batch_size: int = Field(32, gt=0, le=MAX_BATCH)
     max_length: int = Field(128, gt=4, le=4096, description="text: tokens kept per input")
     image_size: int | None = Field(None, ge=4, le=1024, description="images: side they are resized to "
                                                                      "(default: the data's most common size)")
     augment: bool = Field(False, description="images: train on randomly shifted, rotated and scaled copies "
                                              "(worth it when the labeled rows are few)")
-    checkpoint_every: int = Field(50, gt=0, description="training steps between checkpoints")
+    checkpoint_every: int = Field(50, gt=0, le=MAX_STEPS, description="training steps between checkpoints")
     lora: LoraSpec | None = Field(None, description="generative tasks: the adapter trained on the frozen base")
 
 
 class StudentSpec(Strict):
-    layers: int = Field(2, ge=1)
-    hidden: int | None = Field(None, ge=8)
-    heads: int | None = Field(None, ge=1)
-    ffn: int | None = Field(None, ge=8)
+    layers: int = Field(2, ge=1, le=64)
+    hidden: int | None = Field(None, ge=8, le=8192)
+    heads: int | None = Field(None, ge=1, le=128)
+    ffn: int | None = Field(None, ge=8, le=32768)
     layer_map: Literal["bottom", "uniform"] | list[int] = "bottom"
     freeze_embeddings: bool = True
     vocab: Literal["full", "train"] = Field("full", description="'train' keeps only the tokens the data uses")
-    hidden_weight: float = Field(0.0, ge=0, description="weight of the hidden-state MSE loss (TinyBERT)")
-    attention_weight: float = Field(0.0, ge=0, description="weight of the attention-distribution KL loss (MiniLM)")
-    epochs: float = Field(3.0, gt=0)
-    lr: float = Field(1e-4, gt=0)
-    batch_size: int = Field(32, gt=0)
+    hidden_weight: float = Field(0.0, ge=0, le=1000, description="weight of the hidden-state MSE loss (TinyBERT)")
+    attention_weight: float = Field(0.0, ge=0, le=1000,
+                                    description="weight of the attention-distribution KL loss (MiniLM)")
+    epochs: float = Field(3.0, gt=0, le=MAX_EPOCHS)
+    lr: float = Field(1e-4, gt=0, le=10)
+    batch_size: int = Field(32, gt=0, le=MAX_BATCH)
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft-label KD loss vs the true labels")
-    temperature: float = Field(2.0, gt=0)
-    checkpoint_every: int = Field(50, gt=0, description="training steps between checkpoints")
+    temperature: float = Field(2.0, gt=0, le=100)
+    checkpoint_every: int = Field(50, gt=0, le=MAX_STEPS, description="training steps between checkpoints")
 
 
 class RecoverSpec(Strict):
     """A distillation step that continues from the previous model (after pruning) instead of building one."""
 
-    epochs: float = Field(1.0, gt=0)
-    lr: float = Field(1e-4, gt=0)
-    batch_size: int = Field(32, gt=0)
+    epochs: float = Field(1.0, gt=0, le=MAX_EPOCHS)
+    lr: float = Field(1e-4, gt=0, le=10)
+    batch_size: int = Field(32, gt=0, le=MAX_BATCH)
     alpha: float = Field(0.7, ge=0, le=1)
-    temperature: float = Field(2.0, gt=0)
-    hidden_weight: float = Field(0.0, ge=0)
-    attention_weight: float = Field(0.0, ge=0)
-    checkpoint_every: int = Field(50, gt=0)
+    temperature: float = Field(2.0, gt=0, le=100)
+    hidden_weight: float = Field(0.0, ge=0, le=1000)
+    attention_weight: float = Field(0.0, ge=0, le=1000)
+    checkpoint_every: int = Field(50, gt=0, le=MAX_STEPS)
 
 
 class PruneSpec(Strict):
@@ -122,7 +131,7 @@ class PruneSpec(Strict):
 class QuantizeSpec(Strict):
     mode: Literal["dynamic", "static"] = "dynamic"
     per_channel: bool = True
-    calibration_rows: int = Field(128, gt=0)
+    calibration_rows: int = Field(128, gt=0, le=100_000)
 
 
 class RecipeStep(Strict):
@@ -144,12 +153,34 @@ class RecipeStep(Strict):
         return next(k for k in ("distill", "recover", "prune", "quantize") if getattr(self, k) is not None)
 
 
+MAX_CHOICES = 32
+
+
+def _check_choice(dim: str, value: Any) -> None:
+    """ValueError unless `value` is valid for search dimension `dim` (the field it sets in a trial's recipe)."""
+    if dim == "prune_ratio":
+        if value in (0, 0.0, None):
+            return
+        model, field = PruneSpec, "ratio"
+    elif dim == "quantize":
+        if value not in ("dynamic", "static", "none"):
+            raise ValueError(f"search dimension 'quantize': {excerpt(value)} is not one of dynamic, static, none")
+        return
+    else:
+        model, field = StudentSpec, dim
+    try:
+        model.model_validate({field: value})
+    except ValidationError as e:
+        msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ValueError(f"search dimension '{dim}': {excerpt(value)}: {msg}") from None
+
+
 class SearchSpec(Strict):
     """Budgeted multi-objective recipe search: each trial samples one choice per entry of `space`."""
 
     max_trials: int = Field(8, ge=1, le=500)
-    max_minutes: float = Field(30.0, gt=0)
-    seed: int = 0
+    max_minutes: float = Field(30.0, gt=0, le=7 * 24 * 60)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     space: dict[str, list[Any]] = Field(default_factory=lambda: {
         "layers": [1, 2, 3], "hidden": [None, 256, 128], "vocab": ["train"], "prune_ratio": [0.0, 0.4],
         "alpha": [0.5, 0.9], "quantize": ["dynamic", "static"]})
@@ -161,16 +192,21 @@ class SearchSpec(Strict):
                  "hidden_weight", "attention_weight", "quantize", "epochs", "lr"}
         unknown = sorted(set(v) - known)
         if unknown:
-            raise ValueError(f"unknown search dimension(s) {unknown}; known: {sorted(known)}")
+            raise ValueError(f"unknown search dimension(s) {excerpt(unknown)}; known: {sorted(known)}")
         if any(not isinstance(c, list) or not c for c in v.values()):
             raise ValueError("each search dimension is a non-empty list of choices")
+        if any(len(c) > MAX_CHOICES for c in v.values()):
+            raise ValueError(f"a search dimension has at most {MAX_CHOICES} choices")
+        for dim, choices in v.items():  # a trial's values obey the same bounds as the fields they set
+            for c in choices:
+                _check_choice(dim, c)
         return v
 
 
 class Targets(Strict):
     min_accuracy_ratio: float | None = Field(None, gt=0, le=1.5)
-    max_latency_ms: float | None = Field(None, gt=0)
-    max_size_mb: float | None = Field(None, gt=0)
+    max_latency_ms: float | None = Field(None, gt=0, le=1e7)
+    max_size_mb: float | None = Field(None, gt=0, le=1e7)
 
 
 class OrderSpec(Strict):
@@ -216,8 +252,19 @@ class OrderSpec(Strict):
         from .. import tasks
 
         if v not in tasks.names():
-            raise ValueError(f"unknown task '{v}'; known tasks: {', '.join(tasks.names())}")
+            raise ValueError(f"unknown task {excerpt(v)}; known tasks: {', '.join(tasks.names())}")
         return v
+
+
+def excerpt(value: Any, limit: int = MAX_EXCERPT) -> str:
+    """repr(value) cut to `limit` characters: an error quotes what it rejects, never all of it."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 3, limit, limit
+    short.maxlist = short.maxdict = short.maxtuple = short.maxset = 6
+    text = short.repr(value)  # never walks all of a huge (or alias-shared) structure
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
@@ -230,7 +277,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             parts.append(f"missing field '{loc}'")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            parts.append(f"field '{loc}': {msg} (got {e.get('input')!r})")
+            parts.append(f"field '{loc}': {msg} (got {excerpt(e.get('input'))})")
     return f"{source}: " + "; ".join(parts)
 
 
@@ -247,8 +294,12 @@ def load_spec(path: str | Path) -> OrderSpec:
     p = Path(path)
     if not p.is_file():
         raise MFError(f"{p}: no such order file")
+    if p.stat().st_size > safeyaml.MAX_BYTES:
+        raise MFError(f"{p}: an order spec is at most {safeyaml.MAX_BYTES} bytes")
     try:
-        obj = yaml.safe_load(p.read_text())
+        obj = safeyaml.load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise MFError(f"{p}: not a text file (expected UTF-8 YAML or JSON)") from None
     except yaml.YAMLError as e:
         raise MFError(f"{p}: not valid YAML/JSON ({str(e).splitlines()[0]})") from None
     spec = parse_spec(obj, str(p))

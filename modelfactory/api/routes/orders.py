@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, PlainTextResponse
 from pydantic import BaseModel, ValidationError
 
-from ... import registry
+from ... import registry, safeyaml
 from ...compute import stagejob
 from ...compute.tenants import Principal
 from ...config import settings
@@ -77,7 +77,9 @@ def parse_body(raw: bytes, content_type: str) -> OrderSpec:
         raise HTTPError(f"order spec larger than {MAX_SPEC_BYTES} bytes")
     try:
         text = raw.decode()
-        obj = json.loads(text) if "json" in content_type else yaml.safe_load(text)
+        obj = json.loads(text) if "json" in content_type else safeyaml.load(text, MAX_SPEC_BYTES)
+    except RecursionError:
+        raise HTTPError("the order spec is nested too deeply") from None
     except (UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
         kind = "JSON" if "json" in content_type else "YAML"
         raise HTTPError(f"the order spec is not valid {kind}: {str(e).splitlines()[0]}") from None
