@@ -607,7 +607,7 @@ def tenants_add(name: str,
     else:
         from dataclasses import asdict
 
-        from .compute.tenants import add_tenant
+        from .accounts.tenants import add_tenant
 
         added, key = add_tenant(name, weight=weight, cpu_hours_month=cpu_hours, gpu_hours_month=gpu_hours,
                                 max_slots=max_slots)
@@ -631,7 +631,7 @@ def tenants_set(name: str,
                 max_slots: Annotated[int | None, typer.Option(help="Concurrent slots (-1: unlimited).")] = None,
                 ) -> None:
     """Change a tenant's weight or quotas."""
-    from .compute.tenants import UNSET, set_tenant
+    from .accounts.tenants import UNSET, set_tenant
 
     def lim(v):
         return UNSET if v is None else (None if v < 0 else v)
@@ -651,7 +651,7 @@ def tenants_ls(as_json: JsonFlag = False, server: ServerOpt = None, api_key: Api
     else:
         from dataclasses import asdict
 
-        from .compute.tenants import list_tenants
+        from .accounts.tenants import list_tenants
 
         rows = [asdict(t) for t in list_tenants()]
     if as_json:
@@ -899,7 +899,7 @@ def server(workers: Annotated[int, typer.Option(help="Local worker processes to 
     from .compute.pool import pool_config, run_server
 
     if init:
-        from .compute.tenants import create_key, list_keys
+        from .accounts.tenants import create_key, list_keys
 
         existing = [k for k in list_keys(None) if k.revoked is None]
         info, key = create_key(None, "mf server --init")
@@ -1045,12 +1045,13 @@ def usage(tenant: Annotated[str | None, typer.Option(
             return
         inv = from_json(d)
     else:
-        from .compute.ledger import invoice
+        from .accounts.ledger import invoice
+        from .compute.jobs import names
         from .store import utcnow
 
         if not tenant:
             raise MFError("name the tenant to invoice: --tenant NAME")
-        inv = invoice(tenant, month or f"{utcnow():%Y-%m}")
+        inv = invoice(tenant, month or f"{utcnow():%Y-%m}", job_names=names)
         if csv_path:
             inv.write_csv(csv_path)
         if as_json:

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,15 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from .config import settings
+from .errors import MFError
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")  # tenants, datasets, models
+
+
+def check_name(name: str, what: str = "dataset") -> str:
+    if not NAME_RE.match(name):
+        raise MFError(f"bad {what} name '{name}': use lowercase letters, digits, '.', '_' or '-'")
+    return name
 
 
 def utcnow() -> dt.datetime:
@@ -132,6 +142,7 @@ class Alias(Base):
 # One lock id for "create the schema", so processes starting at once against one PostgreSQL don't race on
 # CREATE TABLE (checkfirst alone is check-then-act).
 _SCHEMA_LOCK = 0x6D66_7363  # "mfsc"
+_WRITE_LOCK = 0x6D66_706C  # "mfpl": held for the length of every `locked_tx` (the pool's and accounts' writes)
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()  # every engine made here, for the fork hook below
 
 
@@ -217,3 +228,46 @@ def session() -> Iterator[Session]:
         except BaseException:
             s.rollback()
             raise
+
+
+def _lock(conn, key: int) -> None:
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+@lru_cache(maxsize=32)
+def _ensure(eng: Engine, tables: tuple[str, ...]) -> None:
+    with eng.connect() as conn:
+        _lock(conn, _SCHEMA_LOCK)
+        Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in tables])
+        conn.commit()
+
+
+def ensure_tables(tables: tuple[str, ...]) -> Engine:
+    """Create the named tables (declared on `Base` by other packages) if this database lacks them, once per
+    process and database. The engine creates the tables it knows when it first connects; a package whose tables
+    may be declared later calls this before using them, so no module has to import another first."""
+    eng = engine()
+    _ensure(eng, tables)
+    return eng
+
+
+@contextmanager
+def locked_tx(tables: tuple[str, ...]) -> Iterator[Session]:
+    """A serialised write transaction over `tables`: SQLite takes the write lock up front (`BEGIN IMMEDIATE`, so
+    a read-then-write transaction never fails half-way on a lock upgrade), PostgreSQL one transaction-scoped
+    advisory lock. Commits on success, rolls back on error. Keep them short: no compute inside."""
+    ensure_tables(tables)
+    with session() as s:
+        _lock(s.connection(), _WRITE_LOCK)
+        yield s
+
+
+@contextmanager
+def read_tx(tables: tuple[str, ...]) -> Iterator[Session]:
+    """A read-only look at `tables` (no lock: readers never wait for writers)."""
+    ensure_tables(tables)
+    with session() as s:
+        yield s

@@ -14,11 +14,11 @@ import yaml
 from sqlalchemy import select
 
 from modelfactory import registry
+from modelfactory.accounts.tenants import create_key
 from modelfactory.api import create_app
 from modelfactory.compute import jobs as pool_jobs
 from modelfactory.compute import utilisation
 from modelfactory.compute.jobs import Spec, log_path
-from modelfactory.compute.tenants import create_key
 from modelfactory.store import ModelVersion, Order, session
 
 from .conftest import sample_csv, tiny_order

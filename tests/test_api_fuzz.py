@@ -10,10 +10,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
+from modelfactory.accounts.tenants import add_tenant
 from modelfactory.api import create_app
 from modelfactory.compute import jobs as pool_jobs
 from modelfactory.compute.jobs import Spec
-from modelfactory.compute.tenants import add_tenant
 
 from .test_serve_support import LiveServer, mf_home, register, text_model_dir  # noqa: F401 (fixtures)
 

@@ -14,12 +14,12 @@ import pytest
 import yaml
 
 from modelfactory import registry
+from modelfactory.accounts.ledger import record_attempt, record_inference
+from modelfactory.accounts.tenants import add_tenant
 from modelfactory.api import create_app
 from modelfactory.compute import jobs as pool_jobs
 from modelfactory.compute.jobs import Spec
-from modelfactory.compute.ledger import record_attempt, record_inference
 from modelfactory.compute.tables import Job, pool_tx
-from modelfactory.compute.tenants import add_tenant
 from modelfactory.store import utcnow
 
 from .conftest import run_mf, sample_csv, tiny_order

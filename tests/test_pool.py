@@ -15,14 +15,15 @@ import threading
 import pytest
 from sqlalchemy import select
 
+from modelfactory.accounts.ledger import invoice
+from modelfactory.accounts.tables import Usage
+from modelfactory.accounts.tenants import add_tenant, hash_key, list_tenants, tenant_for_key
 from modelfactory.cli import main
 from modelfactory.compute import jobs
 from modelfactory.compute.jobs import IllegalTransition, Spec, end_attempt, transition
-from modelfactory.compute.ledger import invoice
 from modelfactory.compute.pool import PoolConfig
 from modelfactory.compute.scheduler import schedule_once
-from modelfactory.compute.tables import Job, JobEvent, Usage, pool_read, pool_tx
-from modelfactory.compute.tenants import add_tenant, hash_key, list_tenants, tenant_for_key
+from modelfactory.compute.tables import Job, JobEvent, pool_read, pool_tx
 from modelfactory.compute.worker import Capacity, heartbeat, register
 from modelfactory.errors import MFError
 from modelfactory.store import utcnow

@@ -31,6 +31,8 @@ import yaml
 from sqlalchemy import select
 
 from modelfactory import registry
+from modelfactory.accounts.tables import Usage
+from modelfactory.accounts.tenants import add_tenant
 from modelfactory.artifacts import ArtifactStore
 from modelfactory.cli import main
 from modelfactory.compute import jobs, policies
@@ -38,8 +40,7 @@ from modelfactory.compute.jobs import Spec
 from modelfactory.compute.pool import pool_config
 from modelfactory.compute.scheduler import schedule_once
 from modelfactory.compute.stagejob import finalize_orders, order_status, plan_keys, submit_order
-from modelfactory.compute.tables import Job, Usage, pool_read, pool_tx
-from modelfactory.compute.tenants import add_tenant
+from modelfactory.compute.tables import Job, pool_read, pool_tx
 from modelfactory.compute.worker import pid_alive
 from modelfactory.factory.order import run_order
 from modelfactory.factory.planner import Node, Plan

@@ -8,9 +8,9 @@ import importlib.util
 import pytest
 
 from modelfactory import registry
+from modelfactory.accounts.tenants import add_tenant
 from modelfactory.compute import jobs
 from modelfactory.compute.stagejob import submit_order
-from modelfactory.compute.tenants import add_tenant
 from modelfactory.factory.spec import parse_spec
 
 from .conftest import tiny_order

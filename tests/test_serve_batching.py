@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from modelfactory import registry
-from modelfactory.compute.ledger import invoice
-from modelfactory.compute.tenants import add_tenant
+from modelfactory.accounts.ledger import invoice
+from modelfactory.accounts.tenants import add_tenant
 from modelfactory.serve import BatchConfig, ServeSettings
 from modelfactory.serve.batcher import Batcher, QueueFull, TooLarge
 from modelfactory.store import utcnow

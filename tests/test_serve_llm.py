@@ -384,7 +384,7 @@ def test_lru_eviction_frees_adapters_from_the_peft_model(adapters, tiny_llama):
 
 
 def test_tenants_see_and_call_only_their_own_adapters(adapters, tiny_llama):
-    from modelfactory.compute.tenants import add_tenant
+    from modelfactory.accounts.tenants import add_tenant
 
     _, acme = add_tenant("acme")
     _, globex = add_tenant("globex")
@@ -414,7 +414,7 @@ def test_tenants_see_and_call_only_their_own_adapters(adapters, tiny_llama):
 def test_every_request_is_metered_into_the_ledger(server, client):
     from sqlalchemy import select
 
-    from modelfactory.compute.tables import InferenceUsage, pool_read
+    from modelfactory.accounts.tables import InferenceUsage, accounts_read
 
     llm = server.app.state.llm
     llm.meter.flush()
@@ -423,7 +423,7 @@ def test_every_request_is_metered_into_the_ledger(server, client):
     list(chat(client, "summarizer", max_tokens=4, stream=True))
     eventually(lambda: sum(w.requests for w in llm.meter.pending().values()) == 4)  # a stream ends after [DONE]
     assert llm.meter.flush() == 2
-    with pool_read() as s:
+    with accounts_read() as s:
         rows = {(r.tenant, r.model, r.version): r for r in s.scalars(
             select(InferenceUsage).where(InferenceUsage.server == "test-llm").order_by(InferenceUsage.id.desc())
             .limit(2))}

@@ -7,8 +7,9 @@ attempt ends at its worker's last heartbeat, the last moment it is known to have
 billed: the resources were used, and the checkpoint it left is what the next attempt resumes from.
 
 Resource-seconds are what was requested, times wall time (cpu x slots x seconds): a reservation is a reservation,
-whether the job kept every core busy or not. Cost is priced when the row is written (`PoolConfig` prices), so an
-invoice does not change when prices do. A row belongs to the (UTC) month in which its attempt ended.
+whether the job kept every core busy or not. Cost is priced when the row is written (`prices()`, or the pool's
+`PoolConfig`), so an invoice does not change when prices do. A row belongs to the (UTC) month in which its attempt
+ended.
 
 Inference is metered into the same ledger: `mf serve` writes one `InferenceUsage` row per model version per
 metering window (requests, rows, CPU-seconds = model wall time x the session's threads, each request billed its
@@ -21,25 +22,55 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import os
 import re
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..errors import MFError
-from .pool import PoolConfig, pool_config
-from .tables import InferenceUsage, Job, Usage, pool_read
+from .tables import InferenceUsage, Usage, accounts_read
 
 OUTCOMES = ("succeeded", "failed", "preempted", "lost", "cancelled")
 
 
-def record_attempt(s: Session, job: Job, *, outcome: str, started: dt.datetime, ended: dt.datetime,
-                   worker: str | None, config: PoolConfig | None = None) -> Usage:
+@dataclass(frozen=True)
+class Prices:
+    """What the ledger charges; the pool's `PoolConfig` carries the same three fields (and is accepted too)."""
+
+    price_cpu_hour: float = 0.05
+    price_gpu_hour: float = 2.0
+    currency: str = "USD"
+
+
+def prices() -> Prices:
+    """`MF_PRICE_CPU_HOUR`, `MF_PRICE_GPU_HOUR`, `MF_CURRENCY`, read on each call."""
+    d = Prices()
+
+    def num(name: str, default: float) -> float:
+        raw = os.environ.get(name)
+        if raw in (None, ""):
+            return default
+        try:
+            return float(raw)
+        except ValueError:
+            raise MFError(f"{name}={raw!r}: expected a number") from None
+
+    return Prices(price_cpu_hour=num("MF_PRICE_CPU_HOUR", d.price_cpu_hour),
+                  price_gpu_hour=num("MF_PRICE_GPU_HOUR", d.price_gpu_hour),
+                  currency=os.environ.get("MF_CURRENCY") or d.currency)
+
+
+def record_attempt(s: Session, job: Any, *, outcome: str, started: dt.datetime, ended: dt.datetime,
+                   worker: str | None, config: Prices | None = None) -> Usage:
+    """Bill one attempt of a pool job (anything with id, tenant, order_id, attempts, cpu, gpu, slots)."""
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown attempt outcome '{outcome}'")
-    cfg = config or pool_config()
+    cfg = config or prices()
     wall = max(0.0, (ended - started).total_seconds())
     cpu_s, gpu_s = job.cpu * job.slots * wall, job.gpu * job.slots * wall
     row = Usage(tenant=job.tenant, order_id=job.order_id, job_id=job.id, attempt=job.attempts, worker=worker,
@@ -51,9 +82,9 @@ def record_attempt(s: Session, job: Job, *, outcome: str, started: dt.datetime, 
 
 def record_inference(s: Session, *, tenant: str, model: str, version: int, server: str, started: dt.datetime,
                      ended: dt.datetime, requests: int, rows: int, cpu_seconds: float,
-                     config: PoolConfig | None = None) -> InferenceUsage:
+                     config: Prices | None = None) -> InferenceUsage:
     """One metering window of one model version served by one process."""
-    cfg = config or pool_config()
+    cfg = config or prices()
     row = InferenceUsage(tenant=tenant, model=model, version=version, server=server, started=started,
                          ended=max(started, ended), requests=requests, rows=rows, cpu_seconds=cpu_seconds,
                          cost=round(cpu_seconds / 3600 * cfg.price_cpu_hour, 9))
@@ -171,18 +202,20 @@ class Invoice:
             return f.getvalue()
 
 
-def invoice(tenant: str, month: str, config: PoolConfig | None = None) -> Invoice:
-    """Every attempt billed to `tenant` in `month` ('YYYY-MM'), oldest first."""
+def invoice(tenant: str, month: str, config: Prices | None = None,
+            job_names: Callable[[Collection[int]], Mapping[int, str]] | None = None) -> Invoice:
+    """Every attempt billed to `tenant` in `month` ('YYYY-MM'), oldest first. `job_names` (the pool's
+    `jobs.names`) names each line's job; without it lines have no name."""
     start, end = month_bounds(month)
-    with pool_read() as s:
-        rows = s.execute(select(Usage, Job.name).join(Job, Job.id == Usage.job_id)
-                         .where(Usage.tenant == tenant, Usage.ended >= start, Usage.ended < end)
+    with accounts_read() as s:
+        rows = s.scalars(select(Usage).where(Usage.tenant == tenant, Usage.ended >= start, Usage.ended < end)
                          .order_by(Usage.ended, Usage.id)).all()
-        lines = [InvoiceLine(job=u.job_id, name=name, order=u.order_id, attempt=u.attempt, worker=u.worker,
-                             started=u.started.isoformat(timespec="seconds"),
+        names = job_names({u.job_id for u in rows}) if job_names and rows else {}
+        lines = [InvoiceLine(job=u.job_id, name=names.get(u.job_id, ""), order=u.order_id, attempt=u.attempt,
+                             worker=u.worker, started=u.started.isoformat(timespec="seconds"),
                              ended=u.ended.isoformat(timespec="seconds"), outcome=u.outcome,
                              cpu_hours=round(u.cpu_seconds / 3600, 6), gpu_hours=round(u.gpu_seconds / 3600, 6),
-                             cost=u.cost) for u, name in rows]
+                             cost=u.cost) for u in rows]
         served = s.execute(select(InferenceUsage.model, InferenceUsage.version, func.min(InferenceUsage.started),
                                   func.max(InferenceUsage.ended), func.sum(InferenceUsage.requests),
                                   func.sum(InferenceUsage.rows), func.sum(InferenceUsage.cpu_seconds),
@@ -195,4 +228,4 @@ def invoice(tenant: str, month: str, config: PoolConfig | None = None) -> Invoic
                                    last=last.isoformat(timespec="seconds"), requests=int(req), rows=int(n),
                                    cpu_hours=round(cpu / 3600, 6), cost=round(cost, 6))
                      for m, v, first, last, req, n, cpu, cost in served]
-    return Invoice(tenant, f"{start:%Y-%m}", (config or pool_config()).currency, lines, inference)
+    return Invoice(tenant, f"{start:%Y-%m}", (config or prices()).currency, lines, inference)

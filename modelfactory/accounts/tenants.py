@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..data.versions import check_name
 from ..errors import MFError, NotFound
-from ..store import utcnow
+from ..store import check_name, utcnow
 from .ledger import month_usage
-from .tables import ApiKey, Job, Tenant, pool_read, pool_tx
+from .tables import ApiKey, Tenant, accounts_read, accounts_tx
 
 KEY_PREFIX = "mfk_"
 
@@ -72,7 +71,7 @@ def add_tenant(name: str, *, weight: float = 1.0, cpu_hours_month: float | None 
     check_name(name, "tenant")
     _check_limits(weight, cpu_hours_month, gpu_hours_month, max_slots)
     key = new_key()
-    with pool_tx() as s:
+    with accounts_tx() as s:
         if s.scalar(select(Tenant).where(Tenant.name == name)) is not None:
             raise MFError(f"tenant '{name}' already exists")
         t = Tenant(name=name, api_key_hash=hash_key(key), weight=weight, cpu_hours_month=cpu_hours_month,
@@ -91,7 +90,7 @@ def set_tenant(name: str, *, weight: float | None = None, cpu_hours_month=UNSET,
     """Change a tenant's weight or limits (pass None to a limit to remove it)."""
     _check_limits(weight, None if cpu_hours_month is UNSET else cpu_hours_month,
                   None if gpu_hours_month is UNSET else gpu_hours_month, None if max_slots is UNSET else max_slots)
-    with pool_tx() as s:
+    with accounts_tx() as s:
         t = tenant_row(s, name)
         if weight is not None:
             t.weight = weight
@@ -105,7 +104,7 @@ def set_tenant(name: str, *, weight: float | None = None, cpu_hours_month=UNSET,
 
 
 def list_tenants() -> list[TenantInfo]:
-    with pool_read() as s:
+    with accounts_read() as s:
         return [TenantInfo.of(t) for t in s.scalars(select(Tenant).order_by(Tenant.name))]
 
 
@@ -147,7 +146,7 @@ class Principal:
 def create_key(tenant: str | None, label: str = "") -> tuple[KeyInfo, str]:
     """A new key for `tenant` (None: an admin key); returns it with the key itself, shown this once."""
     key = new_key()
-    with pool_tx() as s:
+    with accounts_tx() as s:
         if tenant is not None:
             tenant_row(s, tenant)
         row = ApiKey(tenant=tenant, key_hash=hash_key(key), label=label[:200], created=utcnow())
@@ -158,13 +157,13 @@ def create_key(tenant: str | None, label: str = "") -> tuple[KeyInfo, str]:
 
 def list_keys(tenant: str | None) -> list[KeyInfo]:
     """A tenant's keys (tenant None: the admin keys), revoked ones included; never the keys themselves."""
-    with pool_read() as s:
+    with accounts_read() as s:
         q = select(ApiKey).where(ApiKey.tenant.is_(None) if tenant is None else ApiKey.tenant == tenant)
         return [KeyInfo.of(k) for k in s.scalars(q.order_by(ApiKey.id))]
 
 
 def get_key(key_id: int) -> KeyInfo:
-    with pool_read() as s:
+    with accounts_read() as s:
         row = s.get(ApiKey, key_id)
         if row is None:
             raise NotFound(f"no API key {key_id}")
@@ -173,13 +172,17 @@ def get_key(key_id: int) -> KeyInfo:
 
 def revoke_key(key_id: int) -> KeyInfo:
     """Revoke a key: it fails from the next request on. Revoking twice is harmless."""
-    with pool_tx() as s:
+    with accounts_tx() as s:
         row = s.get(ApiKey, key_id)
         if row is None:
             raise NotFound(f"no API key {key_id}")
         if row.revoked is None:
             row.revoked = utcnow()
-        return KeyInfo.of(row)
+        info = KeyInfo.of(row)
+    from .auth import forget  # auth builds on this module: imported here, not at the top
+
+    forget(row.key_hash)
+    return info
 
 
 def principal_for_key(key: str) -> Principal | None:
@@ -187,7 +190,7 @@ def principal_for_key(key: str) -> Principal | None:
     env_admin = os.environ.get("MF_ADMIN_KEY", "")
     if env_admin and hmac.compare_digest(key.encode(), env_admin.encode()):
         return Principal(None, admin=True)
-    with pool_read() as s:
+    with accounts_read() as s:
         row = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked.is_(None)))
         if row is None:
             return None
@@ -199,7 +202,7 @@ def tenant_for_key(key: str) -> TenantInfo | None:
     p = principal_for_key(key)
     if p is None or p.tenant is None:
         return None
-    with pool_read() as s:
+    with accounts_read() as s:
         t = s.scalar(select(Tenant).where(Tenant.name == p.tenant))
         return TenantInfo.of(t) if t else None
 
@@ -214,12 +217,11 @@ class Request:
     time_limit_s: float | None = None
 
 
-def check_quota(s: Session, tenant: Tenant, requests: list[Request], now: dt.datetime) -> None:
-    """Raise MFError if `requests` would take `tenant` over a hard monthly quota (see the module docstring)."""
+def check_quota(s: Session, tenant: Tenant, requests: list[Request], now: dt.datetime,
+                outstanding: list[Request]) -> None:
+    """Raise MFError if `requests` would take `tenant` over a hard monthly quota (see the module docstring).
+    `outstanding`: what the tenant's queued and running jobs with a time limit may still use (the pool knows)."""
     used_cpu, used_gpu = month_usage(s, tenant.name, now)
-    outstanding = [Request(j.cpu, j.gpu, j.slots, j.time_limit_s) for j in s.scalars(
-        select(Job).where(Job.tenant == tenant.name, Job.state.in_(("queued", "running")),
-                          Job.time_limit_s.is_not(None)))]
     for label, quota, used, attr in (("CPU", tenant.cpu_hours_month, used_cpu, "cpu"),
                                      ("GPU", tenant.gpu_hours_month, used_gpu, "gpu")):
         if quota is None or not any(getattr(r, attr) > 0 for r in requests):

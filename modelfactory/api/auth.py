@@ -1,27 +1,22 @@
-"""Who is calling: `Authorization: Bearer <api key>` -> a Principal (a tenant, or an admin). Keys are looked up
-on every request (a revoked key fails at once). The dashboard sends the same header from JavaScript."""
+"""Who is calling: `Authorization: Bearer <api key>` -> a Principal (a tenant, or an admin), by the rules every
+server shares (accounts.auth). The dashboard sends the same header from JavaScript."""
 
 from __future__ import annotations
 
 from fastapi import Request
 
-from ..compute.tenants import Principal, principal_for_key
+from ..accounts import auth
+from ..accounts.tenants import Principal
 from ..errors import NotFound
 from .errors import Forbidden, Unauthorized
 
 
 def principal(request: Request) -> Principal:
     """FastAPI dependency: the caller, or 401."""
-    header = request.headers.get("authorization")
-    if not header:
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise Unauthorized("malformed Authorization header: expected 'Bearer <key>'")
-    p = principal_for_key(key.strip())
-    if p is None:
-        raise Unauthorized("invalid or revoked API key")
-    return p
+    try:
+        return auth.authenticate(request.headers.get("authorization"))
+    except auth.Unauthorized as e:
+        raise Unauthorized(str(e)) from None
 
 
 def admin_only(p: Principal) -> None:

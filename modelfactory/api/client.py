@@ -183,7 +183,7 @@ class ControlPlane:
 
     # --- usage ---------------------------------------------------------------------------------------------------
     def usage(self, tenant: str | None = None, month: str | None = None) -> dict:
-        """`GET /usage`: the invoice (`compute.ledger.Invoice.as_dict`)."""
+        """`GET /usage`: the invoice (`accounts.ledger.Invoice.as_dict`)."""
         return self.json("GET", "/usage", params={"tenant": tenant, "month": month})
 
     def usage_csv(self, tenant: str | None = None, month: str | None = None) -> str:
@@ -197,8 +197,8 @@ def _seg(value: str) -> str:
 
 
 def invoice(d: dict):
-    """The API's invoice JSON back as a `compute.ledger.Invoice` (for the CLI's table)."""
-    from ..compute.ledger import InferenceLine, Invoice, InvoiceLine
+    """The API's invoice JSON back as a `accounts.ledger.Invoice` (for the CLI's table)."""
+    from ..accounts.ledger import InferenceLine, Invoice, InvoiceLine
 
     return Invoice(d["tenant"], d["month"], d["currency"], [InvoiceLine(**line) for line in d.get("lines", [])],
                    [InferenceLine(**line) for line in d.get("inference", [])])

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Path, Query
 
-NAME = r"^[a-z0-9][a-z0-9._-]{0,99}$"  # tenants, datasets, models: what data.versions.check_name accepts
+NAME = r"^[a-z0-9][a-z0-9._-]{0,99}$"  # tenants, datasets, models: what store.check_name accepts
 MAX_ID = 2**53  # ids fit a JSON number exactly, and every database's integer
 
 TenantQuery = Annotated[str | None, Query(pattern=NAME, description="only this tenant's (admins)")]

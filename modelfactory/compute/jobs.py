@@ -17,21 +17,21 @@ from __future__ import annotations
 
 import datetime as dt
 import shlex
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..accounts.ledger import record_attempt
+from ..accounts.tenants import Request, check_quota, tenant_row
 from ..config import settings
 from ..errors import MFError, NotFound
 from ..store import utcnow
-from .ledger import record_attempt
 from .policies import PRIORITIES
 from .pool import PoolConfig
 from .tables import Job, JobEvent, pool_read, pool_tx
-from .tenants import Request, check_quota, tenant_row
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -132,12 +132,25 @@ class Spec:
         return Request(self.cpu, self.gpu, self.slots, self.time_limit_s)
 
 
+def outstanding(s: Session, tenant: str) -> list[Request]:
+    """What `tenant`'s queued and running jobs with a time limit may still use (the quota's reservations)."""
+    return [Request(j.cpu, j.gpu, j.slots, j.time_limit_s) for j in s.scalars(
+        select(Job).where(Job.tenant == tenant, Job.state.in_(("queued", "running")), Job.time_limit_s.is_not(None)))]
+
+
+def names(ids: Collection[int]) -> dict[int, str]:
+    """Job id -> name, for invoices (accounts.ledger.invoice's `job_names`)."""
+    with pool_read() as s:
+        return dict(s.execute(select(Job.id, Job.name).where(Job.id.in_(list(ids)))).all())
+
+
 def admit(s: Session, tenant: str, specs: Sequence[Spec], *, now: dt.datetime | None = None) -> None:
     """Raise MFError unless `specs` are well-formed, `tenant` exists, and the batch as a whole fits the tenant's
-    hard quotas (see tenants.py)."""
+    hard quotas (see accounts/tenants.py)."""
     for spec in specs:
         spec.validate()
-    check_quota(s, tenant_row(s, tenant), [spec.request() for spec in specs], now or utcnow())
+    check_quota(s, tenant_row(s, tenant), [spec.request() for spec in specs], now or utcnow(),
+                outstanding(s, tenant))
 
 
 def create(s: Session, tenant: str, spec: Spec, *, now: dt.datetime | None = None,

@@ -56,6 +56,8 @@ class PoolConfig:
 
 
 def pool_config() -> PoolConfig:
+    from ..accounts.ledger import prices
+
     env = os.environ
     d = PoolConfig()
 
@@ -70,6 +72,7 @@ def pool_config() -> PoolConfig:
 
             raise MFError(f"{name}={raw!r}: expected a number") from None
 
+    p = prices()
     return PoolConfig(policy=env.get("MF_POOL_POLICY") or d.policy,
                       lease_timeout_s=num("MF_LEASE_TIMEOUT_S", d.lease_timeout_s),
                       heartbeat_s=num("MF_HEARTBEAT_S", d.heartbeat_s),
@@ -77,9 +80,7 @@ def pool_config() -> PoolConfig:
                       worker_poll_s=num("MF_WORKER_POLL_S", d.worker_poll_s),
                       preempt_grace_s=num("MF_PREEMPT_GRACE_S", d.preempt_grace_s),
                       min_runtime_s=num("MF_PREEMPT_MIN_RUNTIME_S", d.min_runtime_s),
-                      price_cpu_hour=num("MF_PRICE_CPU_HOUR", d.price_cpu_hour),
-                      price_gpu_hour=num("MF_PRICE_GPU_HOUR", d.price_gpu_hour),
-                      currency=env.get("MF_CURRENCY") or d.currency,
+                      price_cpu_hour=p.price_cpu_hour, price_gpu_hour=p.price_gpu_hour, currency=p.currency,
                       executor=env.get("MF_EXECUTOR") or d.executor)
 
 

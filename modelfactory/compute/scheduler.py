@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..accounts.tables import Tenant
 from ..errors import MFError
 from ..store import utcnow
 from . import policies
 from .jobs import end_attempt, note, transition
 from .policies import JobView, Resources, TenantView, WorkerView
 from .pool import PoolConfig, pool_config
-from .tables import Job, Tenant, Worker, pool_tx
+from .tables import Job, Worker, pool_tx
 
 
 @dataclass

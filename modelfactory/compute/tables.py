@@ -15,55 +15,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    text,
-)
-from sqlalchemy.engine import Engine
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from ..store import Base, engine, session, utcnow
-
-# Same id as store.py's schema lock: creating our tables and store.py creating its tables never race.
-_SCHEMA_LOCK = 0x6D66_7363
-_POOL_LOCK = 0x6D66_706C  # "mfpl": held for the length of every pool write transaction on PostgreSQL
-
-
-class Tenant(Base):
-    __tablename__ = "tenants"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
-    api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex; the key is shown once
-    weight: Mapped[float] = mapped_column(Float, default=1.0)  # fair-share weight
-    cpu_hours_month: Mapped[float | None] = mapped_column(Float, nullable=True)  # hard quota; None = unlimited
-    gpu_hours_month: Mapped[float | None] = mapped_column(Float, nullable=True)  # hard quota; None = unlimited
-    max_slots: Mapped[int | None] = mapped_column(Integer, nullable=True)  # soft: jobs beyond it wait
-    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-
-
-class ApiKey(Base):
-    """An API key, stored as its sha256 only (the key itself is shown once). `tenant` None = an admin key.
-    A revoked key stays as a row (who had it, until when) and stops working at once: every request looks it up."""
-
-    __tablename__ = "api_keys"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    tenant: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    label: Mapped[str] = mapped_column(String(200), default="")
-    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    revoked: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+from ..accounts.tables import ACCOUNT_TABLES, ensure_accounts
+from ..store import Base, locked_tx, read_tx, utcnow
+from ..store import ensure_tables as store_ensure
 
 
 class Job(Base):
@@ -129,46 +87,6 @@ class Worker(Base):
     state: Mapped[str] = mapped_column(String(20), default="up")  # up | stopping | stopped | lost
 
 
-class Usage(Base):
-    """The ledger: one row per attempt, written in the transaction that ends the attempt."""
-
-    __tablename__ = "usage"
-    __table_args__ = (UniqueConstraint("job_id", "attempt"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    tenant: Mapped[str] = mapped_column(String(100), index=True)
-    order_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
-    attempt: Mapped[int] = mapped_column(Integer)
-    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    started: Mapped[dt.datetime] = mapped_column(DateTime)
-    ended: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
-    cpu_seconds: Mapped[float] = mapped_column(Float)  # cpu x slots x wall
-    gpu_seconds: Mapped[float] = mapped_column(Float)  # gpu x slots x wall
-    outcome: Mapped[str] = mapped_column(String(20))  # succeeded | failed | preempted | lost | cancelled
-    cost: Mapped[float] = mapped_column(Float)  # at the prices in force when the attempt ended
-
-
-class InferenceUsage(Base):
-    """The ledger's inference rows: what one `mf serve` process did for one model version in one metering window
-    (requests, rows, and the model's compute: batch wall time x the session's threads, each request billed its
-    rows' share of its batch). Written by serve/metering.py; invoiced beside the jobs' attempts."""
-
-    __tablename__ = "inference_usage"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    tenant: Mapped[str] = mapped_column(String(100), index=True)
-    model: Mapped[str] = mapped_column(String(200))
-    version: Mapped[int] = mapped_column(Integer)
-    server: Mapped[str] = mapped_column(String(200))  # host:port/pid of the serving process
-    started: Mapped[dt.datetime] = mapped_column(DateTime)
-    ended: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
-    requests: Mapped[int] = mapped_column(Integer)
-    rows: Mapped[int] = mapped_column(Integer)
-    cpu_seconds: Mapped[float] = mapped_column(Float)
-    cost: Mapped[float] = mapped_column(Float)  # at the prices in force when the window was written
-
-
 class PoolOrder(Base):
     """An order submitted to the pool: which job (or cache hit) stands for each node of its plan."""
 
@@ -201,44 +119,21 @@ class PoolSample(Base):
     running: Mapped[int] = mapped_column(Integer)
 
 
-POOL_TABLES = [t.__table__ for t in (Tenant, ApiKey, Job, JobEvent, Worker, Usage, InferenceUsage, PoolOrder,
-                                     PoolSample)]
+POOL_TABLES = tuple(t.__tablename__ for t in (Job, JobEvent, Worker, PoolOrder, PoolSample))
 
 
-@lru_cache(maxsize=8)
-def _ensure(eng: Engine) -> None:
-    with eng.connect() as conn:
-        _lock(conn, _SCHEMA_LOCK)
-        Base.metadata.create_all(conn, tables=POOL_TABLES)
-        # tenants from before api_keys existed: their key (Tenant.api_key_hash) becomes their first key row
-        conn.execute(text("INSERT INTO api_keys (tenant, key_hash, label, created) "
-                          "SELECT t.name, t.api_key_hash, 'initial', t.created FROM tenants t "
-                          "WHERE NOT EXISTS (SELECT 1 FROM api_keys k WHERE k.key_hash = t.api_key_hash)"))
-        conn.commit()
-
-
-def ensure_tables() -> Engine:
-    """Create the pool's tables if this database lacks them (once per process and database). store.py creates
-    the tables it knows when it first connects; ours are created here, so no other module has to import us
-    first."""
-    eng = engine()
-    _ensure(eng)
-    return eng
-
-
-def _lock(conn, key: int) -> None:
-    if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    elif conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+def ensure_tables() -> None:
+    """Create the pool's (and the accounts') tables if this database lacks them (once per process and
+    database), so no other module has to import us first."""
+    ensure_accounts()
+    store_ensure(POOL_TABLES)
 
 
 @contextmanager
 def pool_tx() -> Iterator[Session]:
     """A pool write transaction (see the module docstring): commits on success, rolls back on error."""
     ensure_tables()
-    with session() as s:
-        _lock(s.connection(), _POOL_LOCK)
+    with locked_tx(POOL_TABLES + ACCOUNT_TABLES) as s:
         yield s
 
 
@@ -246,5 +141,5 @@ def pool_tx() -> Iterator[Session]:
 def pool_read() -> Iterator[Session]:
     """A read-only look at the pool (no lock: readers never wait for the scheduler)."""
     ensure_tables()
-    with session() as s:
+    with read_tx(POOL_TABLES + ACCOUNT_TABLES) as s:
         yield s

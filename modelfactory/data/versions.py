@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,12 +14,11 @@ from sqlalchemy import func, select
 
 from ..artifacts import ArtifactStore, content_hash
 from ..errors import MFError, NotFound
-from ..store import DatasetLineage, DatasetVersion, session
+from ..store import DatasetLineage, DatasetVersion, check_name, session
 from . import images, labels
 from .ingest import RowCheck, RowError, Table, peek_columns, raise_on_errors, read_table
 
 ROWS_FILE = "rows.parquet"
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 
 
 @dataclass
@@ -36,12 +34,6 @@ class DatasetRef:
 
     def __str__(self) -> str:
         return f"{self.name}@{self.version}"
-
-
-def check_name(name: str, what: str = "dataset") -> str:
-    if not NAME_RE.match(name):
-        raise MFError(f"bad {what} name '{name}': use lowercase letters, digits, '.', '_' or '-'")
-    return name
 
 
 def stats_of(rows: list[dict]) -> dict:

@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from .auth import Authenticator, Unauthorized
+from .auth import Unauthorized, caller_tenant
 from .batcher import BatchConfig, Closed, QueueFull, TooLarge
 from .metering import Meter
 from .metrics import ServeMetrics
@@ -144,7 +144,6 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     repo = ModelRepository(cfg.batch, max_loaded=cfg.max_loaded, max_bytes=cfg.max_loaded_bytes,
                            threads=cfg.threads, alias_ttl_s=cfg.alias_ttl_s, load_on_demand=cfg.load_on_demand,
                            metrics=metrics, meter=meter)
-    auth = Authenticator(cfg.auth)
     state = {"ready": False}
 
     async def flush_loop() -> None:
@@ -192,11 +191,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             return _error(*_classify(exc))
 
     async def caller(request: Request) -> str | None:
-        header = request.headers.get("authorization")
-        known, tenant = auth.cached(header)
-        if known:
-            return tenant
-        return await asyncio.to_thread(auth.tenant_of, header)
+        return await caller_tenant(cfg.auth, request.headers.get("authorization"))
 
     async def model_for(request: Request, name: str, version: str | None, load: bool = True):
         tenant = await caller(request)

@@ -44,8 +44,8 @@ class Meter:
     def flush(self) -> int:
         """Write the window's rows (one transaction); returns how many. On a database error the counts are kept
         for the next flush, never lost."""
-        from ..compute.ledger import record_inference
-        from ..compute.tables import pool_tx
+        from ..accounts.ledger import record_inference
+        from ..accounts.tables import accounts_tx
 
         with self._lock:
             windows, self._open = self._open, {}
@@ -54,7 +54,7 @@ class Meter:
             return 0
         ended = utcnow()
         try:
-            with pool_tx() as s:
+            with accounts_tx() as s:
                 for (tenant, model, version), w in windows.items():
                     record_inference(s, tenant=tenant, model=model, version=version, server=self.server,
                                      started=started, ended=ended, requests=w.requests, rows=w.rows,

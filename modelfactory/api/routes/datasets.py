@@ -13,7 +13,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from pydantic import BaseModel
 
-from ...compute.tenants import Principal
+from ...accounts.tenants import Principal
 from ...config import settings
 from ...data import versions
 from ...data.ingest import BadRows

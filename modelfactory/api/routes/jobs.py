@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse
 
+from ...accounts.tenants import Principal
 from ...compute import jobs as pool_jobs
-from ...compute.tenants import Principal
 from ..auth import principal, tenant_filter, visible
 from ..params import MAX_ID, Id, TenantQuery
 

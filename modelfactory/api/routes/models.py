@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ... import registry
-from ...compute.tenants import Principal
+from ...accounts.tenants import Principal
 from ...errors import NotFound
 from ..auth import principal, tenant_filter, visible
 from ..params import MAX_ID, TenantQuery

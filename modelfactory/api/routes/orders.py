@@ -19,8 +19,8 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from pydantic import BaseModel, ValidationError
 
 from ... import registry, safeyaml
+from ...accounts.tenants import Principal
 from ...compute import stagejob
-from ...compute.tenants import Principal
 from ...config import settings
 from ...data import versions
 from ...errors import NotFound

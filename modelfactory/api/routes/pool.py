@@ -7,8 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
+from ...accounts.tenants import Principal
 from ...compute import utilisation
-from ...compute.tenants import Principal
 from ..auth import principal
 
 router = APIRouter(tags=["pool"])

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from ... import tasks
-from ...compute.tenants import Principal
+from ...accounts.tenants import Principal
 from ..auth import principal
 
 router = APIRouter(tags=["tasks"])

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...compute.tenants import (
+from ...accounts.tenants import (
     UNSET,
     Principal,
     add_tenant,

@@ -8,8 +8,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse
 
-from ...compute.ledger import invoice
-from ...compute.tenants import Principal
+from ...accounts.ledger import invoice
+from ...accounts.tenants import Principal
+from ...compute.jobs import names
 from ...store import utcnow
 from ..auth import principal, tenant_filter
 from ..errors import HTTPError
@@ -29,7 +30,7 @@ def usage(tenant: TenantQuery = None, month: str | None = Query(None, pattern=r"
     month = month or f"{utcnow():%Y-%m}"
     if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
         raise HTTPError(f"bad month '{month}': expected YYYY-MM")
-    inv = invoice(who, month)
+    inv = invoice(who, month, job_names=names)
     if format == "csv":
         return PlainTextResponse(inv.csv_text(), media_type="text/csv",
                                  headers={"Content-Disposition": f'attachment; filename="usage-{who}-{month}.csv"'})

@@ -32,7 +32,7 @@ from ...errors import MFError
 from ...registry import ModelRef
 from ...tasks.lm_common import CHAT_END, chat_tokenizer
 from ...tasks.pretrained import load_error, resolve
-from ..auth import Authenticator, Unauthorized
+from ..auth import Unauthorized, caller_tenant
 from ..metering import Meter
 from .adapters import AdapterLoadError, AdapterPool, IncompatibleModel, UnknownModel
 from .engine import BASE, AdapterHost, Engine, EngineClosed, Generation, QueueFull, SamplingParams, StepStats
@@ -98,7 +98,7 @@ class LLMServer:
                                   or getattr(model.config, "n_positions", None) or self.tokenizer.model_max_length)
         self.metrics = LLMMetrics()
         self.meter = Meter(settings.server_id, settings.meter_interval_s)
-        self.auth = Authenticator(settings.auth)
+        self.auth = settings.auth
         self.fingerprint = f"mf-{__version__}"
         self.engine = Engine(AdapterHost(model), self.tokenizer, max_batch=settings.max_batch,
                              max_waiting=settings.max_waiting, eos_token_ids=self._eos_ids(model),
@@ -131,11 +131,7 @@ class LLMServer:
 
     # --- requests ---------------------------------------------------------------------------------------
     async def caller(self, request: Request) -> str | None:
-        header = request.headers.get("authorization")
-        known, tenant = self.auth.cached(header)
-        if known:
-            return tenant
-        return await asyncio.to_thread(self.auth.tenant_of, header)
+        return await caller_tenant(self.auth, request.headers.get("authorization"))
 
     async def target(self, model: str, tenant: str | None) -> Target:
         if model == self.base_name:
