@@ -330,6 +330,10 @@ def _zip_entries(path: Path, limits: _Limits) -> list[_Entry]:
             for i in infos:
                 if i.file_size >= LARGE_MEMBER_BYTES and i.file_size > limits.max_ratio * i.compress_size:
                     budget.refuse_ratio(i.filename, i.file_size, i.compress_size)
+            # many small members count too: the ratio of the whole archive, once it expands past a member's worth
+            expanded, packed = sum(i.file_size for i in infos), path.stat().st_size
+            if expanded >= LARGE_MEMBER_BYTES and expanded > limits.max_ratio * packed:
+                budget.refuse_ratio(None, expanded, packed)
             return _dedup([_zip_read(zf, i, budget) for i in infos])
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
         raise MFError(f"{path.name}: not a readable zip archive ({e})") from None

@@ -65,12 +65,16 @@ class Uploaded(BaseModel):
     stats: dict
 
 
+MAX_ROWS_LISTED = 100
+
+
 def bad_rows(e: BadRows, filename: str) -> HTTPError:
-    """The rows, each with its file and line; the summary names the upload, not where the server kept it."""
+    """The rows, each with its file and line (the first MAX_ROWS_LISTED, and how many more in `rows_omitted`);
+    the summary names the upload, not where the server kept it."""
     return HTTPError(f"{len(e.errors)} bad row(s) in {filename}: fix them, or skip them (skip_bad_rows) to add "
                      f"the good rows only", rows=[
         {"where": f"{r.source}:{r.line}" if r.line is not None else r.source, "message": r.reason}
-        for r in e.errors])
+        for r in e.errors[:MAX_ROWS_LISTED]], rows_omitted=max(0, len(e.errors) - MAX_ROWS_LISTED))
 
 
 def _safe_filename(name: str | None) -> str:
