@@ -23,10 +23,10 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/mf demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -rs
 
 test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -rs -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check modelfactory tests bench
