@@ -31,7 +31,7 @@ Isolation (`isolation()` says which applies; the job's record says which did):
   it is the namespaces that keep them from the platform's files, processes, sockets and network.
 - `uid` (root, bubblewrap missing or unusable): the per-tenant uid, and a fresh network namespace (unshare(2)
   CLONE_NEWNET before dropping root) unless network was granted. The filesystem is shared: file modes keep tenants
-  apart (`MF_HOME/tenants` is root-owned 0711; a tenant's directory, `jobs/`, the job directory and `logs/` are
+  apart (MF_HOME is made 0711 and `MF_HOME/tenants` is root-owned 0711; a tenant's directory, `jobs/`, the job directory and `logs/` are
   root:tenant-gid 0750; `work/`, `outputs/`, `tmp/` tenant-owned 0700), and the platform's own files must be
   private to it (the platform runs with umask 077; MF_HOME's other contents are 0700/0600).
 - `none`: not root and no usable bubblewrap. `run_command` refuses with a clear MFError unless the caller passed
@@ -134,8 +134,9 @@ class SandboxResult:
     exit_code: int | None  # None when the process was killed by a signal (or could not be started)
     reason: str  # 'ok' | 'failed' | 'memory limit' | 'time limit' | 'disk limit' | 'stopped'
     wall_seconds: float
-    cpu_seconds: float  # user + sys of the process and the descendants it waited for (os.wait4 rusage)
-    max_rss_mb: float  # peak resident set of the largest single process among those
+    cpu_seconds: float  # user + sys: the cgroup's count where there is one, else os.wait4 rusage (undercounts under
+    #                     bubblewrap without a cgroup: its init is not always waited for)
+    max_rss_mb: float  # the memory cgroup's peak (all processes) where there is one, else the largest process's
     stdout_path: Path
     stderr_path: Path
     outputs_dir: Path
@@ -239,6 +240,9 @@ def _prepare_job_dir(tenant: str, job_dir: Path) -> None:
             _ensure_dir(d, 0o700)
         return
     uid, gid = tenant_ids(tenant)
+    home = os.stat(root.parent)
+    if home.st_uid == os.geteuid() and stat.S_IMODE(home.st_mode) & 0o077 != 0o011:
+        os.chmod(root.parent, stat.S_IMODE(home.st_mode) & 0o700 | 0o011)  # others may pass, not list or write
     _ensure_dir(root, 0o711, 0, 0)
     blocker = _unsearchable_ancestor(root)
     if blocker is not None:
@@ -357,6 +361,8 @@ class _JobCgroup:
         self.dirs: list[Path] = []
         self.controllers: dict[str, tuple[int, Path]] = {}  # memory/pids/cpu/cpuset -> (version, directory)
         self.kill_file: Path | None = None  # v2 cgroup.kill
+        self.v2: Path | None = None  # the v2 directory (cpu.stat is always there)
+        self.cpuacct: Path | None = None  # a v1 cpuacct directory, for CPU time when there is no v2 one
         self.freezer: Path | None = None  # v1 freezer directory
         self.enforcement: dict[str, str] = {}
         self.problems: list[str] = []
@@ -377,6 +383,7 @@ class _JobCgroup:
                     if ctrl not in enabled:  # fails (EBUSY) where our own cgroup holds processes: v1 or nothing
                         _best_effort_write(v2_base / "cgroup.subtree_control", f"+{ctrl}")
                 v2_controllers = set(_read_text(v2_dir / "cgroup.controllers").split())
+                g.v2 = v2_dir
                 if (v2_dir / "cgroup.kill").exists():
                     g.kill_file = v2_dir / "cgroup.kill"
 
@@ -438,8 +445,12 @@ class _JobCgroup:
             d = v1_dir("freezer")
             if d is not None and (d / "freezer.state").exists():
                 g.freezer = d
+        if g.v2 is None:
+            d = v1_dir("cpuacct")
+            if d is not None and (d / "cpuacct.usage").exists():
+                g.cpuacct = d
         # A v1 directory created for a controller whose limit could not be written would hold the job for nothing.
-        used = {d for _, d in g.controllers.values()} | {v2_dir, g.freezer}
+        used = {d for _, d in g.controllers.values()} | {v2_dir, g.freezer, g.cpuacct}
         for d in [d for d in g.dirs if d not in used]:
             _best_effort_rmdir(d)
             g.dirs.remove(d)
@@ -453,6 +464,12 @@ class _JobCgroup:
             return None
         self.dirs.append(path)
         return path
+
+    def why_not(self, ctrl: str) -> str:
+        """Why `ctrl` holds no limit for this job."""
+        mine = [p.split(": ", 1)[1] for p in self.problems if p.startswith(f"{ctrl}: ")]
+        general = [p for p in self.problems if p.split(": ", 1)[0] not in ("memory", "pids", "cpu", "cpuset")]
+        return "; ".join(general or mine) or "none available"
 
     @property
     def procs_files(self) -> list[str]:
@@ -491,6 +508,27 @@ class _JobCgroup:
     def kill(self, timeout: float = 5.0) -> None:
         """Kill every process of the job, including those that left its session (setsid) or double-forked."""
         _kill_cgroup_dirs(self.dirs, self.kill_file, self.freezer, timeout)
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time of every process the job ever had (bubblewrap's own init does not always wait for them where
+        we could see it in rusage)."""
+        if self.v2 is not None:
+            usec = _read_int_field(self.v2 / "cpu.stat", "usage_usec")
+            return usec / 1e6 if usec is not None else None
+        if self.cpuacct is not None:
+            try:
+                return int(_read_text(self.cpuacct / "cpuacct.usage")) / 1e9
+            except ValueError:
+                return None
+        return None
+
+    def peak_memory_mb(self) -> float | None:
+        version, d = self.controllers.get("memory", (0, None))
+        text = _read_text(d / ("memory.peak" if version == 2 else "memory.max_usage_in_bytes")) if d else ""
+        try:
+            return int(text) / 2**20
+        except ValueError:
+            return None
 
     def oom_killed(self) -> bool:
         version, d = self.controllers.get("memory", (0, None))
@@ -577,6 +615,7 @@ def kill_recorded(state_path: Path | str) -> bool:
     if dirs:
         _kill_cgroup_dirs(dirs, kill_file, freezer)
         _remove_cgroup_dirs(dirs, kill_file, freezer)
+    Path(state_path).unlink(missing_ok=True)  # done: a later call must not signal a reused pid
     return True
 
 
@@ -956,7 +995,6 @@ def run_command(argv: list[str], *, tenant: str, workdir: Path, cpu: float, memo
     try:
         cgroup = _JobCgroup.create(f"mf-{tenant}-{job_dir.name}-{os.getpid()}-{secrets.token_hex(3)}", cpu=cpu,
                                    cores=cores, memory_bytes=limit_bytes, pids_max=pids_max)
-        why_no_cgroup = "; ".join(cgroup.problems) or "none available"
         limits = [(resource.RLIMIT_CORE, (0, 0)), (resource.RLIMIT_FSIZE, _capped(resource.RLIMIT_FSIZE, disk_bytes))]
         cpu_soft = None
         if time_limit_s is not None:
@@ -966,7 +1004,7 @@ def run_command(argv: list[str], *, tenant: str, workdir: Path, cpu: float, memo
                            else (min(cpu_soft, hard), hard)))
         if "cpu" not in cgroup.controllers:
             enforcement["cpu"] = (f"affinity to {len(cores)} core(s) only, which the command can widen (no cpu "
-                                  f"cgroup: {why_no_cgroup})")
+                                  f"cgroup: {cgroup.why_not('cpu')})")
         else:
             enforcement["cpu"] = cgroup.enforcement["cpu"] + (f"; {cgroup.enforcement['cpuset']}"
                                                               if "cpuset" in cgroup.enforcement else "")
@@ -974,12 +1012,12 @@ def run_command(argv: list[str], *, tenant: str, workdir: Path, cpu: float, memo
             nproc = pids_max + _processes_of(uid if uid is not None else os.getuid())
             limits.append((resource.RLIMIT_NPROC, _capped(resource.RLIMIT_NPROC, nproc)))
             enforcement["pids"] = (f"RLIMIT_NPROC {nproc} for the job's uid, not per job (no pids cgroup: "
-                                   f"{why_no_cgroup})")
+                                   f"{cgroup.why_not('pids')})")
         else:
             enforcement["pids"] = cgroup.enforcement["pids"]
         if "memory" not in cgroup.controllers:
             enforcement["memory"] = (f"RLIMIT_AS {memory_gb:g} GB per process, not for the whole job (no memory "
-                                     f"cgroup: {why_no_cgroup})")
+                                     f"cgroup: {cgroup.why_not('memory')})")
         else:
             enforcement["memory"] = cgroup.enforcement["memory"]
         lifetime = []
@@ -988,7 +1026,7 @@ def run_command(argv: list[str], *, tenant: str, workdir: Path, cpu: float, memo
         if "bwrap" in mode:
             lifetime.append("the job's pid namespace dies with its init")
         enforcement["lifetime"] = "; ".join(lifetime) or (
-            f"process group only: a setsid child can survive (no cgroup: {why_no_cgroup}; no bubblewrap)")
+            f"process group only: a setsid child can survive (no cgroup: {cgroup.why_not('')}; no bubblewrap)")
         enforcement["disk"] = (f"job dir measured every {DISK_CHECK_SECONDS:g}s and killed over "
                                f"{disk_bytes / 1024**3:g} GB; RLIMIT_FSIZE the same per file")
         enforcement["gpu"] = ("no GPU device nodes in the sandbox" if "bwrap" in mode and not gpus else
@@ -1078,6 +1116,7 @@ def run_command(argv: list[str], *, tenant: str, workdir: Path, cpu: float, memo
             code = -(code - 128)
         wall = time.monotonic() - start
         oom_killed = cgroup.oom_killed()
+        cgroup_cpu, cgroup_peak_mb = cgroup.cpu_seconds(), cgroup.peak_memory_mb()
     finally:
         for fd in fds:
             os.close(fd)
@@ -1090,8 +1129,8 @@ def run_command(argv: list[str], *, tenant: str, workdir: Path, cpu: float, memo
             state.unlink(missing_ok=True)
         _release_cores(cores)
 
-    cpu_seconds = usage.ru_utime + usage.ru_stime
-    max_rss_mb = usage.ru_maxrss / 1024
+    cpu_seconds = max(usage.ru_utime + usage.ru_stime, cgroup_cpu or 0.0)
+    max_rss_mb = max(usage.ru_maxrss / 1024, cgroup_peak_mb or 0.0)  # the cgroup's: all processes together
     exit_code = code if code >= 0 else None
     how = f"exited with code {code}" if code >= 0 else f"was killed by {_signal_name(-code)}"
     cpu_limited = cpu_soft is not None and (code == -signal.SIGXCPU or (code == -signal.SIGKILL

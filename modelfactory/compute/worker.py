@@ -1,10 +1,11 @@
 """A worker: registers its capacity, heartbeats, runs the jobs leased to it, each in its own process.
 
-Why a process per job: a job can then be signalled (preemption: SIGUSR1 -> `should_stop` -> the training loop
+Why a process per job: a job can then be signalled (preemption: SIGUSR1 -> `should_stop` -> its kind's handler
 checkpoints and raises StopRequested), killed (cancel, time limit) and measured without taking the worker down,
-and a crashing stage takes nothing else with it. Job processes are forked from a `multiprocessing` forkserver
-that has already imported torch and the stages, so a job starts in milliseconds rather than the seconds an
-import takes, and the fork happens in a single-threaded process (this one has a heartbeat thread).
+and a crashing job takes nothing else with it. What a job computes is its kind's business (compute/kinds.py).
+Job processes are forked from a `multiprocessing` forkserver that has already imported torch and the kinds'
+modules, so a job starts in milliseconds rather than the seconds an import takes, and the fork happens in a
+single-threaded process (this one has a heartbeat thread).
 
 Why they cannot outlive the worker: `kill -9` of a worker must not leave a job running that the pool believes
 lost (it would be running twice once requeued). Each job process asks for SIGKILL when its parent dies
@@ -38,18 +39,22 @@ from pathlib import Path
 from sqlalchemy import and_, or_, select, update
 
 from ..config import settings
-from ..errors import MFError
+from ..errors import MFError, StopRequested
 from ..store import utcnow
+from . import kinds
 from .jobs import end_attempt, log_path
 from .pool import PoolConfig, die_with_parent, pool_config
 from .tables import Job, Worker, pool_read, pool_tx
 
-# Imported once by the forkserver, so job processes start with them loaded. Besides the stages, what the stages
-# import lazily on first use (ONNX export, onnxruntime, the optimizer, the demo teacher's BERT): each would
-# otherwise cost every job process a second or more. A module that fails to import is skipped.
-PRELOAD = ["modelfactory.factory.stages", "modelfactory.factory.runner", "modelfactory.compute.stagejob",
-           "torch.onnx", "torch._dynamo", "onnx", "onnxruntime", "onnxruntime.quantization",
-           "onnxruntime.transformers.optimizer", "transformers.models.bert.modeling_bert"]
+# Imported once by the forkserver, so job processes start with them loaded. Besides the kinds' modules, what
+# their jobs import lazily on first use (ONNX export, onnxruntime, the optimizer, the demo teacher's BERT): each
+# would otherwise cost every job process a second or more. A module that fails to import is skipped.
+LAZY_IMPORTS = ["torch.onnx", "torch._dynamo", "onnx", "onnxruntime", "onnxruntime.quantization",
+                "onnxruntime.transformers.optimizer", "transformers.models.bert.modeling_bert"]
+
+
+def preload() -> list[str]:
+    return [*kinds.modules(), *LAZY_IMPORTS]
 EXIT_STOPPED = 75  # the job process stopped on request, after a checkpoint
 
 
@@ -135,11 +140,6 @@ def set_state(worker_id: str, state: str) -> None:
             w.state = state
 
 
-def list_workers() -> list[Worker]:
-    with pool_read() as s:
-        return list(s.scalars(select(Worker).order_by(Worker.id)))
-
-
 # --- the job process -----------------------------------------------------------------------------------------------
 def _job_process(spec: dict) -> None:
     """Runs in a process forked by the forkserver; reports through the JSON file spec['result_path']."""
@@ -173,6 +173,7 @@ def _job_process(spec: dict) -> None:
 def run_job(spec: dict, stop: threading.Event) -> None:
     """Run one attempt wherever we are (a forked job process, a Ray task): the outcome goes to the JSON file
     spec['result_path'], written atomically, which is all the worker reads back."""
+    os.umask(0o077)  # what the platform writes (checkpoints, logs, results) is private to it (also on Ray)
     print(f"[{utcnow():%H:%M:%S}] job {spec['job_id']} attempt {spec['attempt']} on worker {spec['worker']}",
           flush=True)
     try:
@@ -183,54 +184,25 @@ def run_job(spec: dict, stop: threading.Event) -> None:
         pass
     out: dict
     try:
-        if spec["kind"] == "stage":
-            from .stagejob import run_stage
-
-            out = {"status": "ok", "result": run_stage(spec["payload"], order_id=spec["order_id"],
-                                                       should_stop=stop.is_set, reporter=_LogReporter())}
-        elif spec["kind"] == "order":
-            from .stagejob import run_order_job
-
-            out = {"status": "ok", "result": run_order_job(spec["payload"], order_id=spec["order_id"],
-                                                           should_stop=stop.is_set, reporter=_LogReporter())}
-        else:
+        if spec["kind"] == kinds.COMMAND:
             out = _run_command(spec, stop)
+        else:
+            kind = kinds.get(spec["kind"])
+            ctx = kinds.JobContext(spec["job_id"], spec["attempt"], spec["tenant"], spec["order_id"],
+                                   spec["payload"], stop.is_set)
+            out = {"status": "ok", "result": kind.run(ctx)}
     except MFError as e:
         out = {"status": "error", "error": str(e), "retry": False}
+    except StopRequested as e:
+        out = {"status": "stopped", "step": kinds.get(spec["kind"]).checkpoint_step(spec["payload"]),
+               "message": str(e)}
     except BaseException as e:
-        from ..train.loop import StopRequested
-
-        if isinstance(e, StopRequested):
-            from .stagejob import checkpoint_step
-
-            out = {"status": "stopped", "step": checkpoint_step(spec["payload"].get("key", "")), "message": str(e)}
-        else:
-            traceback.print_exc()
-            out = {"status": "error", "error": "".join(traceback.format_exception_only(e)).strip(), "retry": True}
+        traceback.print_exc()
+        out = {"status": "error", "error": "".join(traceback.format_exception_only(e)).strip(), "retry": True}
     print(f"[{utcnow():%H:%M:%S}] {out['status']}", flush=True)
     tmp = Path(spec["result_path"] + ".tmp")
     tmp.write_text(json.dumps(out, default=str))
     os.replace(tmp, spec["result_path"])
-
-
-class _LogReporter:
-    """Stage progress into the job's log, at most every few seconds."""
-
-    def __init__(self, every_s: float = 5.0):
-        self.every_s, self.last = every_s, 0.0
-
-    def stage_started(self, node, key):
-        print(f"[{utcnow():%H:%M:%S}] {node.name}: stage {node.stage}, key {key[:12]}", flush=True)
-
-    def stage_progress(self, node, done, total, info):
-        if time.monotonic() - self.last >= self.every_s or done == total:
-            self.last = time.monotonic()
-            print(f"[{utcnow():%H:%M:%S}] {node.name}: {done}/{total} {info}", flush=True)
-
-    def stage_finished(self, node, artifact, cached, seconds, resumed_from_step):
-        how = "cache hit" if cached else f"done in {seconds:.1f} s"
-        how += f", resumed from step {resumed_from_step}" if resumed_from_step else ""
-        print(f"[{utcnow():%H:%M:%S}] {node.name}: {how} -> {artifact.id[:12]}", flush=True)
 
 
 def _run_command(spec: dict, stop: threading.Event) -> dict:
@@ -243,11 +215,14 @@ def _run_command(spec: dict, stop: threading.Event) -> dict:
     env = {**(p.get("env") or {}), "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
     r = sandbox.run_command(list(p["argv"]), tenant=spec["tenant"], workdir=workdir, cpu=spec["cpu"],
                             memory_gb=spec["memory_gb"], time_limit_s=spec["time_limit_s"], env=env,
-                            should_stop=stop.is_set)
+                            should_stop=stop.is_set, network=bool(spec.get("network")),
+                            allow_unisolated=bool(spec.get("allow_unisolated")), gpus=bool(spec.get("gpu")),
+                            state_path=sandbox_state_path(spec["result_path"]))
     message = getattr(r, "message", "") or (f"exit code {r.exit_code}" if r.reason == "failed" else r.reason)
     result = {"exit_code": r.exit_code, "reason": r.reason, "message": message, "wall_seconds": r.wall_seconds,
               "cpu_seconds": r.cpu_seconds, "max_rss_mb": r.max_rss_mb, "stdout": str(r.stdout_path),
-              "stderr": str(r.stderr_path), "outputs": str(r.outputs_dir), "workdir": str(workdir)}
+              "stderr": str(r.stderr_path), "outputs": str(r.outputs_dir), "workdir": str(workdir),
+              "enforcement": getattr(r, "enforcement", {})}
     if r.reason == "ok":
         result["artifact"] = collect_outputs(spec["tenant"], spec["job_id"], r.outputs_dir)
         return {"status": "ok", "result": result}
@@ -257,6 +232,11 @@ def _run_command(spec: dict, stop: threading.Event) -> dict:
     # would not help (the tenant resubmits).
     return {"status": "error", "error": f"command {r.reason}: {message} (stderr: {r.stderr_path})", "retry": False,
             "result": result}
+
+
+def sandbox_state_path(result_path: str | Path) -> Path:
+    """Where a command job's sandbox records what to kill (its cgroups, its process group): see `_kill`."""
+    return Path(str(result_path) + ".sandbox")
 
 
 def collect_outputs(tenant: str, job_id: int, outputs: Path) -> str | None:
@@ -312,8 +292,13 @@ class _Attempt:
 
 class PoolWorker:
     def __init__(self, worker_id: str | None = None, capacity: Capacity | None = None,
-                 config: PoolConfig | None = None, log: Callable[[str], None] | None = None):
+                 config: PoolConfig | None = None, log: Callable[[str], None] | None = None,
+                 allow_unisolated: bool | None = None):
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        # Run tenants' commands without isolation where none is possible (not root, no bubblewrap): only for a
+        # single-user machine. `mf worker/server --allow-unisolated` (MF_ALLOW_UNISOLATED=1 for its workers).
+        self.allow_unisolated = (os.environ.get("MF_ALLOW_UNISOLATED", "") in ("1", "true", "yes")
+                                 if allow_unisolated is None else allow_unisolated)
         self.capacity = capacity or default_capacity()
         self.cfg = config or pool_config()
         self.log = log or (lambda msg: print(f"[{utcnow():%H:%M:%S}] {self.id}: {msg}", file=sys.stderr,
@@ -322,7 +307,7 @@ class PoolWorker:
         self.stopping = False
         self._hb_stop = threading.Event()
         self.ctx = multiprocessing.get_context("forkserver")
-        self.ctx.set_forkserver_preload(PRELOAD)
+        self.ctx.set_forkserver_preload(preload())
         if self.cfg.executor not in ("local", "ray"):
             raise MFError(f"unknown executor '{self.cfg.executor}' (MF_EXECUTOR): use 'local' or 'ray'")
         self.ray = self.cfg.executor == "ray"
@@ -346,6 +331,13 @@ class PoolWorker:
             warm = self.ctx.Process(target=_noop)
             warm.start()
             warm.join()
+        if not self.ray:  # a Ray task decides on the node it runs on
+            from .sandbox import isolation, unisolated_refusal
+
+            mode, detail = isolation()
+            self.log(f"tenant commands: isolation {mode} ({detail})" if mode != "none" else
+                     f"tenant commands: NOT isolated, run as this worker's user (--allow-unisolated): {detail}"
+                     if self.allow_unisolated else f"tenant commands will be refused: {unisolated_refusal(detail)}")
         orphans = register(self.id, self.capacity, config=self.cfg)
         if orphans:
             self.log(f"released the leases of a dead predecessor: jobs {', '.join(map(str, orphans))}")
@@ -451,14 +443,20 @@ class PoolWorker:
         spec = {"job_id": job.id, "attempt": job.attempts, "kind": job.kind, "payload": job.payload,
                 "tenant": job.tenant, "order_id": job.order_id, "cpu": job.cpu, "gpu": job.gpu,
                 "memory_gb": job.memory_gb, "time_limit_s": job.time_limit_s, "worker": self.id,
-                "worker_pid": os.getpid(), "result_path": str(a.result_path), "log_path": str(a.log_path)}
+                "worker_pid": os.getpid(), "result_path": str(a.result_path), "log_path": str(a.log_path),
+                "allow_unisolated": self.allow_unisolated}
+        if job.kind == "command":
+            from .grants import network_granted
+
+            spec["network"] = network_granted(job.tenant)
+            sandbox_state_path(a.result_path).unlink(missing_ok=True)
         if not self.ray:  # Ray pins the devices of its own tasks
             a.gpus = self._assign_gpus(job.gpu)
             spec["gpu_ids"] = list(a.gpus)
         if self.ray:
             from .ray_executor import RayTask
 
-            a.process = RayTask(spec, cpu=job.cpu, gpu=job.gpu)
+            a.process = RayTask(spec, run_job, cpu=job.cpu, gpu=job.gpu)
         else:
             a.process = self.ctx.Process(target=_job_process, args=(spec,), name=f"mf-job-{job.id}")
         a.process.start()
@@ -526,17 +524,26 @@ def _noop() -> None:
 
 
 def _kill(a: _Attempt) -> None:
-    """Kill a job process and everything it started (its process group), or cancel its Ray task."""
-    if hasattr(a.process, "kill"):
+    """Kill a job process and everything it started, or cancel its Ray task.
+
+    A local job process leads its own process group (see `_job_process`): the whole group gets SIGKILL. A tenant's
+    command is not in that group (the sandbox gives it a session of its own, and it may have left even that with
+    setsid): the sandbox recorded its cgroups and process group before starting it, and `kill_recorded` kills
+    them, even though the job process that ran it is gone by then. Under bubblewrap the command also dies with
+    its parent. A Ray task is cancelled through Ray (its command dies with the Ray worker under bubblewrap)."""
+    if isinstance(a.process, multiprocessing.process.BaseProcess):
+        pid = a.process.pid
+        if pid is not None:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    elif hasattr(a.process, "kill"):
         a.process.kill()
-        return
-    pid = a.process.pid
-    if pid is None:
-        return
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    if a.kind == "command":
+        from .sandbox import kill_recorded
+
+        kill_recorded(sandbox_state_path(a.result_path))
