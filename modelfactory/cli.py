@@ -629,8 +629,11 @@ def tenants_set(name: str,
                 cpu_hours: Annotated[float | None, typer.Option(help="CPU-hours per month (-1: unlimited).")] = None,
                 gpu_hours: Annotated[float | None, typer.Option(help="GPU-hours per month (-1: unlimited).")] = None,
                 max_slots: Annotated[int | None, typer.Option(help="Concurrent slots (-1: unlimited).")] = None,
+                network: Annotated[bool | None, typer.Option(
+                    "--network/--no-network", help="Let the tenant's command jobs use the network (default: "
+                                                   "none, in a fresh network namespace).")] = None,
                 ) -> None:
-    """Change a tenant's weight or quotas."""
+    """Change a tenant's weight, quotas or network grant."""
     from .accounts.tenants import UNSET, set_tenant
 
     def lim(v):
@@ -638,6 +641,11 @@ def tenants_set(name: str,
 
     t = set_tenant(name, weight=weight, cpu_hours_month=lim(cpu_hours), gpu_hours_month=lim(gpu_hours),
                    max_slots=lim(max_slots))
+    if network is not None:
+        from .compute.grants import set_network
+
+        set_network(t.name, network)
+        console.print(f"tenant [bold]{t.name}[/]: command jobs {'may use' if network else 'get no'} network")
     console.print(f"tenant [bold]{t.name}[/] · weight {t.weight:g} · CPU-h/month {_hours(t.cpu_hours_month)} "
                   f"· GPU-h/month {_hours(t.gpu_hours_month)} · max slots {_hours(t.max_slots)}")
 
@@ -873,8 +881,14 @@ def worker(cpu: Annotated[float | None, typer.Option(help="CPUs to offer (defaul
            gpu: Annotated[float, typer.Option(help="GPUs to offer.")] = 0.0,
            memory_gb: Annotated[float | None, typer.Option(help="Memory to offer, GB (default: 80%).")] = None,
            worker_id: Annotated[str | None, typer.Option("--id", help="Worker id (default: host-pid).")] = None,
+           allow_unisolated: Annotated[bool, typer.Option(
+               "--allow-unisolated", help="Run tenants' commands as this worker's own user when they cannot be "
+                                          "isolated (not root, no bubblewrap). Single-user machines only.")]
+           = False,
            ) -> None:
     """Run a pool worker: take jobs leased to it by the scheduler (`mf server`), each in its own process."""
+    if allow_unisolated:
+        os.environ["MF_ALLOW_UNISOLATED"] = "1"
     from .compute.worker import Capacity, PoolWorker, default_capacity
 
     d = default_capacity()
@@ -892,11 +906,19 @@ def server(workers: Annotated[int, typer.Option(help="Local worker processes to 
            api: Annotated[bool, typer.Option("--api/--no-api", help="Serve the REST API and dashboard.")] = True,
            init: Annotated[bool, typer.Option("--init", help="Create an admin API key, print it once, and exit.")]
            = False,
-           log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning") -> None:
+           log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+           allow_unisolated: Annotated[bool, typer.Option(
+               "--allow-unisolated", help="Run tenants' commands as this worker's own user when they cannot be "
+                                          "isolated (not root, no bubblewrap). Single-user machines only.")]
+           = False,
+           ) -> None:
     """Run the control plane: the REST API (/api/v1, docs at /docs) and dashboard (/) on HOST:PORT, the scheduler
     and N local workers. Restartable: all state is in the database. Admin access: `mf server --init` prints an
     admin key, or set MF_ADMIN_KEY."""
     from .compute.pool import pool_config, run_server
+
+    if allow_unisolated:  # read by the local workers it starts (they inherit the environment)
+        os.environ["MF_ALLOW_UNISOLATED"] = "1"
 
     if init:
         from .accounts.tenants import create_key, list_keys
@@ -1080,6 +1102,7 @@ def usage(tenant: Annotated[str | None, typer.Option(
 
 # ---------------------------------------------------------------------------------------------------------
 def main() -> None:
+    os.umask(0o077)  # what the platform writes under MF_HOME (and anywhere) is private to its user
     try:  # Typer >= 0.2x raises the exceptions of the copy of click it vendors, not click's own
         from typer._click import exceptions as click_errors
     except ImportError:  # pragma: no cover - an older Typer, over click itself
