@@ -988,11 +988,14 @@ def serve(models: Annotated[str | None, typer.Option(
     if max_loaded is not None and max_loaded < 1:
         raise MFError(f"--max-loaded must be >= 1 (got {max_loaded})")
     refs = [m.strip() for m in (models or "").split(",") if m.strip()]
-    if refs:  # a typo fails here, with the registry's message, not in the server's startup
+    if refs:  # a typo (or a generative model: `mf serve-llm` serves those) fails here, not in the server's startup
         from . import registry
 
         for ref in refs:
-            registry.resolve(ref)
+            why = unservable(registry.resolve(ref))
+            if why:
+                raise MFError(why)
+        from .serve.repository import unservable
     use_auth = _serve_auth(auth)
     settings = ServeSettings(models=refs, batch=batch, max_loaded=max_loaded,
                              max_loaded_bytes=int(max_loaded_mb * 1e6) if max_loaded_mb else None, threads=threads,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .. import registry, tasks
-from ..errors import NotFound
+from ..errors import MFError, NotFound
 from ..registry import ModelRef
 from .batcher import BatchConfig, Batcher, BatchStats
 from .metering import Meter
@@ -39,6 +39,27 @@ SUB_BATCH_SPREAD = 1.5  # longest / shortest string length in one sub-batch (+16
 
 class ModelNotFound(Exception):
     """404: no such model (or, with auth, not the caller's)."""
+
+
+class NotServedHere(ModelNotFound):
+    """404: a registry model whose task family has no ONNX predictor (a generative adapter): the message says which
+    server serves it. It is not in this server's repository index either."""
+
+
+def unservable(ref: ModelRef) -> str | None:
+    """Why this server cannot serve `ref`, or None when it can: only families that load an ONNX predictor
+    (`TaskFamily.load_predictor`) are served over the Open Inference Protocol. Decided by the family's contract,
+    never by its name."""
+    try:
+        family = tasks.get(ref.task)
+    except MFError as e:  # a family that is not installed here (a plugin): nothing here can serve its models
+        return f"model '{ref.name}@{ref.version}': {e}"
+    if isinstance(family, tasks.TaskFamily):
+        return None
+    where = ("`mf serve-llm` serves it (OpenAI-compatible /v1/chat/completions)"
+             if isinstance(family, tasks.GenerativeFamily) else "no Open Inference Protocol server serves it")
+    return (f"model '{ref.name}@{ref.version}' is a {family.pipeline!r}-pipeline model (task '{ref.task}') that "
+            f"`mf serve` does not serve: {where}")
 
 
 class ModelNotReady(Exception):
@@ -147,6 +168,7 @@ class ModelRepository:
         self._loading: dict[tuple[str, int], asyncio.Future] = {}
         self._refs: dict[tuple[str, str], tuple[ModelRef, float]] = {}
         self._failed: dict[tuple[str, int], str] = {}
+        self._servable: dict[str, bool] = {}  # task -> its family loads an ONNX predictor
 
     # --- names ------------------------------------------------------------------------------------------
     async def resolve(self, name: str, tag: str = "", tenant: str | None = None) -> ModelRef:
@@ -164,7 +186,15 @@ class ModelRepository:
             ref = hit[0]
         if tenant is not None and ref.tenant != tenant:
             raise ModelNotFound(f"no model '{name}{'@' + tag if tag else ''}' (see `mf models ls`)")
+        why = self._unservable(ref)
+        if why:
+            raise NotServedHere(why)
         return ref
+
+    def _unservable(self, ref: ModelRef) -> str | None:
+        if ref.task not in self._servable:  # one look at the family per task, not per request
+            self._servable[ref.task] = unservable(ref) is None
+        return None if self._servable[ref.task] else unservable(ref)
 
     async def versions(self, name: str, tenant: str | None = None) -> list[str]:
         refs = await asyncio.to_thread(registry.list_models, name)
@@ -295,6 +325,8 @@ class ModelRepository:
         out = []
         for r in refs:
             if tenant is not None and r.tenant != tenant:
+                continue
+            if self._unservable(r):  # a generative adapter: `mf serve-llm` lists it, not this server
                 continue
             key = (r.name, r.version)
             if key in self._models:
