@@ -990,12 +990,12 @@ def serve(models: Annotated[str | None, typer.Option(
     refs = [m.strip() for m in (models or "").split(",") if m.strip()]
     if refs:  # a typo (or a generative model: `mf serve-llm` serves those) fails here, not in the server's startup
         from . import registry
+        from .serve.repository import unservable
 
         for ref in refs:
             why = unservable(registry.resolve(ref))
             if why:
                 raise MFError(why)
-        from .serve.repository import unservable
     use_auth = _serve_auth(auth)
     settings = ServeSettings(models=refs, batch=batch, max_loaded=max_loaded,
                              max_loaded_bytes=int(max_loaded_mb * 1e6) if max_loaded_mb else None, threads=threads,
