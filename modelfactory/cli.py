@@ -802,7 +802,7 @@ def order_submit(spec_file: Annotated[Path, typer.Argument(help="order.yaml or .
             return
         _print_submitted(d, f" --server {cp.url}")
         return
-    from .compute.stagejob import submit_order
+    from .factory.jobkinds import submit_order
     from .factory.spec import load_spec
 
     sub = submit_order(load_spec(spec_file), tenant=tenant, priority=priority, cpu=cpu, memory_gb=memory_gb,
@@ -860,7 +860,7 @@ def order_status(order_id: int,
             st = cp.order(order_id)
             return st | {"report": cp.link(f"/orders/{order_id}/report") if st.get("report_markdown") else None}
     else:
-        from .compute.stagejob import order_status as status
+        from .factory.jobkinds import order_status as status
 
     st = status(order_id)
     if as_json:

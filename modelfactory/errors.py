@@ -17,3 +17,8 @@ class MFError(Exception):
 
 class NotFound(MFError):
     """A named dataset, model or order does not exist."""
+
+
+class StopRequested(Exception):  # noqa: N818 (a request, not an error)
+    """Raised after a checkpoint when the caller asked work to stop (preemption, Ctrl-C): the training loop raises
+    it, the pool's worker reports the attempt as stopped, and the next attempt resumes from the checkpoint."""

@@ -38,9 +38,9 @@ from modelfactory.compute import jobs
 from modelfactory.compute.jobs import Spec
 from modelfactory.compute.pool import pool_config
 from modelfactory.compute.scheduler import schedule_once
-from modelfactory.compute.stagejob import finalize_orders, order_status, plan_keys, submit_order
 from modelfactory.compute.tables import Job, pool_read, pool_tx
 from modelfactory.compute.worker import pid_alive
+from modelfactory.factory.jobkinds import finalize_orders, order_status, plan_keys, submit_order
 from modelfactory.factory.order import run_order
 from modelfactory.factory.planner import Node, Plan
 from modelfactory.factory.spec import parse_spec

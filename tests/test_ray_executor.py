@@ -10,7 +10,7 @@ import pytest
 from modelfactory import registry
 from modelfactory.accounts.tenants import add_tenant
 from modelfactory.compute import jobs
-from modelfactory.compute.stagejob import submit_order
+from modelfactory.factory.jobkinds import submit_order
 from modelfactory.factory.spec import parse_spec
 
 from .conftest import tiny_order

@@ -151,7 +151,7 @@ class ControlPlane:
                          headers={"Content-Type": content_type}, timeout=SLOW)
 
     def order(self, order_id: int) -> dict:
-        """`GET /orders/{id}`: the order with its nodes (the shapes of `compute.stagejob.order_status`)."""
+        """`GET /orders/{id}`: the order with its nodes (the shapes of `factory.jobkinds.order_status`)."""
         return self.json("GET", f"/orders/{int(order_id)}")
 
     # --- jobs ----------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from ..accounts.tenants import Request, check_quota, tenant_row
 from ..config import settings
 from ..errors import MFError, NotFound
 from ..store import utcnow
+from . import kinds
 from .policies import PRIORITIES
 from .pool import PoolConfig
 from .tables import Job, JobEvent, pool_read, pool_tx
@@ -43,7 +44,6 @@ ALLOWED: dict[str | None, frozenset[str]] = {
     "failed": frozenset(),
     "cancelled": frozenset(),
 }
-KINDS = ("stage", "order", "command")  # order: a search order, run whole (compute/stagejob.py)
 
 
 class IllegalTransition(MFError):
@@ -116,8 +116,8 @@ class Spec:
     depends_on: tuple[int, ...] = ()
 
     def validate(self) -> None:
-        if self.kind not in KINDS:
-            raise MFError(f"unknown job kind '{self.kind}'; known: {', '.join(KINDS)}")
+        if self.kind not in kinds.names():
+            raise MFError(f"unknown job kind '{self.kind}'; known: {', '.join(kinds.names())}")
         if self.priority not in PRIORITIES:
             raise MFError(f"unknown priority '{self.priority}'; choose one of: {', '.join(PRIORITIES)}")
         if self.cpu <= 0 or self.gpu < 0 or self.memory_gb <= 0 or self.slots < 1:

@@ -104,9 +104,8 @@ def run_server(*, workers: int = 1, config: PoolConfig | None = None, worker_cpu
     start. Every SAMPLE_EVERY_S the pool's load is sampled for the dashboard's utilisation chart."""
     import threading
 
-    from . import utilisation
+    from . import kinds, utilisation
     from .scheduler import policy, schedule_once
-    from .stagejob import finalize_orders
 
     cfg = config or pool_config()
     policy(cfg)  # an unknown policy name fails here, before any worker starts
@@ -144,7 +143,7 @@ def run_server(*, workers: int = 1, config: PoolConfig | None = None, worker_cpu
             t0 = time.monotonic()
             try:
                 report = schedule_once(config=cfg)
-                finalize_orders()
+                kinds.run_after_round()  # e.g. the factory registers the orders whose jobs all finished
                 if time.monotonic() - sampled >= SAMPLE_EVERY_S:
                     utilisation.record()
                     sampled = time.monotonic()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 POLL_S = 0.2
@@ -37,11 +38,9 @@ def _stop_path(spec: dict) -> Path:
     return Path(spec["result_path"] + ".stop")
 
 
-def _run_remote(spec: dict) -> None:
-    """The body of the Ray task: the worker's own `run_job`, with the stop file as the stop signal and the
-    attempt's log as stdout/stderr."""
-    from .worker import run_job
-
+def _run_remote(spec: dict, run_job: Callable[[dict, threading.Event], None]) -> None:
+    """The body of the Ray task: the worker's own `run_job` (passed in, so this module never imports the worker),
+    with the stop file as the stop signal and the attempt's log as stdout/stderr."""
     stop = threading.Event()
     done = threading.Event()
 
@@ -61,8 +60,8 @@ def _run_remote(spec: dict) -> None:
 
 
 class RayTask:
-    def __init__(self, spec: dict, *, cpu: float, gpu: float):
-        self.spec, self.cpu, self.gpu = spec, cpu, gpu
+    def __init__(self, spec: dict, run_job: Callable[[dict, threading.Event], None], *, cpu: float, gpu: float):
+        self.spec, self.run_job, self.cpu, self.gpu = spec, run_job, cpu, gpu
         self.ref = None
         self.pid = None  # nothing local to signal
         self._exitcode: int | None = None
@@ -73,7 +72,7 @@ class RayTask:
         _stop_path(self.spec).unlink(missing_ok=True)
         remote = ray.remote(_run_remote).options(num_cpus=self.cpu, num_gpus=self.gpu, max_retries=0,
                                                  name=f"mf-job-{self.spec['job_id']}")
-        self.ref = remote.remote(self.spec)
+        self.ref = remote.remote(self.spec, self.run_job)
 
     @property
     def exitcode(self) -> int | None:

@@ -1,10 +1,11 @@
 """A worker: registers its capacity, heartbeats, runs the jobs leased to it, each in its own process.
 
-Why a process per job: a job can then be signalled (preemption: SIGUSR1 -> `should_stop` -> the training loop
+Why a process per job: a job can then be signalled (preemption: SIGUSR1 -> `should_stop` -> its kind's handler
 checkpoints and raises StopRequested), killed (cancel, time limit) and measured without taking the worker down,
-and a crashing stage takes nothing else with it. Job processes are forked from a `multiprocessing` forkserver
-that has already imported torch and the stages, so a job starts in milliseconds rather than the seconds an
-import takes, and the fork happens in a single-threaded process (this one has a heartbeat thread).
+and a crashing job takes nothing else with it. What a job computes is its kind's business (compute/kinds.py).
+Job processes are forked from a `multiprocessing` forkserver that has already imported torch and the kinds'
+modules, so a job starts in milliseconds rather than the seconds an import takes, and the fork happens in a
+single-threaded process (this one has a heartbeat thread).
 
 Why they cannot outlive the worker: `kill -9` of a worker must not leave a job running that the pool believes
 lost (it would be running twice once requeued). Each job process asks for SIGKILL when its parent dies
@@ -38,18 +39,22 @@ from pathlib import Path
 from sqlalchemy import and_, or_, select, update
 
 from ..config import settings
-from ..errors import MFError
+from ..errors import MFError, StopRequested
 from ..store import utcnow
+from . import kinds
 from .jobs import end_attempt, log_path
 from .pool import PoolConfig, die_with_parent, pool_config
 from .tables import Job, Worker, pool_read, pool_tx
 
-# Imported once by the forkserver, so job processes start with them loaded. Besides the stages, what the stages
-# import lazily on first use (ONNX export, onnxruntime, the optimizer, the demo teacher's BERT): each would
-# otherwise cost every job process a second or more. A module that fails to import is skipped.
-PRELOAD = ["modelfactory.factory.stages", "modelfactory.factory.runner", "modelfactory.compute.stagejob",
-           "torch.onnx", "torch._dynamo", "onnx", "onnxruntime", "onnxruntime.quantization",
-           "onnxruntime.transformers.optimizer", "transformers.models.bert.modeling_bert"]
+# Imported once by the forkserver, so job processes start with them loaded. Besides the kinds' modules, what
+# their jobs import lazily on first use (ONNX export, onnxruntime, the optimizer, the demo teacher's BERT): each
+# would otherwise cost every job process a second or more. A module that fails to import is skipped.
+LAZY_IMPORTS = ["torch.onnx", "torch._dynamo", "onnx", "onnxruntime", "onnxruntime.quantization",
+                "onnxruntime.transformers.optimizer", "transformers.models.bert.modeling_bert"]
+
+
+def preload() -> list[str]:
+    return [*kinds.modules(), *LAZY_IMPORTS]
 EXIT_STOPPED = 75  # the job process stopped on request, after a checkpoint
 
 
@@ -135,11 +140,6 @@ def set_state(worker_id: str, state: str) -> None:
             w.state = state
 
 
-def list_workers() -> list[Worker]:
-    with pool_read() as s:
-        return list(s.scalars(select(Worker).order_by(Worker.id)))
-
-
 # --- the job process -----------------------------------------------------------------------------------------------
 def _job_process(spec: dict) -> None:
     """Runs in a process forked by the forkserver; reports through the JSON file spec['result_path']."""
@@ -184,54 +184,25 @@ def run_job(spec: dict, stop: threading.Event) -> None:
         pass
     out: dict
     try:
-        if spec["kind"] == "stage":
-            from .stagejob import run_stage
-
-            out = {"status": "ok", "result": run_stage(spec["payload"], order_id=spec["order_id"],
-                                                       should_stop=stop.is_set, reporter=_LogReporter())}
-        elif spec["kind"] == "order":
-            from .stagejob import run_order_job
-
-            out = {"status": "ok", "result": run_order_job(spec["payload"], order_id=spec["order_id"],
-                                                           should_stop=stop.is_set, reporter=_LogReporter())}
-        else:
+        if spec["kind"] == kinds.COMMAND:
             out = _run_command(spec, stop)
+        else:
+            kind = kinds.get(spec["kind"])
+            ctx = kinds.JobContext(spec["job_id"], spec["attempt"], spec["tenant"], spec["order_id"],
+                                   spec["payload"], stop.is_set)
+            out = {"status": "ok", "result": kind.run(ctx)}
     except MFError as e:
         out = {"status": "error", "error": str(e), "retry": False}
+    except StopRequested as e:
+        out = {"status": "stopped", "step": kinds.get(spec["kind"]).checkpoint_step(spec["payload"]),
+               "message": str(e)}
     except BaseException as e:
-        from ..train.loop import StopRequested
-
-        if isinstance(e, StopRequested):
-            from .stagejob import checkpoint_step
-
-            out = {"status": "stopped", "step": checkpoint_step(spec["payload"].get("key", "")), "message": str(e)}
-        else:
-            traceback.print_exc()
-            out = {"status": "error", "error": "".join(traceback.format_exception_only(e)).strip(), "retry": True}
+        traceback.print_exc()
+        out = {"status": "error", "error": "".join(traceback.format_exception_only(e)).strip(), "retry": True}
     print(f"[{utcnow():%H:%M:%S}] {out['status']}", flush=True)
     tmp = Path(spec["result_path"] + ".tmp")
     tmp.write_text(json.dumps(out, default=str))
     os.replace(tmp, spec["result_path"])
-
-
-class _LogReporter:
-    """Stage progress into the job's log, at most every few seconds."""
-
-    def __init__(self, every_s: float = 5.0):
-        self.every_s, self.last = every_s, 0.0
-
-    def stage_started(self, node, key):
-        print(f"[{utcnow():%H:%M:%S}] {node.name}: stage {node.stage}, key {key[:12]}", flush=True)
-
-    def stage_progress(self, node, done, total, info):
-        if time.monotonic() - self.last >= self.every_s or done == total:
-            self.last = time.monotonic()
-            print(f"[{utcnow():%H:%M:%S}] {node.name}: {done}/{total} {info}", flush=True)
-
-    def stage_finished(self, node, artifact, cached, seconds, resumed_from_step):
-        how = "cache hit" if cached else f"done in {seconds:.1f} s"
-        how += f", resumed from step {resumed_from_step}" if resumed_from_step else ""
-        print(f"[{utcnow():%H:%M:%S}] {node.name}: {how} -> {artifact.id[:12]}", flush=True)
 
 
 def _run_command(spec: dict, stop: threading.Event) -> dict:
@@ -336,7 +307,7 @@ class PoolWorker:
         self.stopping = False
         self._hb_stop = threading.Event()
         self.ctx = multiprocessing.get_context("forkserver")
-        self.ctx.set_forkserver_preload(PRELOAD)
+        self.ctx.set_forkserver_preload(preload())
         if self.cfg.executor not in ("local", "ray"):
             raise MFError(f"unknown executor '{self.cfg.executor}' (MF_EXECUTOR): use 'local' or 'ray'")
         self.ray = self.cfg.executor == "ray"

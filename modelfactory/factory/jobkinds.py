@@ -1,4 +1,5 @@
-"""Orders on the pool: an order's stage DAG as stage jobs, one stage job's run, and the order's registration.
+"""The factory's job kinds on the pool: an order's stage DAG as `stage` jobs (a search order as one `order` job),
+one job's run, and the order's registration. Importing this module registers both kinds with compute.kinds.
 
 A stage's cache key is known before it runs (the hash of its name, version, params and input artifact ids, and an
 artifact's id *is* its key), so the whole plan is keyed at submit time: a node whose artifact exists is a cache
@@ -7,30 +8,33 @@ node through the factory's own runner (`run_plan` on a one-node plan whose input
 the runner's behaviour unchanged: the same key, checkpoints under MF_HOME/work/<key>/ that the next attempt
 resumes from, the artifact renamed into place only on success, a StageRun row per run.
 
-When every job of an order has succeeded, `finalize_orders` (run by `mf server` after each scheduling round)
-registers it with `factory.order.finish_order`, the same code `mf order run` ends with.
+When every job of an order has succeeded, `finalize_orders` (run by `mf server` after each scheduling round,
+as registered with `kinds.after_round`) registers it with `factory.order.finish_order`, the same code `mf order
+run` ends with.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
 
 from ..artifacts import Artifact, ArtifactStore
+from ..compute import kinds
+from ..compute.jobs import Spec, admit, create, job_dict, last_workers
+from ..compute.tables import Job, PoolOrder, pool_read, pool_tx
 from ..config import settings
 from ..data.versions import DatasetRef, resolve
 from ..errors import MFError, NotFound
-from ..factory.order import execute_order, fail_order, finish_order, ingest, open_order
-from ..factory.planner import Node, Plan, plan
-from ..factory.runner import NodeResult, Reporter, node_key, run_plan
-from ..factory.spec import OrderSpec
 from ..store import Order, StageRun, session, utcnow
-from .jobs import Spec, admit, create, job_dict, last_workers
-from .tables import Job, PoolOrder, pool_read, pool_tx
+from .order import execute_order, fail_order, finish_order, ingest, open_order
+from .planner import Node, Plan, plan
+from .runner import NodeResult, Reporter, node_key, run_plan
+from .spec import OrderSpec
 
 REGISTER_RETRY_S = 120  # an order left 'registering' this long (its registrar died) is registered again
 
@@ -303,7 +307,7 @@ def order_status(order_id: int) -> dict:
 def cancel_order(order_id: int, reason: str = "cancelled by user") -> None:
     """Cancel a pool order: its queued and running jobs are cancelled (except those another running order of the
     tenant shares), and the order closes as `cancelled`. Finished stages stay in the cache."""
-    from .jobs import cancel
+    from ..compute.jobs import cancel
 
     with pool_read() as s:
         order = s.get(Order, order_id)
@@ -326,3 +330,41 @@ def cancel_order(order_id: int, reason: str = "cancelled by user") -> None:
     with session() as s:
         o = s.get(Order, order_id)
         o.state, o.error, o.finished = "cancelled", reason, utcnow()
+
+
+# --- registration with the pool ------------------------------------------------------------------------------------
+class _LogReporter:
+    """Stage progress into the job's log, at most every few seconds."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.every_s, self.last = every_s, 0.0
+
+    def stage_started(self, node, key):
+        print(f"[{utcnow():%H:%M:%S}] {node.name}: stage {node.stage}, key {key[:12]}", flush=True)
+
+    def stage_progress(self, node, done, total, info):
+        if time.monotonic() - self.last >= self.every_s or done == total:
+            self.last = time.monotonic()
+            print(f"[{utcnow():%H:%M:%S}] {node.name}: {done}/{total} {info}", flush=True)
+
+    def stage_finished(self, node, artifact, cached, seconds, resumed_from_step):
+        how = "cache hit" if cached else f"done in {seconds:.1f} s"
+        how += f", resumed from step {resumed_from_step}" if resumed_from_step else ""
+        print(f"[{utcnow():%H:%M:%S}] {node.name}: {how} -> {artifact.id[:12]}", flush=True)
+
+
+def _stage_job(ctx: kinds.JobContext) -> dict:
+    return run_stage(ctx.payload, order_id=ctx.order_id, should_stop=ctx.should_stop, reporter=_LogReporter())
+
+
+def _order_job(ctx: kinds.JobContext) -> dict:
+    return run_order_job(ctx.payload, order_id=ctx.order_id, should_stop=ctx.should_stop, reporter=_LogReporter())
+
+
+def _stage_checkpoint(payload: dict) -> int | None:
+    return checkpoint_step(payload.get("key", ""))
+
+
+kinds.register(kinds.JobKind("stage", _stage_job, _stage_checkpoint))
+kinds.register(kinds.JobKind("order", _order_job))
+kinds.after_round(finalize_orders)

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import StopRequested  # raised here; callers may still import it from this module
+
 Batch = dict[str, torch.Tensor]
 
 
@@ -39,10 +41,6 @@ class TrainResult:
     steps: int
     resumed_from_step: int
     final_loss: float
-
-
-class StopRequested(Exception):
-    """Raised after a checkpoint when the caller asked the loop to stop (preemption, Ctrl-C)."""
 
 
 class Checkpoint:

@@ -20,10 +20,10 @@ from pydantic import BaseModel, ValidationError
 
 from ... import registry, safeyaml
 from ...accounts.tenants import Principal
-from ...compute import stagejob
 from ...config import settings
 from ...data import versions
 from ...errors import NotFound
+from ...factory import jobkinds as stagejob
 from ...factory.spec import OrderSpec
 from ..auth import principal, tenant_filter, visible
 from ..errors import Forbidden, HTTPError, Invalid, field_errors
