@@ -742,3 +742,64 @@ def test_non_root_worker_without_isolation_refuses_unless_allowed(nobody_home):
     assert "--allow-unisolated" in got["refused"]["error"]
     assert got["allowed"]["reason"] == "ok" and "platform-only" in got["allowed"]["stdout"]
     assert got["allowed"]["enforcement"]["isolation"].startswith("none: commands run as the worker's own user")
+
+
+# ---------------------------------------------------------------------------------------------------- the worker
+_WORKER = ("import sys\n"
+           "from modelfactory.compute import worker\n"
+           "if hasattr(worker, 'PRELOAD'):  # the forkserver need not import torch for a command job\n"
+           "    worker.PRELOAD[:] = []\n"
+           "if hasattr(worker, 'preload'):\n"
+           "    worker.preload = lambda: []\n"
+           "worker.PoolWorker(sys.argv[1], worker.Capacity(cpu=2, gpu=0, memory_gb=2)).run()\n")
+
+
+@needs_root
+def test_cancelling_a_running_command_job_leaves_nothing_of_it(mode, monkeypatch, tmp_path):
+    """A command job on a real worker starts a child that escapes with setsid; the job is cancelled while it runs:
+    the worker kills the job process and the command's cgroup (or bubblewrap's namespace) and nothing of it remains
+    (before the fix, `_kill` only killed the job process: the command, in a session of its own, ran on)."""
+    from modelfactory.accounts.tenants import add_tenant
+    from modelfactory.compute import jobs
+    from modelfactory.compute.scheduler import schedule_once
+    from modelfactory.compute.tables import Job, pool_read
+
+    for k, v in {"MF_LEASE_TIMEOUT_S": "30", "MF_HEARTBEAT_S": "0.5", "MF_WORKER_POLL_S": "0.1"}.items():
+        monkeypatch.setenv(k, v)
+    tag = "80.1" if mode == "uid" else "80.2"
+    add_tenant("acme")
+    script = (f"setsid sh -c 'sleep {tag} & sleep {tag}' & sleep {tag} & "
+              'echo started > "$MF_OUTPUT_DIR/started"; wait')
+    job_id = jobs.submit("acme", jobs.command_spec(["sh", "-c", script], time_limit_s=600))
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen([sys.executable, "-c", _WORKER, f"cancel-{mode}"], cwd=REPO, env=os.environ.copy(),
+                              stdout=log, stderr=subprocess.STDOUT)
+
+    def state() -> str:
+        with pool_read() as s:
+            return s.get(Job, job_id).state
+
+    try:
+        def started() -> bool:
+            schedule_once()
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+            return (tenant_workdir("acme", job_id) / "outputs" / "started").exists()
+
+        wait_for(started, "the command to start", timeout=180)
+        assert len(survivors(tag, timeout=0)) >= 3  # the job's sleepers, the setsid one among them
+        jobs.cancel(job_id)
+        wait_for(lambda: not survivors(tag, timeout=0), "every process of the cancelled job to be gone", timeout=60)
+        assert state() == "cancelled"
+        assert "killing attempt 1" in (tmp_path / "worker.log").read_text()
+        leftover = [p for p in Path("/sys/fs/cgroup").rglob(f"mf-acme-{job_id}-*") if p.is_dir()]
+        assert not leftover, leftover
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        log.close()
+        for pid in survivors(tag, timeout=0):
+            os.kill(pid, signal.SIGKILL)

@@ -31,9 +31,10 @@ Isolation (`isolation()` says which applies; the job's record says which did):
   it is the namespaces that keep them from the platform's files, processes, sockets and network.
 - `uid` (root, bubblewrap missing or unusable): the per-tenant uid, and a fresh network namespace (unshare(2)
   CLONE_NEWNET before dropping root) unless network was granted. The filesystem is shared: file modes keep tenants
-  apart (MF_HOME is made 0711 and `MF_HOME/tenants` is root-owned 0711; a tenant's directory, `jobs/`, the job directory and `logs/` are
-  root:tenant-gid 0750; `work/`, `outputs/`, `tmp/` tenant-owned 0700), and the platform's own files must be
-  private to it (the platform runs with umask 077; MF_HOME's other contents are 0700/0600).
+  apart (MF_HOME is made 0711 and `MF_HOME/tenants` is root-owned 0711; a tenant's directory, `jobs/`, the job
+  directory and `logs/` are root:tenant-gid 0750; `work/`, `outputs/`, `tmp/` tenant-owned 0700), and the
+  platform's own files must be private to it (the platform runs with umask 077; MF_HOME's other contents are
+  0700/0600).
 - `none`: not root and no usable bubblewrap. `run_command` refuses with a clear MFError unless the caller passed
   `allow_unisolated=True` (`mf worker --allow-unisolated`, for a single-user machine): then the command runs as
   the worker's own user and can read everything the worker can.
@@ -65,11 +66,12 @@ hybrid setup; as a rule only when root): per controller, v2 if the controller is
 - Lifetime: at the time limit, on `should_stop()` (cancel, preemption; polled every `POLL_SECONDS`) the job gets
   SIGTERM, then SIGKILL after `GRACE_SECONDS`; when the command exits, whatever it left running is killed. "The
   job" is its cgroup (killed with v2 `cgroup.kill`, else frozen with the v1 freezer and killed) and, under
-  bubblewrap, its pid namespace (its init is killed, and with it every process in it; bubblewrap also dies with
-  its parent). Either way a `setsid` or double-forked child does not survive. With neither (root without
-  bubblewrap and without cgroups), only the process group is killed. The cgroups a job uses are written to
-  `state_path` before it starts, so `kill_recorded(state_path)` can kill it from another process (the worker
-  cancelling a job whose job process is gone).
+  bubblewrap, its pid namespace (its init is killed, and with it every process in it). Either way a `setsid` or
+  double-forked child does not survive. The command also asks for SIGKILL when the process that ran it dies
+  (PR_SET_PDEATHSIG, and bubblewrap's --die-with-parent), but only the cgroup kill is relied upon.
+  With neither (root without bubblewrap and without cgroups), only the process group is killed. The cgroups a
+  job uses are written to `state_path` before it starts, so `kill_recorded(state_path)` can kill it from another
+  process (the worker cancelling a job whose job process is gone).
 - Disk: the job directory's size (work/ + outputs/ + tmp/, allocated blocks) is measured every
   `DISK_CHECK_SECONDS` and the job is killed at `disk_gb` (`MF_JOB_DISK_GB`, default 20); RLIMIT_FSIZE = the same
   cap stops any single file from growing past it between two checks. Under bubblewrap /tmp is a tmpfs of at most
@@ -781,11 +783,12 @@ def _bwrap_argv(path: str, *, job_dir: Path, network: bool, gpus: bool, tmp_byte
 
 
 _CLONE_NEWNET = 0x40000000
+_PR_SET_PDEATHSIG = 1
 try:
     _LIBC = ctypes.CDLL(None, use_errno=True)
-    _UNSHARE = _LIBC.unshare
+    _UNSHARE, _PRCTL = _LIBC.unshare, _LIBC.prctl
 except (OSError, AttributeError):  # pragma: no cover - not Linux
-    _UNSHARE = None
+    _UNSHARE = _PRCTL = None
 
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -1035,7 +1038,7 @@ def run_command(argv: list[str], *, tenant: str, workdir: Path, cpu: float, memo
             limits.append((resource.RLIMIT_AS, _capped(resource.RLIMIT_AS, limit_bytes)))  # last: see _child_setup
         procs_files = cgroup.procs_files
         join_net = mode == "uid" and not network
-        unshare = _UNSHARE
+        unshare, prctl = _UNSHARE, _PRCTL
 
         def _child_setup() -> None:  # runs in the forked child before exec: os calls only, nothing imported
             for procs in procs_files:
@@ -1049,6 +1052,8 @@ def run_command(argv: list[str], *, tenant: str, workdir: Path, cpu: float, memo
                 os.setgroups([])
                 os.setgid(gid)
                 os.setuid(uid)
+            if prctl is not None:  # after setuid, which clears it: the command (bubblewrap) dies with its parent
+                prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
             for res, value in limits:  # RLIMIT_AS last: the forked copy of this process may already exceed it
                 resource.setrlimit(res, value)
 
