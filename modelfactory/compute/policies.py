@@ -35,6 +35,15 @@ most over its share, then the most recently started) and then pruned, among runn
   larger than its tenant's whole entitlement (a big gang) could never start that way on a busy pool: for it, a
   starved tenant may take from any tenant not starved itself, with no floor, and in exchange such big jobs are
   never preempted for fair share (two big gangs would otherwise take turns preempting each other).
+- (starving, `fair` only) a *starving* job: a large one (a gang, or more than half of a worker, so it needs whole
+  workers) whose tenant holds less than `starve_below` of its entitlement and which has waited `patience`
+  seconds since it last entered the queue. Without this rule such a job waits for whole workers to drain behind
+  heavy-tailed jobs while its tenant's entitlement accrues. It goes first in its class (so, blocked, it is the
+  head that backfilling protects), and it may preempt same-class jobs of every tenant better served than its
+  own, with no floor, clearing whole workers cheapest first; also its own tenant's jobs submitted after it.
+  Gangs and jobs larger than their tenant's entitlement go only once they have run `quantum` seconds while their
+  tenant holds more than its entitlement: a cap on how long one tenant keeps more than its share. A requeued
+  victim starts waiting again, so its tenant cannot preempt straight back: swaps are at least `patience` apart.
 Jobs that started less than `min_runtime` seconds ago are never preempted; when only such jobs would do,
 `Decision.retry_at` says when to ask again. Jobs already told to stop (`JobView.stopping`) count as free.
 
@@ -101,6 +110,12 @@ class JobView:
     expected_duration: float | None = None  # seconds (of the work left); backfilling only trusts jobs that declare it
     preemptible: bool = True
     stopping: bool = False  # running, already asked to checkpoint and stop: its resources count as about to be free
+    queued_since: float | None = None  # when it last entered the queue (a requeue after preemption); None: submitted
+
+    @property
+    def waited(self) -> float:
+        """When the job's current wait in the queue began."""
+        return self.submitted if self.queued_since is None else self.queued_since
 
     @property
     def total(self) -> Resources:
@@ -273,6 +288,13 @@ def duration(seconds: float) -> str:
 
 def _shape(job: JobView) -> tuple[Resources, int]:
     return job.resources, job.slots
+
+
+@functools.lru_cache(maxsize=4096)
+def _large(resources: Resources, slots: int, capacities: tuple[Resources, ...]) -> bool:
+    """A gang, or a job taking more than half of every worker (so it needs a worker nearly to itself)."""
+    two = resources.scaled(2)
+    return slots > 1 or not any(two.fits_in(c) for c in capacities)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -528,6 +550,10 @@ class _Preempting:
     def _why(self, rnd: _Round, job: JobView, chosen: list[_Victim]) -> str:
         return f"its class '{job.priority}' outranks theirs"
 
+    def _order(self, rnd: _Round, job: JobView, candidates: list[_Victim]) -> list[_Victim]:
+        """The order in which `_greedy` takes victims for `job` (default: cheapest first, as given)."""
+        return candidates
+
     def _preempt(self, rnd: _Round, queued: list[JobView], workers: list[WorkerView]) -> None:
         stopping = [(v, w) for v, w in rnd.running if v.stopping]
         base = dict(rnd.free)
@@ -551,7 +577,7 @@ class _Preempting:
             if rules is None:
                 continue
             tries += 1
-            candidates = self._candidates(rnd, rules[0], young)
+            candidates = self._order(rnd, job, self._candidates(rnd, rules[0], young))
             chosen = _greedy(job, base, candidates, rules[1]) if candidates else None
             if chosen is not None and self._would_start(rnd, job, chosen, queued, workers):
                 rnd.decision.preempt.extend(c.job.id for c in chosen)
@@ -587,7 +613,7 @@ class _Preempting:
         running = [(v, w) for v, w in rnd.running if v.id not in gone]
         running += [(dataclasses.replace(by_id[i], started=rnd.now), p) for i, p in rnd.decision.starts]
         still = [v for v in queued if v.id not in started]
-        still += [dataclasses.replace(c.job, started=None, stopping=False) for c in chosen]
+        still += [dataclasses.replace(c.job, started=None, stopping=False, queued_since=rnd.now) for c in chosen]
         free = dict(rnd.free)
         for c in chosen:
             release(free, c.job, c.workers)
@@ -664,6 +690,8 @@ class Fair(_Preempting):
     name: ClassVar[str] = "fair"
     min_runtime: float = 60.0  # seconds a job runs before it may be preempted
     starve_below: float = 0.8  # a tenant under this fraction of its entitlement may preempt for fair share
+    patience: float = 600.0  # s a starved tenant's large job waits in the queue before it is *starving*
+    quantum: float = 3600.0  # s an over-share tenant's gang runs before a starving job may preempt it
     preempt: bool = True
     max_tries: int = 4  # blocked jobs whose preemption is tried per round
 
@@ -680,15 +708,20 @@ class Fair(_Preempting):
 
     def _fill(self, rnd: _Round, queued: list[JobView], until: int | None = None) -> None:
         """Progressive filling: serve the tenant whose next job has the highest class and, among equals, the
-        lowest weighted dominant share; a start raises that tenant's share, so it is re-ranked."""
+        lowest weighted dominant share; a start raises that tenant's share, so it is re-ranked. Within a class,
+        starving jobs (see `_starving`) go first, the most starved tenant's first: the first of them that does not
+        fit becomes the head, whose reservation backfilling respects."""
+        starving = {j.id for j in queued if self._starving(rnd, j)}
         lines: dict[str, list[JobView]] = {}
-        for job in sorted(queued, key=lambda j: (-j.rank, j.submitted, j.id)):
+        for job in sorted(queued, key=lambda j: (-j.rank, j.id not in starving, j.submitted, j.id)):
             lines.setdefault(job.tenant, []).append(job)
         at = dict.fromkeys(lines, 0)
 
         def key(t: str) -> tuple:
             job = lines[t][at[t]]
-            return -job.rank, rnd.share(t) / rnd.weights[t], job.submitted, job.id
+            if job.id in starving:
+                return -job.rank, 0, self._ratio(rnd, t), job.submitted, job.id
+            return -job.rank, 1, rnd.share(t) / rnd.weights[t], job.submitted, job.id
 
         heap = [(key(t), t) for t in lines]
         heapq.heapify(heap)
@@ -707,13 +740,24 @@ class Fair(_Preempting):
         entitled = rnd.entitled.get(tenant, 0.0)
         return rnd.share(tenant) / entitled if entitled > EPS else math.inf
 
+    def _starving(self, rnd: _Round, job: JobView) -> bool:
+        """A queued job is *starving* when it is large (a gang, or more than half of any worker: it needs whole
+        workers, which small jobs keep busy), its tenant holds less than `starve_below` of its entitlement, and it
+        has waited `patience` seconds since it last entered the queue (a job requeued by a preemption starts
+        waiting again, so its tenant cannot preempt straight back)."""
+        return (rnd.now - job.waited >= self.patience - EPS and self._ratio(rnd, job.tenant) < self.starve_below
+                and _large(job.resources, job.slots, tuple(rnd.capacity.values())))
+
     def _rules(self, rnd: _Round, job: JobView) -> tuple[VictimRule, KeepsShare | None] | None:
         """Whom `job` may preempt. Any tenant's jobs of a lower class; and, when its tenant is starved (below
         `starve_below` of its entitlement, and not above it with `job` running), same-or-lower-class jobs of other
         tenants above their entitlement, each such tenant kept at `starve_below` of its own or more. A job larger
         than its tenant's whole entitlement (a big gang) could never start by that rule on a busy pool, so for it
         a starved tenant may take from any tenant not starved itself, with no floor; in exchange, such big jobs are
-        never preempted for fair share (two big gangs would otherwise take turns preempting each other)."""
+        never preempted for fair share (two big gangs would otherwise take turns preempting each other).
+        A starving job has its own rule (`_starving_rules`)."""
+        if self._starving(rnd, job):
+            return self._starving_rules(rnd, job)
         mine = job.tenant
         entitled = rnd.entitled.get(mine, 0.0)
         big = rnd.job_share(job) > entitled + EPS
@@ -741,11 +785,60 @@ class Fair(_Preempting):
 
         return victim, None if big else keeps_share
 
+    def _starving_rules(self, rnd: _Round, job: JobView) -> tuple[VictimRule, KeepsShare | None]:
+        """Whom a starving job may preempt: any tenant's jobs of a lower class; same-class jobs of every tenant
+        better served than its own (a higher share / entitlement), with no floor, except their gangs and jobs
+        larger than their tenant's entitlement, which only go once they have run `quantum` seconds while their
+        tenant holds more than its entitlement (a cap on how long one tenant keeps more than its share); and its
+        own tenant's same-class jobs submitted after it (they got ahead of it only by backfilling). A victim is
+        requeued and waits `patience` before it can be starving in turn, so preemptions cannot ping-pong faster
+        than that."""
+        mine = job.tenant
+        mine_ratio = self._ratio(rnd, mine)
+        ratios: dict[str, float] = {}
+
+        def victim(v: JobView) -> tuple[tuple, str] | None:
+            if v.rank < job.rank:
+                return (v.rank, 0, 0.0, -(v.started or 0.0)), "class"
+            if v.rank > job.rank:
+                return None
+            if v.tenant == mine:
+                return ((v.rank, 1, 0.0, -(v.started or 0.0)), "own") if v.submitted > job.submitted else None
+            if v.tenant not in ratios:
+                ratios[v.tenant] = self._ratio(rnd, v.tenant)
+            ratio = ratios[v.tenant]
+            if ratio <= mine_ratio + EPS:
+                return None
+            big = v.slots > 1 or rnd.job_share(v) > rnd.entitled.get(v.tenant, 0.0) + EPS
+            if big and not (ratio > 1.0 + EPS and v.started is not None and rnd.now - v.started >= self.quantum):
+                return None
+            return (v.rank, 0, -ratio, -(v.started or 0.0)), "share"
+
+        return victim, None
+
+    def _order(self, rnd: _Round, job: JobView, candidates: list[_Victim]) -> list[_Victim]:
+        """For a starving job, clear whole workers, cheapest first: a worker costs the dominant share of the
+        victims on it, and one holding a job that may not be preempted for it comes last."""
+        if not candidates or not self._starving(rnd, job):
+            return candidates
+        allowed = {c.job.id for c in candidates}
+        cost = dict.fromkeys(rnd.capacity, 0.0)
+        for view, wids in rnd.running:
+            for wid in wids:
+                if wid in cost:
+                    cost[wid] += dominant_share(view.resources, rnd.pool) if view.id in allowed or view.stopping \
+                        else NEVER
+        return sorted(candidates, key=lambda c: (c.key[0], min(cost.get(w, NEVER) for w in c.workers),
+                                                 min(c.workers), c.key, c.job.id))
+
     def _why(self, rnd: _Round, job: JobView, chosen: list[_Victim]) -> str:
         if all(c.rule == "class" for c in chosen):
             return super()._why(rnd, job, chosen)
-        return (f"tenant '{job.tenant}' holds {rnd.share(job.tenant):.0%} of the pool, entitled to "
-                f"{rnd.entitled.get(job.tenant, 0.0):.0%}")
+        why = (f"tenant '{job.tenant}' holds {rnd.share(job.tenant):.0%} of the pool, entitled to "
+               f"{rnd.entitled.get(job.tenant, 0.0):.0%}")
+        if self._starving(rnd, job):
+            why += f", and this job has waited {duration(rnd.now - job.waited)} for whole workers"
+        return why
 
 
 POLICIES: dict[str, type] = {Fifo.name: Fifo, Priority.name: Priority, Fair.name: Fair}

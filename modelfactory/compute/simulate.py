@@ -263,6 +263,7 @@ class _Sim:
         self.preemptions += 1
         self._release(job)
         view.expected_duration = job.remaining if self.exact else None
+        view.queued_since = now
         self._enqueue(view)
 
     # -- metrics
