@@ -4,7 +4,8 @@ from __future__ import annotations
 
 COLUMNS = [("accuracy", "accuracy", "{:.4f}"), ("macro_f1", "macro-F1", "{:.4f}"),
            ("size_bytes", "size (MB)", None), ("parameters", "params (M)", None),
-           ("latency_ms_p50", "p50 batch-1 (ms)", None), ("throughput", "batch-32 (rows/s)", "{:.0f}"),
+           ("latency_ms_p50", "p50 batch-1 (ms)", None), ("latency_e2e_ms_p50", "p50 raw text/image in (ms)", None),
+           ("throughput", "batch-32 (rows/s)", "{:.0f}"),
            ("eval_loss", "held-out loss", "{:.4f}"), ("perplexity", "perplexity", "{:.2f}")]
 
 
@@ -22,7 +23,7 @@ def cell(key: str, value) -> str:
         return _significant(value / 1e6)
     if key == "parameters":
         return _significant(value / 1e6)
-    if key == "latency_ms_p50":
+    if key in ("latency_ms_p50", "latency_e2e_ms_p50"):
         return _significant(value)
     fmt = next(f for k, _, f in COLUMNS if k == key)
     return fmt.format(value)

@@ -25,7 +25,8 @@ class Trial:
     accuracy_ratio: float
     size_mb: float
     latency_ms: float
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. node prefix, accuracy
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. node prefix, recipe
+    accuracy: float | None = None
 
     def dominates(self, other: Trial) -> bool:
         better_eq = (self.accuracy_ratio >= other.accuracy_ratio and self.size_mb <= other.size_mb
@@ -40,9 +41,11 @@ class Targets:
     min_accuracy_ratio: float | None = None
     max_latency_ms: float | None = None
     max_size_mb: float | None = None
+    min_accuracy: float | None = None  # absolute, e.g. a baseline's accuracy the model must match
 
     def met_by(self, t: Trial) -> bool:
-        return ((self.min_accuracy_ratio is None or t.accuracy_ratio >= self.min_accuracy_ratio)
+        return ((self.min_accuracy is None or (t.accuracy is not None and t.accuracy >= self.min_accuracy))
+                and (self.min_accuracy_ratio is None or t.accuracy_ratio >= self.min_accuracy_ratio)
                 and (self.max_latency_ms is None or t.latency_ms <= self.max_latency_ms)
                 and (self.max_size_mb is None or t.size_mb <= self.max_size_mb))
 
@@ -113,6 +116,10 @@ def infeasible_message(result: SearchResult, targets: Targets) -> str:
         parts.append(f"best accuracy ratio at ≤{targets.max_size_mb:g} MB was "
                      f"{max(t.accuracy_ratio for t in small):.3f}" if small else
                      f"no recipe fit in ≤{targets.max_size_mb:g} MB (smallest {min(t.size_mb for t in ts):.1f} MB)")
+    if targets.min_accuracy is not None:
+        good = [t for t in ts if t.accuracy is not None and t.accuracy >= targets.min_accuracy]
+        parts.append(f"{len(good)} of {len(ts)} recipes reached the baseline's accuracy of {targets.min_accuracy:.4f}"
+                     + ("" if good else f" (best {max((t.accuracy or 0.0) for t in ts):.4f})"))
     if targets.min_accuracy_ratio is not None:
         good = [t for t in ts if t.accuracy_ratio >= targets.min_accuracy_ratio]
         if good:
@@ -126,13 +133,15 @@ def infeasible_message(result: SearchResult, targets: Targets) -> str:
 
 
 def front_table(result: SearchResult) -> str:
-    rows = ["| trial | recipe | accuracy ratio | size (MB) | p50 batch-1 (ms) | on front | chosen |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| trial | recipe | accuracy | accuracy ratio | size (MB) | p50 batch-1 (ms) | on front | chosen |",
+            "|---|---|---|---|---|---|---|---|"]
     front = {id(t) for t in result.front}
     for t in sorted(result.trials, key=lambda t: (-t.accuracy_ratio, t.latency_ms)):
         recipe = ", ".join(f"{k}={v}" for k, v in t.params.items())
-        rows.append(f"| {t.number} | {recipe} | {t.accuracy_ratio:.3f} | {t.size_mb:.2f} | {t.latency_ms:.2f} | "
-                    f"{'yes' if id(t) in front else ''} | {'**yes**' if t is result.chosen else ''} |")
+        acc = "–" if t.accuracy is None else f"{t.accuracy:.4f}"
+        rows.append(f"| {t.number} | {recipe} | {acc} | {t.accuracy_ratio:.3f} | {t.size_mb:.3f} | "
+                    f"{t.latency_ms:.3f} | {'yes' if id(t) in front else ''} | "
+                    f"{'**yes**' if t is result.chosen else ''} |")
     return "\n".join(rows)
 
 

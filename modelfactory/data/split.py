@@ -43,3 +43,11 @@ def stratified_split(df: pd.DataFrame, *, val: float, test: float, seed: int,
                                         random_state=seed)
     return {name: part.reset_index(drop=True) for name, part in
             (("train", train_df), ("val", val_df), ("test", test_df))}
+
+
+def stratified_cut(df: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+    """`rows` of `df` in its label proportions (every label kept when possible): fewer labels, same distribution."""
+    if "label" not in df or rows >= len(df):
+        return df.sample(n=min(rows, len(df)), random_state=seed).reset_index(drop=True)
+    cut, _ = train_test_split(df, train_size=rows, stratify=df["label"], random_state=seed)
+    return cut.reset_index(drop=True)

@@ -277,3 +277,16 @@ def list_versions() -> list[DatasetVersion]:
 
 def load_rows(artifact_id: str) -> pd.DataFrame:
     return pd.read_parquet(ArtifactStore().path(artifact_id) / ROWS_FILE)
+
+
+def unlabeled_inputs(artifact_id: str | None, role: str) -> pd.DataFrame:
+    """The inputs (column `role`) of a dataset's rows nobody labeled, for a split made from `artifact_id` (the
+    version itself, or the labeled view an order trained on): what a teacher can label for distillation."""
+    store = ArtifactStore()
+    if not artifact_id or not store.exists(artifact_id):
+        return pd.DataFrame({role: []})
+    source = store.get(artifact_id).manifest.get("params", {}).get("dataset_artifact") or artifact_id
+    df = load_rows(source)
+    if "label_source" not in df or role not in df:
+        return pd.DataFrame({role: []})
+    return labels.to_predict(df)[[role]].reset_index(drop=True)

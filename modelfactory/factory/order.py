@@ -59,9 +59,12 @@ def label_sources_text(sources: dict[str, int]) -> str:
     return ", ".join(f"{k} {n} ({n / total:.0%})" for k, n in sources.items())
 
 
-def check_targets(spec: OrderSpec, metrics: dict[str, dict], deployed: str) -> dict[str, bool]:
+def check_targets(spec: OrderSpec, metrics: dict[str, dict], deployed: str,
+                  baselines: dict[str, dict] | None = None) -> dict[str, bool]:
     t, m = spec.targets, metrics[deployed]
     met: dict[str, bool] = {}
+    if t.beat_baseline and (baselines or {}).get("classical"):
+        met["beat_baseline"] = m["accuracy"] >= baselines["classical"]["accuracy"]
     if t.min_accuracy_ratio is not None:
         met["min_accuracy_ratio"] = m["accuracy"] / metrics["teacher"]["accuracy"] >= t.min_accuracy_ratio
     if t.max_latency_ms is not None:
@@ -102,7 +105,7 @@ def execute_order(spec: OrderSpec, order_id: int, dataset: DatasetRef, *, report
 
     try:
         searched = None
-        if spec.search is None:
+        if spec.searched() is None:
             the_plan = plan(spec, dataset.artifact_id)
             results = run_plan(the_plan, order_id=order_id, reporter=reporter, should_stop=should_stop)
         else:
@@ -112,8 +115,9 @@ def execute_order(spec: OrderSpec, order_id: int, dataset: DatasetRef, *, report
                                         should_stop=should_stop)
             if searched.chosen is None:
                 report = _write_report(spec, order_id, dataset, teacher, _metrics(tplan, teacher), {}, None,
-                                       "teacher", False, searched)
-                raise MFError(f"{infeasible_message(searched, targets_of(spec))} (report: {report})", exit_code=3)
+                                       "teacher", False, searched, _baselines(tplan, teacher))
+                raise MFError(f"{infeasible_message(searched, targets_of(spec, teacher))} (report: {report})",
+                              exit_code=3)
             the_plan, results = chosen_plan(spec, tplan, runs, searched.chosen, teacher)
     except StopRequested:
         raise
@@ -157,11 +161,51 @@ def _metrics(the_plan: Plan, results: dict[str, NodeResult]) -> dict[str, dict]:
     return {cand: results[f"evaluate_{cand}"].artifact.metrics for cand in the_plan.candidates}
 
 
+def _baselines(the_plan: Plan, results: dict[str, NodeResult]) -> dict[str, dict]:
+    return {name: results[node].artifact.metrics for name, node in the_plan.baselines.items() if node in results}
+
+
+BASELINE_TITLES = {"majority": "baseline: majority class", "classical": "baseline: classical"}
+
+
+def baseline_lines(metrics: dict[str, dict], baselines: dict[str, dict], deployed: str,
+                   teacher: dict | None, spec_targets_set: bool = False) -> list[str]:
+    """Plain sentences on whether the deep models earned their cost against what a practitioner tries first."""
+    lines = []
+    if teacher and teacher.get("collapsed"):
+        lines.append(f"**The teacher did not learn**: after {len(teacher.get('attempts', []))} attempts its best "
+                     f"validation macro-F1 was {teacher['val_macro_f1']:.3f}, no better than always answering the "
+                     f"majority class ({teacher['majority_val_macro_f1']:.3f}). Students distilled from it inherit "
+                     "that; the classical baseline does not.")
+    major, classical = baselines.get("majority"), baselines.get("classical")
+    t = metrics.get("teacher")
+    if t and major:
+        lines.append(f"The teacher's test accuracy is {t['accuracy']:.4f} against {major['accuracy']:.4f} for "
+                     f"always answering '{major.get('predicts')}'.")
+    if classical and t:
+        verdict = "beats" if t["accuracy"] > classical["accuracy"] else "does **not** beat"
+        lines.append(f"The teacher {verdict} the classical baseline ({t['accuracy']:.4f} vs "
+                     f"{classical['accuracy']:.4f}).")
+    d = metrics.get(deployed)
+    if classical and d and deployed != "teacher":
+        if d["accuracy"] >= classical["accuracy"]:
+            lines.append(f"The deployed `{deployed}` is at least as accurate as the classical baseline "
+                         f"({d['accuracy']:.4f} vs {classical['accuracy']:.4f}).")
+        else:
+            why = ("it was chosen as the cheapest model meeting the targets" if spec_targets_set else
+                   "no targets were set, so the fastest model of the Pareto front was chosen")
+            lines.append(f"The deployed `{deployed}` is **less accurate than the classical baseline** "
+                         f"({d['accuracy']:.4f} vs {classical['accuracy']:.4f}): {why}; "
+                         "`targets: {beat_baseline: true}` makes matching the baseline a target.")
+    return lines
+
+
 def _register(spec: OrderSpec, order_id: int, dataset: DatasetRef, the_plan: Plan,
               results: dict[str, NodeResult], searched: SearchResult | None) -> OrderResult:
     metrics = _metrics(the_plan, results)
+    baselines = _baselines(the_plan, results)
     deployed = the_plan.deployed
-    targets_met = check_targets(spec, metrics, deployed)
+    targets_met = check_targets(spec, metrics, deployed, baselines)
     deploy = spec.deploy and all(targets_met.values())
     split = results["split"].artifact
     lineage: dict[str, Any] = {
@@ -186,18 +230,20 @@ def _register(spec: OrderSpec, order_id: int, dataset: DatasetRef, the_plan: Pla
 
     ref = registry.register(name=spec.name, tenant=spec.tenant, task=spec.task,
                             artifact_id=results[the_plan.candidates[deployed]].artifact.id,
-                            metrics={**metrics, "deployed": deployed, "ratios": ratios(metrics, deployed)},
+                            metrics={**metrics, "deployed": deployed, "ratios": ratios(metrics, deployed),
+                                     **({"baselines": baselines} if baselines else {})},
                             lineage=lineage, card_fn=card, order_id=order_id,
                             aliases=("prod",) if deploy else ())
     report_path = _write_report(spec, order_id, dataset, results, metrics, targets_met, ref, deployed, deploy,
-                                searched)
+                                searched, baselines)
     return OrderResult(order_id, dataset, ref, metrics, targets_met, deploy, report_path, results,
                        the_plan.candidates, searched)
 
 
 def _write_report(spec: OrderSpec, order_id: int, dataset: DatasetRef, results: dict[str, NodeResult],
                   metrics: dict[str, dict], targets_met: dict[str, bool], ref: registry.ModelRef | None,
-                  deployed: str, deploy: bool, searched: SearchResult | None = None) -> Path:
+                  deployed: str, deploy: bool, searched: SearchResult | None = None,
+                  baselines: dict[str, dict] | None = None) -> Path:
     folder = settings().orders / str(order_id)
     folder.mkdir(parents=True, exist_ok=True)
     r = ratios(metrics, deployed)
@@ -213,7 +259,12 @@ def _write_report(spec: OrderSpec, order_id: int, dataset: DatasetRef, results: 
         how = "cache hit" if res.cached else (f"resumed from step {res.resumed_from_step}"
                                               if res.resumed_from_step else "ran")
         lines.append(f"| {name} | `{res.artifact.id[:12]}` | {how} |")
-    lines += ["", "## Test-split evaluation", "", metrics_table(metrics), ""]
+    baselines = baselines or {}
+    shown = {**metrics, **{BASELINE_TITLES.get(k, k): v for k, v in baselines.items()}}
+    lines += ["", "## Test-split evaluation", "", metrics_table(shown), ""]
+    teacher_fit = results["teacher"].artifact.metrics if "teacher" in results else None
+    lines += [*baseline_lines(metrics, baselines, deployed, teacher_fit,
+                              bool(spec.targets.model_dump(exclude_defaults=True))), ""]
     if r:
         lines.append(f"Deployed `{deployed}` keeps **{r['accuracy_ratio']:.1%}** of the teacher's accuracy at "
                      f"**{r['size_reduction']:.1f}x** smaller and **{r['latency_speedup']:.1f}x** faster (batch 1).")
@@ -224,12 +275,12 @@ def _write_report(spec: OrderSpec, order_id: int, dataset: DatasetRef, results: 
                      f"is {results['teacher'].artifact.metrics.get('size_bytes', 0) / 1e6:.2f} MB beside the "
                      f"shared base.")
     if searched is not None:
-        lines += [""] + search_report(searched, spec, folder)
+        lines += [""] + search_report(searched, spec, folder, results)
     lines += ["", "## Targets", ""]
     lines += [f"- {k}: {'met' if ok else '**missed**'}" for k, ok in targets_met.items()] or ["- none set"]
     if ref is None:
         lines += ["", "**No recipe met every target: nothing was registered.** "
-                      + infeasible_message(searched, targets_of(spec)) if searched else ""]
+                      + infeasible_message(searched, targets_of(spec, results)) if searched else ""]
     else:
         lines += ["", f"Registered as **{ref}**" + (" and promoted to `prod`." if deploy else " (not promoted).")]
     path = folder / "report.md"

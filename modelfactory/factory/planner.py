@@ -29,6 +29,7 @@ class Plan:
     nodes: list[Node]
     candidates: dict[str, str]  # model name in the report -> node that produced its ONNX dir
     deployed: str  # the candidate that ships
+    baselines: dict[str, str] = field(default_factory=dict)  # baseline name -> node holding its evaluation
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
@@ -67,6 +68,7 @@ def teacher_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
              {"task": task, "_pretrained": t.model, "pretrained_id": pretrained.identity(t.model),
               "epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size, "max_length": t.max_length,
               "seed": spec.split.seed, "_checkpoint_every": t.checkpoint_every,
+              "min_steps": t.min_steps, "retries": t.retries,
               **({"image_size": t.image_size} if t.image_size else {}),  # absent by default: cache keys unchanged
               **({"augment": True} if t.augment else {})},
              {"split": "split"}),
@@ -80,7 +82,24 @@ def teacher_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
     nodes.append(Node("quantize_teacher", "quantize", {"mode": "dynamic"}, {"onnx": source, "split": "split"}))
     candidates = {"teacher": "export_teacher", "teacher_int8": "quantize_teacher"}
     nodes += [_evaluate(name, producer, task) for name, producer in candidates.items()]
-    return Plan(nodes, candidates, deployed="teacher")
+    # What a practitioner would try first, on the same test split: the majority class, and the family's
+    # classical model (text: TF-IDF + logistic regression) fitted on the rows' own labels.
+    baselines = {"majority": "evaluate_baseline_majority"}
+    nodes.append(Node("evaluate_baseline_majority", "evaluate_majority", {}, {"split": "split"}))
+    classical = tasks.get(task).baseline_student()
+    if classical is not None:
+        nodes.append(Node("baseline_classical", "fit_student", {"task": task, **classical, "seed": spec.split.seed},
+                          {"split": "split"}))
+        nodes.append(_evaluate("baseline_classical", "baseline_classical", task))
+        baselines["classical"] = "evaluate_baseline_classical"
+    return Plan(nodes, candidates, deployed="teacher", baselines=baselines)
+
+
+def transfer_node(spec: OrderSpec) -> Node:
+    """The distillation transfer set: training rows + augmented copies + the dataset's unlabeled rows, labeled
+    by the fp32 teacher once; every student that distils over it shares this node (no prefix)."""
+    return Node("transfer", "transfer_set", {"task": spec.task, **spec.transfer.model_dump()},
+                {"teacher": "export_teacher", "split": "split"})
 
 
 def labeling_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
@@ -93,17 +112,30 @@ def labeling_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
 def student_chain(spec: OrderSpec, steps: list[RecipeStep], prefix: str = "") -> Plan:
     """Nodes for one student recipe; node names carry `prefix` (e.g. 'trial3/'), candidate names do not."""
     task, seed = spec.task, spec.split.seed
+    family = tasks.get(task)
     model_steps = [s for s in steps if s.kind != "quantize"]
     nodes: list[Node] = []
+    first = family.student_params(model_steps[0].distill.model_dump(mode="json"))
+    # The family's settings for what the recipe leaves unset, baked into the node: they are part of its cache key.
+    first = {**family.student_defaults(first), **{k: v for k, v in first.items() if v is not None}}
+    uses_transfer = bool(first.get("transfer"))
+    if uses_transfer:
+        nodes.append(transfer_node(spec))
+    data = {"split": "split"} | ({"transfer": "transfer"} if uses_transfer else {})
+    if family.direct_student(first):  # fitted straight into an ONNX model dir: nothing to export or quantize
+        first.pop("checkpoint_every", None)
+        nodes.append(Node(f"{prefix}student", "fit_student", {"task": task, **first, "seed": seed}, data))
+        nodes.append(_evaluate("student", f"{prefix}student", task, prefix))
+        return Plan(nodes, {"student": f"{prefix}student"}, deployed="student")
     prev = ""
     for i, step in enumerate(model_steps):
         name = f"{prefix}student" if i == len(model_steps) - 1 else f"{prefix}student.{i + 1}.{step.kind}"
-        body = getattr(step, step.kind).model_dump(mode="json")
+        body = first if i == 0 else getattr(step, step.kind).model_dump(mode="json")
         ckpt = body.pop("checkpoint_every", None)
         if step.kind == "prune":
             nodes.append(Node(name, "prune", {"task": task, **body}, {"model": prev, "split": "split"}))
         else:
-            inputs = {"split": "split", "teacher": "teacher"} | ({"init": prev} if step.kind == "recover" else {})
+            inputs = data | {"teacher": "teacher"} | ({"init": prev} if step.kind == "recover" else {})
             nodes.append(Node(name, "distill", {"task": task, **body, "seed": seed, "_checkpoint_every": ckpt},
                               inputs))
         prev = name
@@ -128,4 +160,5 @@ def plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
         return adapt_plan(spec, dataset_artifact)
     teacher = teacher_plan(spec, dataset_artifact)
     student = student_chain(spec, spec.steps())
-    return Plan(teacher.nodes + student.nodes, teacher.candidates | student.candidates, student.deployed)
+    return Plan(teacher.nodes + student.nodes, teacher.candidates | student.candidates, student.deployed,
+                teacher.baselines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -66,6 +66,9 @@ class SplitSpec(Strict):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     max_rows: int | None = Field(None, gt=10, le=100_000_000,
                                  description="stratified sample of this many rows before splitting")
+    train_rows: int | None = Field(None, gt=10, le=100_000_000,
+                                   description="a stratified cut of the training part (val and test unchanged): "
+                                               "how an order behaves with fewer labels")
 
 
 class LoraSpec(Strict):
@@ -89,10 +92,22 @@ class TeacherSpec(Strict):
     augment: bool = Field(False, description="images: train on randomly shifted, rotated and scaled copies "
                                              "(worth it when the labeled rows are few)")
     checkpoint_every: int = Field(50, gt=0, le=MAX_STEPS, description="training steps between checkpoints")
+    min_steps: int = Field(300, ge=0, le=MAX_STEPS, description="optimisation steps at least, whatever the data "
+                                                                "size (epochs are raised to reach them)")
+    retries: int = Field(2, ge=0, le=5, description="fresh attempts (other seed and learning rate) when training "
+                                                    "collapses to no better than the majority class")
     lora: LoraSpec | None = Field(None, description="generative tasks: the adapter trained on the frozen base")
 
 
 class StudentSpec(Strict):
+    arch: str | None = Field(None, max_length=32, description="student kind the task family builds (text: "
+                      "transformer, bag, cnn, classical)")
+    size: str | None = Field(None, max_length=8, description="size preset of small archs (xs, s, m, l)")
+    init: Literal["teacher", "random"] | None = Field(None, description="small archs: word vectors from the "
+                                                                        "teacher's embeddings, or random")
+    C: float | None = Field(None, gt=0, le=1e6, description="classical students: inverse regularisation")
+    transfer: bool | None = Field(None, description="distil over the teacher-labeled, augmented transfer set "
+                                                    "(default: the family's choice for the arch)")
     layers: int = Field(2, ge=1, le=64)
     hidden: int | None = Field(None, ge=8, le=8192)
     heads: int | None = Field(None, ge=1, le=128)
@@ -103,9 +118,9 @@ class StudentSpec(Strict):
     hidden_weight: float = Field(0.0, ge=0, le=1000, description="weight of the hidden-state MSE loss (TinyBERT)")
     attention_weight: float = Field(0.0, ge=0, le=1000,
                                     description="weight of the attention-distribution KL loss (MiniLM)")
-    epochs: float = Field(3.0, gt=0, le=MAX_EPOCHS)
-    lr: float = Field(1e-4, gt=0, le=10)
-    batch_size: int = Field(32, gt=0, le=MAX_BATCH)
+    epochs: float | None = Field(None, gt=0, le=MAX_EPOCHS, description="default: the family's, per arch")
+    lr: float | None = Field(None, gt=0, le=10)
+    batch_size: int | None = Field(None, gt=0, le=MAX_BATCH)
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft-label KD loss vs the true labels")
     temperature: float = Field(2.0, gt=0, le=100)
     checkpoint_every: int = Field(50, gt=0, le=MAX_STEPS, description="training steps between checkpoints")
@@ -126,6 +141,18 @@ class RecoverSpec(Strict):
 
 class PruneSpec(Strict):
     ratio: float = Field(gt=0, lt=1, description="share of attention heads and FFN channels to remove")
+
+
+class TransferSpec(Strict):
+    """The distillation transfer set: the training rows, augmented copies of them and the dataset's unlabeled
+    rows, all labeled by the teacher once (one cached artifact every student trial reuses)."""
+
+    copies: int | None = Field(None, ge=0, le=50, description="augmented copies per training row (default: "
+                                                               "enough for about 20,000 rows, at most 20)")
+    p_mask: float = Field(0.1, ge=0, le=1)
+    p_replace: float = Field(0.1, ge=0, le=1)
+    p_ngram: float = Field(0.25, ge=0, le=1)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
 class QuantizeSpec(Strict):
@@ -166,8 +193,10 @@ def _check_choice(dim: str, value: Any) -> None:
         if value not in ("dynamic", "static", "none"):
             raise ValueError(f"search dimension 'quantize': {excerpt(value)} is not one of dynamic, static, none")
         return
-    else:
+    elif dim in StudentSpec.model_fields:
         model, field = StudentSpec, dim
+    else:  # a dimension a family interprets itself (its own checks apply)
+        return
     try:
         model.model_validate({field: value})
     except ValidationError as e:
@@ -181,15 +210,16 @@ class SearchSpec(Strict):
     max_trials: int = Field(8, ge=1, le=500)
     max_minutes: float = Field(30.0, gt=0, le=7 * 24 * 60)
     seed: int = Field(0, ge=0, le=2**32 - 1)
-    space: dict[str, list[Any]] = Field(default_factory=lambda: {
-        "layers": [1, 2, 3], "hidden": [None, 256, 128], "vocab": ["train"], "prune_ratio": [0.0, 0.4],
-        "alpha": [0.5, 0.9], "quantize": ["dynamic", "static"]})
+    space: dict[str, list[Any]] | None = Field(None, description="default: the task family's own space")
 
     @field_validator("space")
     @classmethod
     def _known_dims(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if v is None:
+            return v
         known = {"layers", "hidden", "heads", "ffn", "vocab", "prune_ratio", "alpha", "temperature",
-                 "hidden_weight", "attention_weight", "quantize", "epochs", "lr"}
+                 "hidden_weight", "attention_weight", "quantize", "epochs", "lr", "arch", "size", "init", "C",
+                 "transfer"}
         unknown = sorted(set(v) - known)
         if unknown:
             raise ValueError(f"unknown search dimension(s) {excerpt(unknown)}; known: {sorted(known)}")
@@ -205,6 +235,8 @@ class SearchSpec(Strict):
 
 class Targets(Strict):
     min_accuracy_ratio: float | None = Field(None, gt=0, le=1.5)
+    beat_baseline: bool = Field(False, description="the deployed model must be at least as accurate as the "
+                                                   "classical baseline (text: TF-IDF + logistic regression)")
     max_latency_ms: float | None = Field(None, gt=0, le=1e7)
     max_size_mb: float | None = Field(None, gt=0, le=1e7)
 
@@ -221,8 +253,20 @@ class OrderSpec(Strict):
     quantize: Literal["dynamic", "static", "none"] = "dynamic"
     recipe: list[RecipeStep] | None = Field(None, description="compression chain; default: distill -> quantize")
     optimize_onnx: bool = Field(True, description="onnxruntime graph optimisation before quantization")
-    search: SearchSpec | None = None
+    search: SearchSpec | None = Field(None, description="default, for an order without recipe, student or "
+                                                         "quantize: a search over the family's space")
+    transfer: TransferSpec = TransferSpec()
     deploy: bool = True
+
+    DEFAULT_SEARCH: ClassVar[dict[str, Any]] = {"max_trials": 10, "max_minutes": 6.0}
+
+    def searched(self) -> SearchSpec | None:
+        """The recipe search this order runs: its own, or the default budget when it names no recipe at all."""
+        if self.search is not None:
+            return self.search
+        if self.recipe is None and not ({"student", "quantize"} & self.model_fields_set):
+            return SearchSpec(**self.DEFAULT_SEARCH)
+        return None
 
     @model_validator(mode="after")
     def _recipe_shape(self) -> OrderSpec:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -18,8 +19,8 @@ from ..compress.distill import DistillConfig, distill_loss, make_connectors, uni
 from ..compress.evaluate import evaluate_model
 from ..compress.export import export_and_verify
 from ..compress.quantize import optimize_onnx, quantize_dynamic_int8, quantize_static_int8
-from ..data.split import stratified_split
-from ..data.versions import load_rows
+from ..data.split import stratified_cut, stratified_split
+from ..data.versions import load_rows, unlabeled_inputs
 from ..errors import MFError
 from ..tasks.base import ONNX_FILE
 from ..train.loop import Checkpoint, config_from, fit
@@ -62,15 +63,19 @@ def _chunks(n: int, size: int) -> list[list[int]]:
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
 
-def _evaluate_torch(task: tasks.TaskFamily, bundle: tasks.Bundle, df: pd.DataFrame) -> float:
+def _predict_torch(task: tasks.TaskFamily, bundle: tasks.Bundle, df: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted class, true class) for every row, in eval mode (the caller restores train mode if it trains)."""
     encoded = task.encode(bundle, df)
     bundle.model.eval()
-    correct = 0
     with torch.no_grad():
-        for idx in _chunks(len(encoded), 64):
-            logits = task.forward(bundle.model, task.collate(encoded, idx)).logits
-            correct += int((logits.argmax(-1) == encoded.targets[idx]).sum())
-    return correct / max(1, len(encoded))
+        preds = [task.forward(bundle.model, task.collate(encoded, idx)).logits.argmax(-1)
+                 for idx in _chunks(len(encoded), 64)]
+    return (torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)), encoded.targets
+
+
+def _evaluate_torch(task: tasks.TaskFamily, bundle: tasks.Bundle, df: pd.DataFrame) -> float:
+    pred, true = _predict_torch(task, bundle, df)
+    return float((pred == true).float().mean()) if len(true) else 0.0
 
 
 @stage("split", version=1, kind="split")
@@ -78,63 +83,54 @@ def split_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str
     df = load_rows(inputs["dataset"].id)
     parts = stratified_split(df, val=params["val"], test=params["test"], seed=params["seed"],
                              max_rows=params.get("max_rows"))
+    if params.get("train_rows") and len(parts["train"]) > params["train_rows"]:
+        parts["train"] = stratified_cut(parts["train"], params["train_rows"], params["seed"])
     for name, part in parts.items():
         part.to_parquet(ctx.out / f"{name}.parquet", index=False)
     labels = sorted(df["label"].unique().tolist()) if "label" in df else []
     return {"metrics": {name: len(part) for name, part in parts.items()}, "labels": labels}
 
 
-@stage("finetune_teacher", version=1, kind="model")
+@stage("finetune_teacher", version=2, kind="model")
 def finetune_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
-    task = tasks.get(params["task"])
-    split = inputs["split"]
-    labels = split.manifest["labels"]
-    train_df = read_split(split, "train")
-    bundle = task.load_teacher(params["_pretrained"], labels, params, train_df)
-    train = task.encode(bundle, train_df)
-    cfg = config_from(params, checkpoint_every=params.get("_checkpoint_every", 50))
+    """Fine-tune the teacher so that it does not collapse on small data: enough steps whatever the size, classes
+    weighed against imbalance, the best-on-validation weights kept (not the last), and a run whose validation
+    macro-F1 is no better than the majority class retried with another seed and learning rate."""
+    from .teacher_fit import TeacherFit
 
-    def loss_fn(model, batch, idx):
-        return task.loss(task.forward(model, batch), train.targets[idx])
-
-    def make_batch(idx):
-        batch = task.collate(train, idx)
-        if not params.get("augment"):
-            return batch
-        # Seeded by the batch's rows: the same batch gets the same perturbations after a resume.
-        return task.augment(batch, torch.Generator().manual_seed(hash((cfg.seed, *idx)) & 0x7FFFFFFF))
-
-    result = fit(bundle.model, len(train), make_batch, loss_fn, cfg,
-                 Checkpoint(ctx.work / "checkpoint"),
-                 on_step=lambda s, t, loss: ctx.progress(s, t, f"loss {loss:.3f}"), should_stop=ctx.should_stop)
-    ctx.notes["resumed_from_step"] = result.resumed_from_step
-    val_acc = _evaluate_torch(task, bundle, read_split(split, "val"))
-    task.save(bundle, ctx.out)
-    return {"metrics": {"val_accuracy": val_acc, "steps": result.steps, "final_loss": result.final_loss},
-            "task": task.name, "labels": labels}
+    return TeacherFit(ctx, inputs["split"], params).run()
 
 
-@stage("distill", version=2, kind="model")
+@stage("distill", version=3, kind="model")
 def distill_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
-    """Train a student against the teacher: a new one built from the teacher (depth/width/heads/FFN, vocabulary
-    cut to the data), or, given an `init` model (e.g. a pruned one), recover that model's accuracy."""
+    """Train a student against the teacher: a new one built from the teacher (a shrunken copy, or a small model
+    of another kind over a vocabulary from the data), or, given an `init` model (e.g. a pruned one), recover that
+    model's accuracy. With a `transfer` input the student learns the teacher's logits over the transfer set
+    (labeled rows, augmented and unlabeled ones) instead of over the labeled rows alone."""
     task = tasks.get(params["task"])
     split = inputs["split"]
     train_df = read_split(split, "train")
     teacher = task.load(inputs["teacher"].path)
+    given_logits = None
+    if "transfer" in inputs:
+        train_df, given_logits = read_transfer(inputs["transfer"])
     if "init" in inputs:
         student = task.load(inputs["init"].path)
     else:
-        student = task.specialize(task.build_student(teacher, params), train_df, params)
+        own_rows = train_df[train_df.get("source", "train") != "augmented"] if "source" in train_df else train_df
+        student = task.specialize(task.build_student(teacher, params, own_rows), own_rows, params)
     cfg = DistillConfig(alpha=params["alpha"], temperature=params["temperature"],
                         hidden_weight=params.get("hidden_weight", 0.0),
                         attention_weight=params.get("attention_weight", 0.0))
     s_train = task.encode(student, train_df)
-    t_train = task.encode(teacher, train_df)  # the student's vocabulary may differ from the teacher's
+    t_train = task.encode(teacher, train_df) if given_logits is None or cfg.needs_live_teacher else None
     teacher.model.eval()
-    with torch.no_grad():  # soft labels once, not every epoch
-        t_logits = torch.cat([task.forward(teacher.model, task.collate(t_train, chunk)).logits
-                              for chunk in _chunks(len(t_train), 64)])
+    if given_logits is not None:
+        t_logits = given_logits
+    else:
+        with torch.no_grad():  # soft labels once, not every epoch
+            t_logits = torch.cat([task.forward(teacher.model, task.collate(t_train, chunk)).logits
+                                  for chunk in _chunks(len(t_train), 64)])
     s_widths, t_widths = task.feature_widths(student), task.feature_widths(teacher)
     if cfg.hidden_weight and not (s_widths and t_widths):
         raise MFError(f"hidden_weight > 0, but {task.name} models expose no intermediate features to match")
@@ -163,6 +159,76 @@ def distill_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[s
     n_params = sum(p.numel() for p in student.model.parameters())
     return {"metrics": {"val_accuracy": val_acc, "steps": result.steps, "parameters": n_params},
             "task": task.name, "labels": student.labels}
+
+
+TRANSFER_ROWS = 20_000  # default size the augmentation aims for (Tang et al. used far more; 2 cores do not)
+
+
+def read_transfer(transfer: Artifact) -> tuple[pd.DataFrame, torch.Tensor]:
+    df = pd.read_parquet(transfer.path / "transfer.parquet")
+    return df, torch.from_numpy(np.load(transfer.path / "logits.npy"))
+
+
+@stage("transfer_set", version=1, kind="transfer")
+def transfer_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
+    """The training rows, augmented copies of them and the dataset's unlabeled rows, each with the fp32 teacher's
+    logits: computed once per (teacher, split, augmentation), read by every student that distils over it."""
+    task = tasks.get(params["task"])
+    split, teacher = inputs["split"], inputs["teacher"]
+    train = read_split(split, "train")
+    labels = split.manifest["labels"]
+    copies = params.get("copies")
+    if copies is None:
+        copies = max(0, min(20, TRANSFER_ROWS // max(1, len(train)) - 1))
+    role = task.roles[0]
+    parts = [train.assign(source="train")]
+    unlabeled = unlabeled_inputs(split.manifest.get("inputs", {}).get("dataset"), role)
+    if len(unlabeled):
+        parts.append(unlabeled.assign(source="unlabeled"))
+    if copies:
+        parts.append(task.augment_rows(train, copies, params.get("seed", 0), params).assign(source="augmented"))
+    df = pd.concat(parts, ignore_index=True)
+    predictor = task.load_predictor(teacher.path)
+    raw = df[role].tolist()
+    logits = []
+    for i in range(0, len(raw), 64):
+        logits.append(predictor.logits(predictor.encode(raw[i:i + 64])))
+        ctx.progress(min(i + 64, len(raw)), len(raw), "teacher labels the transfer set")
+    logits_np = np.concatenate(logits).astype(np.float32)
+    teacher_label = [labels[i] for i in logits_np.argmax(1)]
+    own = df["source"] == "train"
+    df["label"] = df["label"].where(own, pd.Series(teacher_label)) if "label" in df else teacher_label
+    df[[role, "label", "source"]].to_parquet(ctx.out / "transfer.parquet", index=False)
+    np.save(ctx.out / "logits.npy", logits_np)
+    counts = df["source"].value_counts().to_dict()
+    agree = float((pd.Series(teacher_label)[own.values] == train["label"].values).mean()) if len(train) else 0.0
+    return {"metrics": {"rows": len(df), "copies": copies, **{f"{k}_rows": int(v) for k, v in counts.items()},
+                        "teacher_train_accuracy": agree}, "task": task.name, "labels": labels}
+
+
+@stage("fit_student", version=1, kind="onnx")
+def fit_student_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
+    """A student the family fits in one go (text: TF-IDF + logistic regression) straight into an ONNX model dir:
+    on the rows' own labels (a baseline), or on the teacher's over the transfer set (a distilled student)."""
+    task = tasks.get(params["task"])
+    split = inputs["split"]
+    labels = split.manifest["labels"]
+    train = read_transfer(inputs["transfer"])[0] if "transfer" in inputs else read_split(split, "train")
+    metrics = task.fit_student(train, params, ctx.out, teacher_labels=labels)
+    metrics["size_bytes"] = (ctx.out / ONNX_FILE).stat().st_size
+    return {"metrics": metrics, "task": task.name, "labels": labels, "precision": "fp32"}
+
+
+@stage("evaluate_majority", version=1, kind="evaluation")
+def majority_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
+    """The floor every classifier must clear: always answer the training set's most frequent class."""
+    from ..tasks.metrics import classification_metrics
+
+    split = inputs["split"]
+    train, test = read_split(split, "train"), read_split(split, "test")
+    top = train["label"].value_counts().idxmax()
+    metrics = classification_metrics(test["label"].tolist(), [top] * len(test), split.manifest["labels"])
+    return {"metrics": {**metrics, "predicts": top, "size_bytes": 0, "parameters": 0}}
 
 
 @stage("export_onnx", version=1, kind="onnx")
@@ -219,7 +285,9 @@ def prune_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str
     bundle = task.load(inputs["model"].path)
     sample = read_split(inputs["split"], "train").head(4)
     example = task.collate(task.encode(bundle, sample), list(range(len(sample))))
-    report = task.prune(bundle, example, params["ratio"])
+    from ..compress.prune import prune  # Torch-Pruning: imported when a recipe prunes
+
+    report = prune(task.prunable(bundle, example), params["ratio"])
     task.save(bundle, ctx.out)
     return {"metrics": {**report, "parameters": sum(p.numel() for p in bundle.model.parameters())},
             "task": task.name, "labels": bundle.labels}

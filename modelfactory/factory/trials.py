@@ -6,13 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .. import tasks
 from ..compress.search import SearchResult, Targets, Trial, plot_front, search
+from ..errors import MFError
 from .planner import Plan, student_chain
 from .runner import NodeResult, Reporter, run_plan
 from .spec import OrderSpec, PruneSpec, QuantizeSpec, RecipeStep, RecoverSpec
 
 DISTILL_DIMS = ("layers", "hidden", "heads", "ffn", "vocab", "alpha", "temperature", "hidden_weight",
-                "attention_weight", "epochs", "lr")
+                "attention_weight", "epochs", "lr", "arch", "size", "init", "C", "transfer")
 
 
 def recipe_from(spec: OrderSpec, params: dict[str, Any]) -> list[RecipeStep]:
@@ -20,8 +22,9 @@ def recipe_from(spec: OrderSpec, params: dict[str, Any]) -> list[RecipeStep]:
     distill = spec.student.model_copy(update={k: params[k] for k in DISTILL_DIMS if k in params})
     steps = [RecipeStep(distill=distill)]
     if params.get("prune_ratio"):
+        trained = tasks.get(spec.task).student_defaults(distill.model_dump()) | distill.model_dump(exclude_none=True)
         steps += [RecipeStep(prune=PruneSpec(ratio=params["prune_ratio"])),
-                  RecipeStep(recover=RecoverSpec(epochs=max(1.0, distill.epochs / 2), lr=distill.lr,
+                  RecipeStep(recover=RecoverSpec(epochs=max(1.0, trained["epochs"] / 2), lr=trained["lr"],
                                                  alpha=distill.alpha, temperature=distill.temperature,
                                                  hidden_weight=distill.hidden_weight))]
     mode = params.get("quantize", spec.quantize)
@@ -30,10 +33,19 @@ def recipe_from(spec: OrderSpec, params: dict[str, Any]) -> list[RecipeStep]:
     return steps
 
 
+def search_space(spec: OrderSpec) -> dict[str, list[Any]]:
+    s = spec.searched()
+    assert s is not None
+    space = s.space if s.space is not None else tasks.get(spec.task).default_search_space()
+    if not space:
+        raise MFError(f"the {spec.task} family has no default search space: give the order a recipe or a "
+                      "search.space")
+    return space
+
+
 def run_search(spec: OrderSpec, teacher: dict[str, NodeResult], *, order_id: int | None,
                reporter: Reporter | None, should_stop=lambda: False
                ) -> tuple[SearchResult, dict[int, tuple[Plan, dict[str, NodeResult]]]]:
-    assert spec.search is not None
     teacher_acc = teacher["evaluate_teacher"].artifact.metrics["accuracy"]
     runs: dict[int, tuple[Plan, dict[str, NodeResult]]] = {}
 
@@ -45,19 +57,26 @@ def run_search(spec: OrderSpec, teacher: dict[str, NodeResult], *, order_id: int
         m = results[f"{prefix}evaluate_{chain.deployed}"].artifact.metrics
         deployed = results[chain.candidates[chain.deployed]].artifact.id
         return Trial(number, params, accuracy_ratio=m["accuracy"] / teacher_acc, size_mb=m["size_bytes"] / 1e6,
-                     latency_ms=m["latency_ms_p50"],
+                     latency_ms=m["latency_ms_p50"], accuracy=m["accuracy"],
                      extra={"accuracy": m["accuracy"], "artifact": deployed,
                             "recipe": [st.model_dump(mode="json", exclude_none=True)
                                        for st in recipe_from(spec, params)]})
 
-    s = spec.search
-    result = search(s.space, evaluate, max_trials=s.max_trials, max_minutes=s.max_minutes, seed=s.seed,
-                    targets=targets_of(spec))
+    s = spec.searched()
+    result = search(search_space(spec), evaluate, max_trials=s.max_trials, max_minutes=s.max_minutes, seed=s.seed,
+                    targets=targets_of(spec, teacher))
     return result, runs
 
 
-def targets_of(spec: OrderSpec) -> Targets:
-    return Targets(**spec.targets.model_dump())
+def baseline_accuracy(results: dict[str, NodeResult]) -> float | None:
+    node = results.get("evaluate_baseline_classical")
+    return node.artifact.metrics.get("accuracy") if node is not None else None
+
+
+def targets_of(spec: OrderSpec, results: dict[str, NodeResult] | None = None) -> Targets:
+    t = spec.targets.model_dump()
+    beat = t.pop("beat_baseline", False)
+    return Targets(**t, min_accuracy=baseline_accuracy(results or {}) if beat else None)
 
 
 def chosen_plan(spec: OrderSpec, teacher_plan: Plan, runs: dict[int, tuple[Plan, dict[str, NodeResult]]],
@@ -67,14 +86,16 @@ def chosen_plan(spec: OrderSpec, teacher_plan: Plan, runs: dict[int, tuple[Plan,
     prefix = f"trial{trial.number}/"
     renamed = {name.removeprefix(prefix): res for name, res in results.items() if name.startswith(prefix)}
     candidates = {k: v.removeprefix(prefix) for k, v in chain.candidates.items()}
-    merged = Plan(teacher_plan.nodes + chain.nodes, teacher_plan.candidates | candidates, chain.deployed)
+    merged = Plan(teacher_plan.nodes + chain.nodes, teacher_plan.candidates | candidates, chain.deployed,
+                  teacher_plan.baselines)
     return merged, {**teacher, **renamed}
 
 
-def search_report(result: SearchResult, spec: OrderSpec, folder: Path) -> list[str]:
+def search_report(result: SearchResult, spec: OrderSpec, folder: Path,
+                  results: dict[str, NodeResult] | None = None) -> list[str]:
     from ..compress.search import front_table
 
-    png = plot_front(result, folder / "pareto.png", targets_of(spec), title=f"{spec.name}: recipe search")
+    png = plot_front(result, folder / "pareto.png", targets_of(spec, results), title=f"{spec.name}: recipe search")
     lines = ["## Recipe search", "",
              f"{len(result.trials)} trials (stopped by {result.stopped_by}); objectives measured on the test split: "
              "accuracy ratio to the fp32 teacher, ONNX file size, batch-1 p50 latency (1 thread).", "",

@@ -1,0 +1,141 @@
+"""Small text students that are not shrunken transformers: a fastText-style bag of words and hashed bigrams, and a
+1-D CNN (Kim 2014), over a word vocabulary chosen from the data.
+
+Both take the same feeds as an encoder (`input_ids`, `attention_mask`) and ship a `tokenizer.json` beside their
+ONNX graph, so the text family's predictor, `mf serve` and tritonclient use them unchanged. They train in seconds,
+which is what lets a search afford dozens of trials. Their word embeddings may start from the teacher's own token
+embeddings (each word the mean of its word pieces, projected on the principal directions: model2vec's idea
+without its extra forward passes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+PAD, UNK = "[PAD]", "[UNK]"
+BIGRAM_PRIME = 1_000_003  # ids < 10^6, so id * prime + id stays far inside int64
+
+
+@dataclass
+class StudentLogits:
+    """What an encoder returns, reduced to what distillation reads."""
+
+    logits: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+# name -> size preset -> constructor arguments; a search samples (arch, size), the family turns it into a model.
+SIZES: dict[str, dict[str, dict[str, int]]] = {
+    "bag": {"xs": {"dim": 32, "buckets": 4096, "vocab": 8000}, "s": {"dim": 48, "buckets": 8192, "vocab": 12000},
+            "m": {"dim": 64, "buckets": 16384, "vocab": 20000}, "l": {"dim": 96, "buckets": 32768, "vocab": 30000}},
+    "cnn": {"xs": {"dim": 32, "filters": 32, "vocab": 8000}, "s": {"dim": 48, "filters": 64, "vocab": 12000},
+            "m": {"dim": 64, "filters": 96, "vocab": 20000}, "l": {"dim": 96, "filters": 128, "vocab": 30000}},
+}
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class BagOfNgrams(nn.Module):
+    """fastText (Joulin et al. 2017): the mean of word embeddings plus the mean of hashed bigram embeddings, then
+    one linear layer. Bigram ids are hashed inside the graph, so the tokenizer stays a plain word vocabulary."""
+
+    def __init__(self, vocab: int, classes: int, dim: int = 64, buckets: int = 16384, dropout: float = 0.2):
+        super().__init__()
+        self.config = {"arch": "bag", "vocab": vocab, "classes": classes, "dim": dim, "buckets": buckets,
+                       "dropout": dropout}
+        self.embed = nn.Embedding(vocab, dim, padding_idx=0)
+        self.bigrams = nn.Embedding(buckets, dim)
+        nn.init.normal_(self.bigrams.weight, std=0.02)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> StudentLogits:
+        words = masked_mean(self.embed(input_ids), attention_mask)
+        pair_ids = (input_ids[:, :-1] * BIGRAM_PRIME + input_ids[:, 1:]) % self.config["buckets"]
+        pair_mask = attention_mask[:, :-1] * attention_mask[:, 1:]
+        pairs = masked_mean(self.bigrams(pair_ids), pair_mask)
+        return StudentLogits(self.head(self.drop(words + pairs)))
+
+
+class TextCNN(nn.Module):
+    """Kim (2014): word embeddings, parallel convolutions of width 2-4, max over time (padding masked out), one
+    linear layer."""
+
+    def __init__(self, vocab: int, classes: int, dim: int = 64, filters: int = 64, widths: Sequence[int] = (2, 3, 4),
+                 dropout: float = 0.3):
+        super().__init__()
+        self.config = {"arch": "cnn", "vocab": vocab, "classes": classes, "dim": dim, "filters": filters,
+                       "widths": list(widths), "dropout": dropout}
+        self.embed = nn.Embedding(vocab, dim, padding_idx=0)
+        self.convs = nn.ModuleList(nn.Conv1d(dim, filters, w, padding=w // 2) for w in widths)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(filters * len(widths), classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> StudentLogits:
+        x = self.embed(input_ids).transpose(1, 2)  # [batch, dim, time]
+        seq = input_ids.shape[1]
+        neg = (1 - attention_mask.to(x.dtype)).unsqueeze(1) * -1e4
+        pooled = [(torch.relu(conv(x))[:, :, :seq] + neg).amax(-1) for conv in self.convs]
+        return StudentLogits(self.head(self.drop(torch.cat(pooled, -1))))
+
+
+ARCHS: dict[str, type[nn.Module]] = {"bag": BagOfNgrams, "cnn": TextCNN}
+
+
+def build(config: Mapping[str, Any]) -> nn.Module:
+    args = {k: v for k, v in config.items() if k != "arch"}
+    return ARCHS[config["arch"]](**args)
+
+
+def student_config(arch: str, params: Mapping[str, Any], classes: int) -> dict[str, Any]:
+    """The constructor arguments for `arch` from a size preset and explicit overrides (`dim`, `buckets`, ...)."""
+    if arch not in SIZES:
+        raise ValueError(f"unknown student arch '{arch}' (use one of {sorted(SIZES)}, 'transformer' or 'classical')")
+    size = params.get("size") or "m"
+    if size not in SIZES[arch]:
+        raise ValueError(f"unknown size '{size}' for {arch} students (use one of {sorted(SIZES[arch])})")
+    cfg = dict(SIZES[arch][size])
+    cfg.update({k: int(params[k]) for k in ("dim", "buckets", "filters", "vocab") if params.get(k)})
+    return {"arch": arch, "classes": classes, **cfg}
+
+
+def word_tokenizer(texts: Sequence[str], vocab_size: int, max_length: int):
+    """A lower-cased word-level tokenizer (BERT's punctuation splitting) over the `vocab_size` most frequent
+    words of `texts`, as a transformers fast tokenizer (saved as tokenizer.json, read back by `tokenizers`)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=1, special_tokens=[PAD, UNK],
+                                        show_progress=False)
+    tok.train_from_iterator(list(texts), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=UNK, pad_token=PAD,
+                                   model_max_length=max_length)
+    return fast
+
+
+def teacher_word_vectors(words: Sequence[str], teacher_embeddings: torch.Tensor, teacher_tokenizer,
+                         dim: int) -> torch.Tensor:
+    """Static word vectors from the teacher: each word is the mean of its word pieces' input embeddings, and the
+    vectors are projected on their top-`dim` principal directions (PCA), scaled to unit average norm."""
+    pieces = teacher_tokenizer(list(words), add_special_tokens=False)["input_ids"]
+    emb = teacher_embeddings.detach().float()
+    vecs = torch.stack([emb[ids].mean(0) if ids else torch.zeros(emb.shape[1]) for ids in pieces])
+    q = min(dim, vecs.shape[0], vecs.shape[1])
+    with torch.random.fork_rng():  # pca_lowrank is randomised: the same teacher gives the same student
+        torch.manual_seed(0)
+        _, _, v = torch.pca_lowrank(vecs, q=q, center=True)
+    out = torch.zeros(len(words), dim)
+    out[:, :q] = (vecs - vecs.mean(0)) @ v
+    return out / out.norm(dim=1).mean().clamp(min=1e-6)

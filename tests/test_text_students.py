@@ -1,0 +1,143 @@
+"""Issue 15's parts, each on its own: the teacher's step schedule and collapse handling, transfer-set augmentation,
+the small text students' ONNX export, the classical student's ONNX against scikit-learn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from modelfactory import tasks
+from modelfactory.compress.export import export_and_verify
+from modelfactory.factory import teacher_fit
+from modelfactory.factory.teacher_fit import class_weights, epochs_for, is_collapsed, majority_macro_f1
+from modelfactory.tasks.text_augment import MASK, augment_texts
+from modelfactory.tasks.text_classical import ClassicalPredictor, export_classical, fit_classical
+
+
+@pytest.fixture(scope="module")
+def reviews(corpus_df) -> pd.DataFrame:
+    parts = [g.sample(n=60, random_state=1) for _, g in corpus_df.groupby("label")]
+    return pd.concat(parts).sample(frac=1, random_state=1).reset_index(drop=True)
+
+
+# --- teacher schedule and collapse ------------------------------------------------------------------------------
+def test_epochs_are_raised_to_reach_the_minimum_number_of_steps():
+    assert epochs_for(1.0, n_rows=300, batch_size=32, min_steps=300) == pytest.approx(300 / 10)
+    assert epochs_for(3.0, n_rows=100_000, batch_size=32, min_steps=300) == 3.0  # big data: epochs as asked
+    assert epochs_for(2.0, n_rows=10, batch_size=32, min_steps=0) == 2.0
+
+
+def test_class_weights_balance_rare_classes():
+    w = class_weights(torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 2]), 3)
+    assert w[0] < w[1] < w[2]
+    assert torch.allclose(class_weights(torch.tensor([0, 1, 2, 0, 1, 2]), 3), torch.ones(3))
+
+
+def test_collapse_is_no_better_than_the_majority_class():
+    labels = ["a", "b", "c"]
+    floor = majority_macro_f1(["a"] * 5 + ["b"] * 3 + ["c"] * 2, ["a", "a", "b", "c"], labels)
+    assert floor == pytest.approx((2 * 0.5 / 1.5) / 3)  # F1 of 'a' = 2PR/(P+R), P=0.5, R=1; others 0
+    assert is_collapsed(floor, floor) and is_collapsed(floor + 0.01, floor)
+    assert not is_collapsed(floor + 0.3, floor)
+
+
+class _FakeFit(teacher_fit.TeacherFit):
+    """TeacherFit whose attempts are scripted: the retry policy alone, without training anything."""
+
+    def __init__(self, work: Path, scores: list[float], retries: int):
+        self.ctx = type("Ctx", (), {"work": work, "out": work / "out", "notes": {}})()
+        self.params = {"retries": retries}
+        self.majority_f1 = 0.2
+        self.log_path = work / "attempts.json"
+        self.scores, self.ran = scores, []
+        self.task = type("Task", (), {"name": "fake", "load": staticmethod(lambda d: d),
+                                      "save": staticmethod(lambda b, out: None)})()
+        self.labels = ["a", "b"]
+
+    def _attempt(self, k):
+        self.ran.append(k)
+        f1 = self.scores[k]
+        return {"attempt": k + 1, "lr": 1.0, "seed": k, "epochs": 1, "steps": 10, "best_step": 10,
+                "val_accuracy": f1, "val_macro_f1": f1, "final_loss": 0.0, "collapsed": is_collapsed(f1, 0.2),
+                "dir": str(self.ctx.work / f"attempt{k}")}
+
+
+def test_a_collapsed_run_is_retried_until_one_learns(tmp_path):
+    fit = _FakeFit(tmp_path, [0.21, 0.8, 0.9], retries=2)
+    metrics = fit.run()["metrics"]
+    assert fit.ran == [0, 1]  # stopped at the first attempt that learned
+    assert metrics["collapsed"] is False and metrics["val_macro_f1"] == 0.8
+    assert [a["collapsed"] for a in metrics["attempts"]] == [True, False]
+
+
+def test_every_attempt_collapsing_is_reported_not_hidden(tmp_path):
+    fit = _FakeFit(tmp_path, [0.21, 0.1, 0.22], retries=2)
+    metrics = fit.run()["metrics"]
+    assert fit.ran == [0, 1, 2] and metrics["collapsed"] is True
+    assert metrics["val_macro_f1"] == 0.22  # the best of them is kept
+
+
+def test_finished_attempts_are_not_rerun_after_a_restart(tmp_path):
+    first = _FakeFit(tmp_path, [0.21, 0.8], retries=1)
+    first._attempt = lambda k: (_ for _ in ()).throw(KeyboardInterrupt) if k == 1 else _FakeFit._attempt(first, k)
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    assert len(json.loads((tmp_path / "attempts.json").read_text())) == 1
+    again = _FakeFit(tmp_path, [0.21, 0.8], retries=1)
+    assert again.run()["metrics"]["val_macro_f1"] == 0.8 and again.ran == [1]
+
+
+# --- augmentation ------------------------------------------------------------------------------------------------
+def test_augmentation_is_deterministic_by_seed_and_leaves_the_originals_alone(reviews):
+    texts = reviews["text"].tolist()[:50]
+    before = list(texts)
+    a = augment_texts(texts, 4, seed=3)
+    assert a == augment_texts(texts, 4, seed=3)
+    assert a != augment_texts(texts, 4, seed=4)
+    assert texts == before and not set(a) & set(texts)  # new texts only; inputs untouched
+    assert 100 < len(a) <= 200 and any(MASK in t for t in a)
+
+
+def test_the_text_family_augments_inputs_and_keeps_labels_out_of_it(reviews):
+    family = tasks.get("text-classification")
+    out = family.augment_rows(reviews, 2, 0, {})
+    assert list(out.columns) == ["text"] and len(out) > len(reviews)
+
+
+# --- students and their ONNX ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["bag", "cnn"])
+def test_small_students_export_to_onnx_that_matches_pytorch(arch, reviews, tiny_teacher, tmp_path):
+    family = tasks.get("text-classification")
+    labels = sorted(reviews["label"].unique())
+    teacher = family.load_teacher(str(tiny_teacher), labels, {"max_length": 32}, reviews)
+    student = family.build_student(teacher, {"arch": arch, "size": "xs", "init": "teacher"}, reviews)
+    assert student.model.embed.weight.shape[0] == len(student.preprocessor)
+    batch = family.collate(family.encode(student, reviews.head(3)), [0, 1, 2])
+    assert family.forward(student.model, batch).logits.shape == (3, len(labels))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "onnx").mkdir()
+    family.save(student, tmp_path / "model")
+    reloaded = family.load(tmp_path / "model")
+    parity = export_and_verify(family, reloaded, tmp_path / "onnx", reviews.head(24))  # raises beyond 1e-3
+    assert parity["parity_argmax_agreement"] == 1.0
+    assert (tmp_path / "onnx" / "tokenizer.json").is_file()
+    predictor = family.load_predictor(tmp_path / "onnx")
+    assert predictor.predict(["a dazzling film"])[0][0] in labels
+
+
+def test_classical_student_onnx_matches_scikit_learn(reviews, tmp_path):
+    labels = sorted(reviews["label"].unique())
+    train, test = reviews.iloc[:140], reviews.iloc[140:]
+    pipe = fit_classical(train["text"], train["label"])
+    export_classical(pipe, labels, tmp_path)
+    predictor = ClassicalPredictor(tmp_path)
+    onnx_probs = predictor.predict_proba(test["text"].tolist())
+    sk_probs = pipe.predict_proba(test["text"].tolist())
+    assert (onnx_probs.argmax(1) == sk_probs.argmax(1)).mean() >= 0.95
+    assert np.abs(onnx_probs - sk_probs).max() < 0.1
+    assert tasks.get("text-classification").load_predictor(tmp_path).labels == labels
