@@ -803,3 +803,44 @@ def test_cancelling_a_running_command_job_leaves_nothing_of_it(mode, monkeypatch
         log.close()
         for pid in survivors(tag, timeout=0):
             os.kill(pid, signal.SIGKILL)
+
+
+_RAY_BODY = ("import inspect, json, sys\n"
+             "from modelfactory.compute import ray_executor, worker\n"
+             "spec = json.loads(sys.argv[1])\n"
+             "if len(inspect.signature(ray_executor._run_remote).parameters) == 2:\n"
+             "    ray_executor._run_remote(spec, worker.run_job)\n"
+             "else:\n"
+             "    ray_executor._run_remote(spec)\n")
+
+
+@needs_root
+@needs_py
+@pytest.mark.parametrize("granted", [False, True])
+def test_attack_under_the_ray_executor_body(mode, granted, monkeypatch, sandbox_home, tmp_path):
+    """MF_EXECUTOR=ray runs a job as a Ray task whose body (`ray_executor._run_remote`) calls the worker's
+    `run_job`, so a command gets the same sandbox: the attack finds nothing, the network only when granted, and
+    the job's result carries the enforcement record. (Run here without a Ray cluster: the same function.)"""
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("MF_DATABASE_URL")
+    other = _platform_state(sandbox_home)
+    monkeypatch.setenv("MF_DATABASE_URL", SECRETS["MF_DATABASE_URL"])
+    with Listener() as server:
+        argv = [PY, "-c", ATTACK, str(sandbox_home), str(other), str(server.port), str(os.getpid())]
+        spec = {"job_id": 5, "attempt": 1, "kind": "command", "payload": {"argv": argv, "env": {}},
+                "tenant": "acme", "order_id": None, "cpu": 1, "gpu": 0, "memory_gb": 1, "time_limit_s": 60,
+                "worker": "ray-test", "worker_pid": os.getpid(), "result_path": str(tmp_path / "5.1.json"),
+                "log_path": str(tmp_path / "5.1.log"), "network": granted, "allow_unisolated": False}
+        p = subprocess.run([sys.executable, "-c", _RAY_BODY, json.dumps(spec)], cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        out = json.loads((tmp_path / "5.1.json").read_text())
+        assert out["status"] == "ok", (out, (tmp_path / "5.1.log").read_text()[-2000:])
+        got = json.loads(Path(out["result"]["stdout"]).read_text())
+        assert got.pop("home") in (None, ["tenants"])
+        assert got == {"admin_key": None, "database_url": None, "database": None, "other_job_file": None,
+                       "artifacts": None, "platform_environ": None, "uid": sandbox.tenant_ids("acme")[0],
+                       "sqlite": None, "connected": granted}
+        assert server.accepted == int(granted)
+        assert out["result"]["enforcement"]["isolation"].startswith(mode)
