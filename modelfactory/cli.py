@@ -632,22 +632,26 @@ def tenants_set(name: str,
                 network: Annotated[bool | None, typer.Option(
                     "--network/--no-network", help="Let the tenant's command jobs use the network (default: "
                                                    "none, in a fresh network namespace).")] = None,
+                urgent: Annotated[bool | None, typer.Option(
+                    "--urgent/--no-urgent", help="Let the tenant submit priority 'urgent' (preempts other tenants' "
+                                                 "jobs; default: not allowed).")] = None,
                 ) -> None:
-    """Change a tenant's weight, quotas or network grant."""
+    """Change a tenant's weight, quotas, network grant or right to use priority 'urgent'."""
     from .accounts.tenants import UNSET, set_tenant
 
     def lim(v):
         return UNSET if v is None else (None if v < 0 else v)
 
     t = set_tenant(name, weight=weight, cpu_hours_month=lim(cpu_hours), gpu_hours_month=lim(gpu_hours),
-                   max_slots=lim(max_slots))
+                   max_slots=lim(max_slots), urgent=urgent)
     if network is not None:
         from .compute.grants import set_network
 
         set_network(t.name, network)
         console.print(f"tenant [bold]{t.name}[/]: command jobs {'may use' if network else 'get no'} network")
     console.print(f"tenant [bold]{t.name}[/] · weight {t.weight:g} · CPU-h/month {_hours(t.cpu_hours_month)} "
-                  f"· GPU-h/month {_hours(t.gpu_hours_month)} · max slots {_hours(t.max_slots)}")
+                  f"· GPU-h/month {_hours(t.gpu_hours_month)} · max slots {_hours(t.max_slots)}"
+                  + (" · may use urgent" if t.urgent else ""))
 
 
 @tenants_app.command("ls")
@@ -968,10 +972,13 @@ def serve(models: Annotated[str | None, typer.Option(
           = False,
           meter_interval: Annotated[float, typer.Option(help="Seconds between usage-ledger writes.")] = 60.0,
           log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
-          access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False) -> None:
+          access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+          insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without --auth "
+                                                                    "(trusted networks only).")] = False) -> None:
     """Serve registry models over the Open Inference Protocol v2 REST API (KServe/Triton; tritonclient and curl
     work unmodified), with dynamic batching, LRU model loading, per-tenant keys, metering and /metrics."""
     from .serve import BatchConfig, ServeSettings, run
+    from .serve.auth import check_bind
 
     def sizes(text: str | None) -> tuple[int, ...]:
         try:
@@ -997,6 +1004,7 @@ def serve(models: Annotated[str | None, typer.Option(
             if why:
                 raise MFError(why)
     use_auth = _serve_auth(auth)
+    check_bind(host, use_auth, insecure, "mf serve")
     settings = ServeSettings(models=refs, batch=batch, max_loaded=max_loaded,
                              max_loaded_bytes=int(max_loaded_mb * 1e6) if max_loaded_mb else None, threads=threads,
                              auth=use_auth, load_on_demand=not explicit, meter_interval_s=meter_interval,
@@ -1028,9 +1036,13 @@ def serve_llm(base: Annotated[str, typer.Option(help="The base causal LM: a loca
                                                                 "tenant sees only its adapters (or MF_SERVE_AUTH=1).")]
               = False,
               meter_interval: Annotated[float, typer.Option(help="Seconds between usage-ledger writes.")] = 60.0,
-              log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning") -> None:
+              log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+              insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without "
+                                                                        "--auth (trusted networks only).")]
+              = False) -> None:
     """Serve a causal LM and its LoRA adapters from the registry over the OpenAI API (/v1/chat/completions,
     /v1/completions, /v1/models; the openai client works unmodified), all adapters batched together on one base."""
+    from .serve.auth import check_bind
     from .serve.llm import LLMSettings
     from .serve.llm import run as run_llm
     from .serve.llm.adapters import check_adapter
@@ -1041,6 +1053,7 @@ def serve_llm(base: Annotated[str, typer.Option(help="The base causal LM: a loca
     for ref in refs:  # a typo or a wrong adapter fails here, with a clear message, not in the server's startup
         check_adapter(ref, base)
     use_auth = _serve_auth(auth)
+    check_bind(host, use_auth, insecure, "mf serve-llm")
     settings = LLMSettings(base=base, base_name=base_name, adapters=refs, max_adapters=max_adapters,
                            max_batch=max_batch, auth=use_auth, meter_interval_s=meter_interval,
                            server_id=f"{host}:{port}/{os.getpid()}")

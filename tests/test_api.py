@@ -161,7 +161,7 @@ def test_dataset_upload_list_show_and_row_errors(acme, globex, admin, corpus_df,
     assert globex.get("/datasets/reviews").status_code == 404
     assert globex.get("/datasets", params={"tenant": "acme"}).status_code == 403
     r = upload(globex, "reviews", csv_bytes(corpus_df, 5, tmp_path))
-    assert r.status_code == 400 and "another tenant" in r.json()["error"]
+    assert r.status_code == 404 and "not available" in r.json()["error"] and "acme" not in r.json()["error"]
     assert [d["tenant"] for d in admin.get("/datasets").json()] == ["acme"]
     # bad uploads
     assert upload(acme, "Bad Name", b"text,label\na,b\n").status_code == 422

@@ -331,7 +331,8 @@ def test_with_auth_a_tenant_reaches_only_its_own_models(tenants, models, review_
                                                                                                  "tickets"}
             assert {m["name"] for m in http.post("/v2/repository/index", headers=globex).json()} == {"rivals",
                                                                                                    "digits"}
-            assert http.get("/v2/health/ready").status_code == 200  # health and metrics stay open
+            assert http.get("/v2/health/ready").status_code == 200  # health stays open; /metrics needs an admin key
+            assert http.get("/metrics", headers=acme).status_code == 403
     finally:
         server.stop()
 
@@ -341,13 +342,14 @@ def served(tenant: str) -> dict[str, tuple[int, int, float]]:
     return {x.model: (x.requests, x.rows, x.cpu_hours) for x in invoice(tenant, f"{utcnow():%Y-%m}").inference}
 
 
-def test_inference_is_metered_into_the_usage_ledger(models, review_texts):
+def test_inference_is_metered_into_the_usage_ledger(models, review_texts, tenants):
     before = {t: served(t) for t in ("acme", "globex")}  # earlier tests' servers metered too
-    server = LiveServer(ServeSettings(meter_interval_s=3600))
+    server = LiveServer(ServeSettings(auth=True, meter_interval_s=3600))  # only an authenticated tenant is billed
+    acme, globex = ({"Authorization": f"Bearer {tenants[t]}"} for t in ("acme", "globex"))
     with httpx.Client(base_url=server.url, timeout=60) as http:
         for n in (1, 2, 3):
-            probabilities(http.post("/v2/models/tickets/infer", json=infer_doc(review_texts[:n])))
-        probabilities(http.post("/v2/models/rivals/infer", json=infer_doc(review_texts[:4])))
+            probabilities(http.post("/v2/models/tickets/infer", json=infer_doc(review_texts[:n]), headers=acme))
+        probabilities(http.post("/v2/models/rivals/infer", json=infer_doc(review_texts[:4]), headers=globex))
     # The open window, before it is written: every request's model time (perf_counter, ns resolution) was counted.
     # The invoice shows CPU-hours to 6 decimals (3.6 ms), which three tiny requests may not reach.
     window = {(t, m): w for (t, m, _), w in server.repository.meter.pending().items()}

@@ -15,7 +15,9 @@ import httpx
 import openai
 import pytest
 
+from modelfactory import registry
 from modelfactory.serve.llm import LLMSettings, create_app
+from modelfactory.serve.llm.adapters import peft_name
 
 from .llm_support import (  # noqa: F401 (fixtures)
     llama_adapters,
@@ -371,9 +373,10 @@ def test_lru_eviction_frees_adapters_from_the_peft_model(adapters, tiny_llama):
         chat(c, "poet")
         assert llm.pool.loaded == ["summarizer@1", "poet@1"]
         peft = llm.engine.host.peft
-        assert set(peft.peft_config) == {"summarizer__v1", "poet__v1"}
+        want = {peft_name(registry.resolve(n)) for n in ("summarizer", "poet")}
+        assert set(peft.peft_config) == want
         holders = {k for m in peft.modules() if hasattr(m, "lora_A") for k in m.lora_A}
-        assert holders == {"summarizer__v1", "poet__v1"}
+        assert holders == want
         assert chat(c, "writer").choices[0].message.content == first  # reloaded on demand, same answer
         assert llm.pool.loaded == ["poet@1", "writer@1"]
         text = httpx.get(s.url + "/metrics").text
@@ -427,11 +430,11 @@ def test_every_request_is_metered_into_the_ledger(server, client):
         rows = {(r.tenant, r.model, r.version): r for r in s.scalars(
             select(InferenceUsage).where(InferenceUsage.server == "test-llm").order_by(InferenceUsage.id.desc())
             .limit(2))}
-    adapter = rows[("acme", "summarizer", 1)]
+    adapter = rows[("(anonymous)", "summarizer", 1)]  # no auth on this server: no tenant is billed
     assert adapter.requests == 3
     assert adapter.rows == usages[0].total_tokens + usages[1].total_tokens + usages[0].prompt_tokens + 4
     assert adapter.cpu_seconds > 0 and adapter.cost >= 0
-    base = rows[("default", BASE, 0)]
+    base = rows[("(anonymous)", BASE, 0)]
     assert base.requests == 1 and base.rows == usages[2].total_tokens
 
 

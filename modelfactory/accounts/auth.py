@@ -3,13 +3,18 @@
 The control plane, `mf serve` and `mf serve-llm` all call `authenticate()`, so they agree on every rule:
 - a tenant key speaks for its tenant; an admin key (no tenant, or `MF_ADMIN_KEY`) is accepted and sees everyone;
 - answers are remembered for `CACHE_TTL_S` per process and database (a hot inference path does not read the
-  database per request); a key revoked by this process fails at once, one revoked elsewhere within the TTL.
+  database per request); a key revoked by this process fails at once, one revoked elsewhere within the TTL;
+- failed authentication is rate-limited per client address: after `MF_AUTH_MAX_FAILURES` (default 20) failures
+  in `FAILURE_WINDOW_S`, that address gets `RateLimited` (HTTP 429) for keys it has not already proven, until the
+  window passes — guessing keys costs a request each and then stops, and never reaches the database.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from collections import deque
 
 from ..config import settings
 from ..errors import MFError
@@ -17,6 +22,8 @@ from .tenants import Principal, hash_key, principal_for_key
 
 CACHE_TTL_S = 30.0
 _MAX_ENTRIES = 10_000
+FAILURE_WINDOW_S = 60.0
+_failures: dict[str, deque[float]] = {}
 _cache: dict[tuple[str, str], tuple[Principal | None, float]] = {}
 _lock = threading.Lock()
 
@@ -25,6 +32,53 @@ class Unauthorized(MFError):
     """No valid API key: HTTP 401 on every server."""
 
     status = 401
+
+
+class RateLimited(MFError):
+    """Too many failed authentications from one address: HTTP 429 on every server."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def max_failures() -> int:
+    try:
+        return max(1, int(os.environ.get("MF_AUTH_MAX_FAILURES") or 20))
+    except ValueError:
+        return 20
+
+
+def _recent(client: str, now: float) -> deque[float]:
+    """The client's failures within the window (the caller holds `_lock`)."""
+    q = _failures.setdefault(client, deque())
+    while q and q[0] <= now - FAILURE_WINDOW_S:
+        q.popleft()
+    return q
+
+
+def check_rate(client: str | None) -> None:
+    """RateLimited when `client` failed to authenticate too often lately."""
+    if client is None:
+        return
+    now = time.monotonic()
+    with _lock:
+        q = _recent(client, now)
+        if len(q) >= max_failures():
+            wait = int(q[0] + FAILURE_WINDOW_S - now) + 1
+            raise RateLimited(f"too many failed authentications from this address; retry in {wait} s", wait)
+
+
+def _failed(client: str | None) -> None:
+    if client is None:
+        return
+    now = time.monotonic()
+    with _lock:
+        if len(_failures) > _MAX_ENTRIES:
+            _failures.clear()
+        _recent(client, now).append(now)
 
 
 def bearer(header: str | None) -> str:
@@ -54,18 +108,26 @@ def cached(header: str | None) -> Principal | None:
     return hit[0]
 
 
-def authenticate(header: str | None) -> Principal:
-    """The caller, or Unauthorized. May read the database (call it off an event loop)."""
-    p = cached(header)
+def authenticate(header: str | None, client: str | None = None) -> Principal:
+    """The caller, or Unauthorized (RateLimited once `client`, its address, failed too often). May read the
+    database (call it off an event loop)."""
+    key = bearer(header)  # no key, or a malformed header: refused, but no key was tried (not counted)
+    try:
+        p = cached(header)
+    except Unauthorized:  # a key known to be invalid
+        _failed(client)
+        check_rate(client)
+        raise
     if p is not None:
-        return p
-    key = bearer(header)
+        return p  # a key already proven keeps working from a limited address
+    check_rate(client)
     p = principal_for_key(key)
     with _lock:
         if len(_cache) > _MAX_ENTRIES:
             _cache.clear()
         _cache[_slot(key)] = (p, time.monotonic() + CACHE_TTL_S)
     if p is None:
+        _failed(client)
         raise Unauthorized("invalid or revoked API key")
     return p
 

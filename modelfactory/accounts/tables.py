@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import DateTime, Float, Integer, String, UniqueConstraint, text
+from sqlalchemy import Boolean, DateTime, Float, Integer, String, UniqueConstraint, false, inspect, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from ..store import Base, ensure_tables, locked_tx, read_tx, utcnow
@@ -29,6 +30,8 @@ class Tenant(Base):
     gpu_hours_month: Mapped[float | None] = mapped_column(Float, nullable=True)  # hard quota; None = unlimited
     max_slots: Mapped[int | None] = mapped_column(Integer, nullable=True)  # soft: jobs beyond it wait
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # may submit priority 'urgent' (which preempts other tenants' jobs); an operator grants it
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ApiKey(Base):
@@ -90,6 +93,14 @@ ACCOUNT_TABLES = tuple(t.__tablename__ for t in (Tenant, ApiKey, Usage, Inferenc
 
 @lru_cache(maxsize=8)
 def _migrate(eng: Engine) -> None:
+    if "urgent" not in {c["name"] for c in inspect(eng).get_columns("tenants")}:  # databases from before it
+        try:
+            with eng.begin() as conn:
+                conn.execute(text("ALTER TABLE tenants ADD COLUMN urgent BOOLEAN NOT NULL DEFAULT "
+                                  + ("FALSE" if eng.dialect.name == "postgresql" else "0")))
+        except DBAPIError:  # another process added it first
+            if "urgent" not in {c["name"] for c in inspect(eng).get_columns("tenants")}:
+                raise
     with eng.begin() as conn:  # tenants from before api_keys existed: their key becomes their first key row
         conn.execute(text("INSERT INTO api_keys (tenant, key_hash, label, created) "
                           "SELECT t.name, t.api_key_hash, 'initial', t.created FROM tenants t "

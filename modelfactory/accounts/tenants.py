@@ -25,7 +25,7 @@ import os
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..errors import MFError, NotFound
@@ -48,10 +48,11 @@ class TenantInfo:
     gpu_hours_month: float | None
     max_slots: int | None
     created: dt.datetime
+    urgent: bool = False  # may submit priority 'urgent' (preempting other tenants); an operator grants it
 
     @classmethod
     def of(cls, t: Tenant) -> TenantInfo:
-        return cls(t.name, t.weight, t.cpu_hours_month, t.gpu_hours_month, t.max_slots, t.created)
+        return cls(t.name, t.weight, t.cpu_hours_month, t.gpu_hours_month, t.max_slots, t.created, bool(t.urgent))
 
 
 def _check_limits(weight: float | None, cpu_hours: float | None, gpu_hours: float | None,
@@ -66,7 +67,8 @@ def _check_limits(weight: float | None, cpu_hours: float | None, gpu_hours: floa
 
 
 def add_tenant(name: str, *, weight: float = 1.0, cpu_hours_month: float | None = None,
-               gpu_hours_month: float | None = None, max_slots: int | None = None) -> tuple[TenantInfo, str]:
+               gpu_hours_month: float | None = None, max_slots: int | None = None,
+               urgent: bool = False) -> tuple[TenantInfo, str]:
     """Create a tenant; returns it and its API key (the only time the key exists outside the caller)."""
     check_name(name, "tenant")
     _check_limits(weight, cpu_hours_month, gpu_hours_month, max_slots)
@@ -75,7 +77,7 @@ def add_tenant(name: str, *, weight: float = 1.0, cpu_hours_month: float | None 
         if s.scalar(select(Tenant).where(Tenant.name == name)) is not None:
             raise MFError(f"tenant '{name}' already exists")
         t = Tenant(name=name, api_key_hash=hash_key(key), weight=weight, cpu_hours_month=cpu_hours_month,
-                   gpu_hours_month=gpu_hours_month, max_slots=max_slots, created=utcnow())
+                   gpu_hours_month=gpu_hours_month, max_slots=max_slots, created=utcnow(), urgent=bool(urgent))
         s.add(t)
         s.add(ApiKey(tenant=name, key_hash=hash_key(key), label="initial", created=t.created))
         s.flush()
@@ -86,8 +88,8 @@ UNSET = object()
 
 
 def set_tenant(name: str, *, weight: float | None = None, cpu_hours_month=UNSET, gpu_hours_month=UNSET,
-               max_slots=UNSET) -> TenantInfo:
-    """Change a tenant's weight or limits (pass None to a limit to remove it)."""
+               max_slots=UNSET, urgent: bool | None = None) -> TenantInfo:
+    """Change a tenant's weight, limits (pass None to a limit to remove it) or its right to use 'urgent'."""
     _check_limits(weight, None if cpu_hours_month is UNSET else cpu_hours_month,
                   None if gpu_hours_month is UNSET else gpu_hours_month, None if max_slots is UNSET else max_slots)
     with accounts_tx() as s:
@@ -100,7 +102,41 @@ def set_tenant(name: str, *, weight: float | None = None, cpu_hours_month=UNSET,
             t.gpu_hours_month = gpu_hours_month
         if max_slots is not UNSET:
             t.max_slots = max_slots
+        if urgent is not None:
+            t.urgent = bool(urgent)
         return TenantInfo.of(t)
+
+
+def may_use_priority(tenant: str, priority: str) -> None:
+    """MFError unless `tenant` may submit at `priority`: 'urgent' preempts other tenants' jobs, so it needs the
+    operator's grant (`mf tenants set NAME --urgent`)."""
+    if priority != "urgent":
+        return
+    with accounts_read() as s:
+        t = s.scalar(select(Tenant).where(Tenant.name == tenant))
+        if t is None or not t.urgent:
+            raise PermissionDenied(f"tenant '{tenant}' may not use priority 'urgent' (it preempts other tenants' "
+                                   f"jobs); an operator grants it with `mf tenants set {tenant} --urgent`")
+
+
+class PermissionDenied(MFError):
+    """A valid caller that may not do this (HTTP 403)."""
+
+    status = 403
+
+
+class TooManyKeys(MFError):
+    """A tenant at its cap of active API keys (HTTP 409)."""
+
+    status = 409
+
+
+def max_keys() -> int:
+    """MF_MAX_KEYS_PER_TENANT (default 20): active (unrevoked) keys one tenant may hold."""
+    try:
+        return max(1, int(os.environ.get("MF_MAX_KEYS_PER_TENANT") or 20))
+    except ValueError:
+        raise MFError("MF_MAX_KEYS_PER_TENANT: expected a whole number") from None
 
 
 def list_tenants() -> list[TenantInfo]:
@@ -149,6 +185,11 @@ def create_key(tenant: str | None, label: str = "") -> tuple[KeyInfo, str]:
     with accounts_tx() as s:
         if tenant is not None:
             tenant_row(s, tenant)
+            active = s.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.tenant == tenant,
+                                                                              ApiKey.revoked.is_(None)))
+            if active >= max_keys():
+                raise TooManyKeys(f"tenant '{tenant}' already holds {active} active API keys (the most allowed, "
+                                  f"MF_MAX_KEYS_PER_TENANT); revoke some first")
         row = ApiKey(tenant=tenant, key_hash=hash_key(key), label=label[:200], created=utcnow())
         s.add(row)
         s.flush()
@@ -183,6 +224,22 @@ def revoke_key(key_id: int) -> KeyInfo:
 
     forget(row.key_hash)
     return info
+
+
+def revoke_all_keys(tenant: str) -> list[KeyInfo]:
+    """Revoke every active key of `tenant` at once (a leak: then create a fresh one with an admin key)."""
+    with accounts_tx() as s:
+        tenant_row(s, tenant)
+        rows = list(s.scalars(select(ApiKey).where(ApiKey.tenant == tenant, ApiKey.revoked.is_(None))))
+        now = utcnow()
+        for row in rows:
+            row.revoked = now
+        infos, hashes = [KeyInfo.of(r) for r in rows], [r.key_hash for r in rows]
+    from .auth import forget
+
+    for h in hashes:
+        forget(h)
+    return infos
 
 
 def principal_for_key(key: str) -> Principal | None:

@@ -36,8 +36,9 @@ def create_app() -> FastAPI:
         return error(404, str(exc))
 
     @app.exception_handler(MFError)
-    async def _bad(request: Request, exc: MFError):
-        return error(400, str(exc))
+    async def _bad(request: Request, exc: MFError):  # 400, or the status the error names (403, 409, 429)
+        status = getattr(exc, "status", 400)
+        return error(status if isinstance(status, int) and 400 <= status < 500 else 400, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

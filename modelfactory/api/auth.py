@@ -8,15 +8,18 @@ from fastapi import Request
 from ..accounts import auth
 from ..accounts.tenants import Principal
 from ..errors import NotFound
-from .errors import Forbidden, Unauthorized
+from .errors import Forbidden, TooManyRequests, Unauthorized
 
 
 def principal(request: Request) -> Principal:
-    """FastAPI dependency: the caller, or 401."""
+    """FastAPI dependency: the caller, or 401 (429 after too many failures from the caller's address)."""
     try:
-        return auth.authenticate(request.headers.get("authorization"))
+        return auth.authenticate(request.headers.get("authorization"),
+                                 request.client.host if request.client else None)
     except auth.Unauthorized as e:
         raise Unauthorized(str(e)) from None
+    except auth.RateLimited as e:
+        raise TooManyRequests(str(e), retry_after=e.retry_after) from None
 
 
 def admin_only(p: Principal) -> None:

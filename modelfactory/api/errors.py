@@ -29,6 +29,10 @@ class Conflict(HTTPError):
     status = 409
 
 
+class TooManyRequests(HTTPError):
+    status = 429
+
+
 class Invalid(HTTPError):
     """Field-level validation errors: `fields` = [{"loc", "msg"}]."""
 

@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from .auth import Unauthorized, caller_tenant
+from .auth import Forbidden, RateLimited, Unauthorized, billed_to, caller_tenant, require_admin
 from .batcher import BatchConfig, Closed, QueueFull, TooLarge
 from .metering import Meter
 from .metrics import ServeMetrics
@@ -55,21 +55,23 @@ log = logging.getLogger("modelfactory.serve")
 
 SERVER_NAME = "modelfactory"
 EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "metrics"]
+DEFAULT_MAX_LOADED = 32
 
 
 @dataclass
 class ServeSettings:
     models: list[str] = field(default_factory=list)  # loaded at startup: name, name@3, name@alias
     batch: BatchConfig = field(default_factory=BatchConfig)
-    max_loaded: int | None = None
+    max_loaded: int | None = None  # None: DEFAULT_MAX_LOADED (a client's loads can never grow without bound)
     max_loaded_bytes: int | None = None
     threads: int | None = None  # onnxruntime intra-op threads per model (None: all cores)
     auth: bool = False
     alias_ttl_s: float = 1.0
     load_on_demand: bool = True
     meter_interval_s: float = 60.0
-    max_body_bytes: int = 64 << 20
+    max_body_bytes: int = 64 << 20  # every request body, chunked ones included, counted as it streams in
     server_id: str | None = None  # names this process in the usage ledger
+    load_limits: BatchConfig | None = None  # the most a client's load `config` may ask (None: the `batch` knobs)
 
 
 class _Error(Exception):
@@ -88,14 +90,25 @@ def _classify(e: BaseException) -> tuple[int, str]:
         return 404, str(e)
     if isinstance(e, Unauthorized):
         return 401, str(e)
+    if isinstance(e, Forbidden):
+        return 403, str(e)
+    if isinstance(e, RateLimited):
+        return 429, str(e)
     if isinstance(e, TooLarge | ModelNotReady):
         return 400, str(e)
     if isinstance(e, QueueFull | Closed):
         return 503, str(e)
     if isinstance(e, ValueError):  # the model refused an input (e.g. bytes that are not an image)
         return 400, f"bad input: {e}"
+    if isinstance(e, StarletteHTTPException):  # the body limit, counted while the body streams in
+        return e.status_code, ("request body is larger than this server's limit" if e.status_code == 413
+                               else str(e.detail))
     log.error("internal error", exc_info=e)
     return 500, f"internal error: {type(e).__name__}: {e}"
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -137,11 +150,22 @@ def _parse_config(raw: Any, base: BatchConfig) -> BatchConfig:
         raise ProtocolError(f"load: bad config: {e}") from None
 
 
+def _within(config: BatchConfig, limits: BatchConfig) -> BatchConfig:
+    """A client's load config, refused (400) where it asks more than the operator allows."""
+    over = [f"{k} {getattr(config, k)} (at most {getattr(limits, k)})"
+            for k in ("max_batch_size", "max_queue_size", "max_queue_delay_microseconds")
+            if getattr(config, k) > getattr(limits, k)]
+    if over:
+        raise ProtocolError(f"load: config asks more than this server allows: {', '.join(over)}")
+    return config
+
+
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
     cfg = settings or ServeSettings()
     metrics = ServeMetrics()
     meter = Meter(cfg.server_id, cfg.meter_interval_s)
-    repo = ModelRepository(cfg.batch, max_loaded=cfg.max_loaded, max_bytes=cfg.max_loaded_bytes,
+    max_loaded = cfg.max_loaded if cfg.max_loaded is not None else DEFAULT_MAX_LOADED
+    repo = ModelRepository(cfg.batch, max_loaded=max_loaded, max_bytes=cfg.max_loaded_bytes,
                            threads=cfg.threads, alias_ttl_s=cfg.alias_ttl_s, load_on_demand=cfg.load_on_demand,
                            metrics=metrics, meter=meter)
     state = {"ready": False}
@@ -167,7 +191,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             await asyncio.to_thread(meter.flush)
 
     app = FastAPI(title="modelfactory inference server (Open Inference Protocol v2)", version=__version__,
-                  lifespan=lifespan)
+                  lifespan=lifespan, max_body_size=cfg.max_body_bytes)
     app.state.repository, app.state.metrics, app.state.meter, app.state.settings = repo, metrics, meter, cfg
 
     # --- errors -----------------------------------------------------------------------------------------
@@ -184,14 +208,14 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         err = exc.errors()[0]
         return _error(400, f"bad request: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
 
-    for exc_type in (ProtocolError, _Error, ModelNotFound, Unauthorized, TooLarge, ModelNotReady, QueueFull,
-                     Closed, ValueError, Exception):
+    for exc_type in (ProtocolError, _Error, ModelNotFound, Unauthorized, Forbidden, RateLimited, TooLarge,
+                     ModelNotReady, QueueFull, Closed, ValueError, Exception):
         @app.exception_handler(exc_type)
         async def _known(request: Request, exc: Exception):
             return _error(*_classify(exc))
 
     async def caller(request: Request) -> str | None:
-        return await caller_tenant(cfg.auth, request.headers.get("authorization"))
+        return await caller_tenant(cfg.auth, request.headers.get("authorization"), _client(request))
 
     async def model_for(request: Request, name: str, version: str | None, load: bool = True):
         tenant = await caller(request)
@@ -259,7 +283,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             size = request.headers.get("content-length")
             if size and size.isdigit() and int(size) > cfg.max_body_bytes:
                 raise _Error(413, f"request body of {size} bytes is larger than {cfg.max_body_bytes}")
-            _, ref, model = await model_for(request, name, version)
+            tenant, ref, model = await model_for(request, name, version)
             labels = (ref.name, str(ref.version))
             body = _decompress(await request.body(), request.headers.get("content-encoding"), cfg.max_body_bytes)
             req, tensors = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
@@ -277,7 +301,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             outputs.sort(key=lambda o: asked.index(o[0]))
             content, header_length = encode_response(ref.name, str(ref.version), req.id, outputs,
                                                      [wants_binary(req, o[0]) for o in outputs])
-            meter.record(ref.tenant, ref.name, ref.version, len(rows), share * threads)
+            meter.record(billed_to(cfg.auth, tenant), ref.name, ref.version, len(rows), share * threads)
             metrics.rows.labels(*labels).inc(len(rows))
             status = 200
             if header_length is None:
@@ -306,7 +330,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         params = doc.get("parameters") or {}
         base, tag = split_name(name, None)
         ref = await repo.resolve(base, tag, tenant)
-        config = _parse_config(params["config"], repo.batch) if "config" in params else None
+        config = _within(_parse_config(params["config"], repo.batch), cfg.load_limits or cfg.batch) \
+            if "config" in params else None
         model = await repo.load(ref, config)
         return {"name": ref.name, "version": str(ref.version), "state": "READY",
                 "max_batch_size": model.config.max_batch_size}
@@ -324,7 +349,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         return {"name": base, "unloaded": [str(m.ref.version) for m in gone]}
 
     @app.get("/metrics")
-    async def prometheus():
+    async def prometheus(request: Request):
+        await require_admin(cfg.auth, request.headers.get("authorization"), _client(request))  # names every model
         content, content_type = metrics.render()
         return Response(content, media_type=content_type)
 

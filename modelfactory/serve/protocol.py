@@ -269,6 +269,8 @@ def rows_for(spec: dict[str, Any], tensor: Tensor, max_rows: int | None = None) 
     if max_rows is not None and n > max_rows:
         raise ProtocolError(f"input '{tensor.name}' has {n} rows, more than this model's max_batch_size {max_rows}; "
                             f"split the request")
+    if tensor.datatype == "UINT8" and len(got) >= 3:  # pixels [N, H, W(, C)]: the ingest limit holds here too
+        _check_pixels(tensor.name, None, math.prod(got[1:3]), f"{got[2]}x{got[1]}")
     if tensor.datatype != "BYTES":
         return list(tensor.value)
     if spec["datatype"] == "BYTES":
@@ -284,8 +286,39 @@ def rows_for(spec: dict[str, Any], tensor: Tensor, max_rows: int | None = None) 
             except (binascii.Error, ValueError):
                 raise ProtocolError(f"input '{tensor.name}' element {i}: encoded files in JSON must be base64 "
                                     f"strings (or send binary data)") from None
+        _check_encoded(tensor.name, i, x)
         out.append(x)
     return out
+
+
+def _check_pixels(name: str, i: int | None, pixels: int, size: str) -> None:
+    from ..data.images import MAX_IMAGE_PIXELS
+
+    if pixels > MAX_IMAGE_PIXELS:
+        where = f"input '{name}'" + (f" element {i}" if i is not None else "")
+        raise ProtocolError(f"{where}: an image of {size} pixels is larger than the limit of {MAX_IMAGE_PIXELS} "
+                            f"pixels")
+
+
+def _check_encoded(name: str, i: int, data: bytes) -> None:
+    """An encoded image's size from its header alone, refused past the ingest limit before anything decodes it;
+    what is not an image is left for the model to refuse with its own reason."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                w, h = im.size
+    except Image.DecompressionBombError:
+        _check_pixels(name, i, 1 << 62, f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0)}")
+        return
+    except Exception:  # noqa: BLE001 - not an image: the model's decoder gives the reason
+        return
+    _check_pixels(name, i, w * h, f"{w}x{h}")
 
 
 def match_inputs(signature_inputs: Sequence[dict[str, Any]], tensors: Sequence[Tensor]) -> Tensor:

@@ -95,8 +95,8 @@ def upload(name: str = Form(pattern=NAME, description="dataset name; a new versi
     if p.tenant is None:
         raise Forbidden("datasets belong to tenants: upload with a tenant's key")
     owner = versions.owner(name)
-    if owner not in (None, p.tenant):
-        raise MFError(f"dataset name '{name}' belongs to another tenant; choose another name")
+    if owner not in (None, p.tenant):  # said without naming whose it is
+        raise NotFound(f"dataset name '{name}' is not available to this tenant; choose another name")
     folder = settings().home / "uploads" / uuid.uuid4().hex
     folder.mkdir(parents=True, mode=0o700)
     try:

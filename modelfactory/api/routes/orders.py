@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from pydantic import BaseModel, ValidationError
 
 from ... import registry, safeyaml
-from ...accounts.tenants import Principal
+from ...accounts.tenants import Principal, may_use_priority
 from ...config import settings
 from ...data import versions
 from ...errors import NotFound
@@ -111,6 +111,8 @@ def check_reach(spec: OrderSpec, p: Principal) -> OrderSpec:
     ref = versions.resolve(spec.data.dataset)
     if ref.tenant != p.tenant:
         raise NotFound(f"no dataset '{spec.data.dataset}'")
+    if registry.owner(spec.name) not in (None, p.tenant):  # said without naming whose it is
+        raise NotFound(f"model name '{spec.name}' is not available to this tenant; choose another order name")
     model = spec.teacher.model
     local = model.startswith(("/", ".", "~")) or Path(model).exists()
     if local and not model.startswith("scratch:"):
@@ -144,6 +146,8 @@ async def submit(request: Request, priority: Literal["batch", "standard", "urgen
     spec = parse_body(await request.body(), request.headers.get("content-type", "application/yaml"))
 
     def go() -> Submitted:
+        if not p.admin:
+            may_use_priority(p.tenant, priority)  # 'urgent' preempts other tenants: an operator's grant
         sub = stagejob.submit_order(check_reach(spec, p), priority=priority)
         return Submitted(order=sub.order_id, dataset=str(sub.dataset), jobs=sub.jobs, cached=sub.cached,
                          shared=sub.shared)

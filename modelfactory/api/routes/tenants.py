@@ -17,6 +17,7 @@ from ...accounts.tenants import (
     get_key,
     list_keys,
     list_tenants,
+    revoke_all_keys,
     revoke_key,
     set_tenant,
 )
@@ -39,6 +40,7 @@ class TenantCreate(BaseModel):
     cpu_hours_month: float | None = Field(None, ge=0)
     gpu_hours_month: float | None = Field(None, ge=0)
     max_slots: int | None = Field(None, ge=1)
+    urgent: bool = Field(False, description="may submit priority 'urgent' (preempts other tenants' jobs)")
 
 
 class TenantUpdate(BaseModel):
@@ -49,6 +51,7 @@ class TenantUpdate(BaseModel):
     cpu_hours_month: float | None = Field(None, ge=0)
     gpu_hours_month: float | None = Field(None, ge=0)
     max_slots: int | None = Field(None, ge=1)
+    urgent: bool | None = None
 
 
 class TenantOut(BaseModel):
@@ -58,6 +61,7 @@ class TenantOut(BaseModel):
     gpu_hours_month: float | None
     max_slots: int | None
     created: dt.datetime
+    urgent: bool = False
 
 
 class TenantCreated(BaseModel):
@@ -106,7 +110,7 @@ def create_tenant(body: TenantCreate, p: Principal = Depends(principal)) -> Tena
     """Create a tenant and its first API key (admin)."""
     admin_only(p)
     t, key = add_tenant(body.name, weight=body.weight, cpu_hours_month=body.cpu_hours_month,
-                        gpu_hours_month=body.gpu_hours_month, max_slots=body.max_slots)
+                        gpu_hours_month=body.gpu_hours_month, max_slots=body.max_slots, urgent=body.urgent)
     return TenantCreated(tenant=TenantOut(**asdict(t)), api_key=key)
 
 
@@ -121,7 +125,7 @@ def update_tenant(name: str, body: TenantUpdate, p: Principal = Depends(principa
     """Change a tenant's weight or quotas (admin)."""
     admin_only(p)
     given = body.model_fields_set
-    t = set_tenant(name, weight=body.weight,
+    t = set_tenant(name, weight=body.weight, urgent=body.urgent,
                    **{k: getattr(body, k) if k in given else UNSET
                       for k in ("cpu_hours_month", "gpu_hours_month", "max_slots")})
     return TenantOut(**asdict(t))
@@ -141,6 +145,14 @@ def add_key(name: str, body: KeyCreate | None = None, p: Principal = Depends(pri
     visible(p, name, f"tenant '{name}'")
     info, key = create_key(name, (body or KeyCreate()).label)
     return KeyCreated(**asdict(info), key=key)
+
+
+@router.delete("/tenants/{name}/keys", response_model=list[KeyOut])
+def revoke_all(name: str, p: Principal = Depends(principal)) -> list[KeyOut]:
+    """Revoke every active key of the tenant at once, the calling one included (admin, or the tenant itself):
+    after a leak. An admin then creates a fresh key."""
+    visible(p, name, f"tenant '{name}'")
+    return [KeyOut(**asdict(k)) for k in revoke_all_keys(name)]
 
 
 @router.delete("/keys/{key_id}", response_model=KeyOut)

@@ -6,9 +6,10 @@ are in openai_api.py, plus `GET /health` and `GET /metrics`.
 
 Metering: every request is one ledger request whose rows are its tokens (prompt + completion) and whose
 CPU-seconds are its share of the engine forwards it took part in (a forward's wall time split over its rows, by
-prompt length in a prefill) times the threads torch computes with. Adapter requests are billed to the adapter's
-tenant under its `name@version`; base requests to the caller's tenant (`default` without auth) under the base's
-name, version 0. Rows are written in windows (serve/metering.py), never on the request path.
+prompt length in a prefill) times the threads torch computes with. Requests are billed to the caller's tenant
+(an adapter under its `name@version`, the base under the base's name, version 0); calls without auth or with an
+admin key are metered under `(anonymous)` / `(admin)`, never a tenant (serve/auth.py). Rows are written in
+windows (serve/metering.py), never on the request path.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ...errors import MFError
 from ...registry import ModelRef
 from ...tasks.lm_common import CHAT_END, chat_tokenizer
 from ...tasks.pretrained import load_error, resolve
-from ..auth import Unauthorized, caller_tenant
+from ..auth import Forbidden, RateLimited, Unauthorized, billed_to, caller_tenant, require_admin
 from ..metering import Meter
 from .adapters import AdapterLoadError, AdapterPool, IncompatibleModel, UnknownModel
 from .engine import BASE, AdapterHost, Engine, EngineClosed, Generation, QueueFull, SamplingParams, StepStats
@@ -40,9 +41,6 @@ from .metrics import LLMMetrics
 from .openai_api import APIError, router
 
 log = logging.getLogger("modelfactory.serve.llm")
-
-DEFAULT_TENANT = "default"
-
 
 @dataclass
 class LLMSettings:
@@ -131,7 +129,8 @@ class LLMServer:
 
     # --- requests ---------------------------------------------------------------------------------------
     async def caller(self, request: Request) -> str | None:
-        return await caller_tenant(self.auth, request.headers.get("authorization"))
+        return await caller_tenant(self.auth, request.headers.get("authorization"),
+                                   request.client.host if request.client else None)
 
     async def target(self, model: str, tenant: str | None) -> Target:
         if model == self.base_name:
@@ -204,7 +203,7 @@ class LLMServer:
             if target.ref is not None:
                 self.pool.release(adapter)
             raise
-        billed = target.ref.tenant if target.ref is not None else (tenant or DEFAULT_TENANT)
+        billed = billed_to(self.auth, tenant)
         return Job(target, gen, adapter, billed, arrived)
 
     def finish(self, job: Job) -> None:
@@ -232,6 +231,10 @@ class LLMServer:
             return e
         if isinstance(e, Unauthorized):
             return APIError(401, str(e), code="invalid_api_key")
+        if isinstance(e, Forbidden):
+            return APIError(403, str(e), code="forbidden")
+        if isinstance(e, RateLimited):
+            return APIError(429, str(e), code="rate_limit_exceeded")
         if isinstance(e, UnknownModel):
             return APIError(404, f"{e}, or you do not have access to it.", param="model", code="model_not_found")
         if isinstance(e, IncompatibleModel):
@@ -240,6 +243,9 @@ class LLMServer:
             return APIError(503, str(e), code="server_overloaded" if isinstance(e, QueueFull) else "shutting_down")
         if isinstance(e, AdapterLoadError):
             return APIError(500, str(e), param="model", code="adapter_load_failed")
+        if isinstance(e, StarletteHTTPException):  # the body limit, counted while the body streams in
+            return APIError(e.status_code, f"request body is larger than {self.settings.max_body_bytes} bytes"
+                            if e.status_code == 413 else str(e.detail))
         log.error("internal error", exc_info=e)
         return APIError(500, f"internal error: {type(e).__name__}: {e}")
 
@@ -273,7 +279,7 @@ def create_app(settings: LLMSettings) -> FastAPI:
             await asyncio.to_thread(server.meter.flush)
 
     app = FastAPI(title="modelfactory generation server (OpenAI-compatible)", version=__version__,
-                  lifespan=lifespan)
+                  lifespan=lifespan, max_body_size=settings.max_body_bytes)  # chunked bodies counted too
     app.state.llm = server
 
     @app.exception_handler(StarletteHTTPException)
@@ -287,21 +293,27 @@ def create_app(settings: LLMSettings) -> FastAPI:
     async def _validation_error(request: Request, exc: RequestValidationError):
         return APIError(400, f"bad request: {exc.errors()[0]['msg']}").response()
 
-    @app.exception_handler(Exception)
-    async def _any_error(request: Request, exc: Exception):
-        return server.classify(exc).response()
+    # Known errors are answered where they happen; the catch-all (Starlette's last resort, which closes the
+    # connection after answering) is left for bugs.
+    for known in (APIError, MFError, UnknownModel, IncompatibleModel, QueueFull, EngineClosed, Exception):
+        @app.exception_handler(known)
+        async def _any_error(request: Request, exc: Exception):
+            return server.classify(exc).response()
 
     app.include_router(router(server))
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "base": server.base_name, "adapters_loaded": server.pool.loaded,
+        loaded = server.pool.loaded  # with auth on, health is open: it counts adapters without naming them
+        return {"status": "ok", "base": server.base_name, "adapters_loaded": len(loaded) if server.auth else loaded,
                 "active": server.engine.active, "waiting": server.engine.waiting}
 
     @app.get("/metrics")
-    async def prometheus():
+    async def prometheus(request: Request):
         from fastapi.responses import Response
 
+        await require_admin(server.auth, request.headers.get("authorization"),  # it names every tenant's adapters
+                            request.client.host if request.client else None)
         content, content_type = server.metrics.render()
         return Response(content, media_type=content_type)
 
