@@ -29,6 +29,7 @@ test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -rs -m "not slow"
 
 lint: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/ruff check modelfactory tests bench
 
 bench: $(STAMP)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,6 +54,23 @@ class Outputs:
     logits: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class Prunable:
+    """What a family says may be pruned in a model, for compress.prune (Torch-Pruning's dependency graph) to act on.
+
+    Every output channel of every layer may go except those of `ignored_layers` (e.g. a classifier: its outputs are
+    the labels); `num_heads` maps q/k/v projections to their attention's head count, so heads go whole. `finish`
+    runs after the pruning: it makes the model consistent again (head counts, config), records in the bundle what
+    `load` needs to rebuild the smaller shape, and returns what the report should add."""
+
+    model: torch.nn.Module
+    example: dict[str, torch.Tensor]
+    ignored_layers: list[torch.nn.Module] = field(default_factory=list)
+    num_heads: dict[torch.nn.Module, int] = field(default_factory=dict)
+    output_transform: Callable[[Any], torch.Tensor] | None = None
+    finish: Callable[[], dict[str, Any]] = dict
 
 
 class Predictor(ABC):
@@ -152,9 +169,9 @@ class TaskFamily(Family):
         Empty when the model has none to offer."""
         return []
 
-    def prune(self, bundle: Bundle, example: Mapping[str, torch.Tensor], ratio: float) -> dict[str, Any]:
-        """Remove about `ratio` of the model's structure in place (heads, channels) and record in `bundle.extra`
-        whatever `load` needs to rebuild the smaller shape; returns a report with parameters_before/after."""
+    def prunable(self, bundle: Bundle, example: Mapping[str, torch.Tensor]) -> Prunable:
+        """What of the model structured pruning may remove (heads, channels), for compress.prune; its `finish`
+        records in `bundle.extra` whatever `load` needs to rebuild the smaller shape."""
         raise MFError(f"structured pruning is not available for {self.name} models")
 
     def onnx_optimizer_hints(self, bundle: Bundle) -> dict[str, Any] | None:

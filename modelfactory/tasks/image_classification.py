@@ -25,7 +25,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MFError
-from .base import ONNX_FILE, Bundle, Encoded, Outputs, Predictor, TaskFamily, onnx_session, read_meta, write_meta
+from .base import (
+    ONNX_FILE,
+    Bundle,
+    Encoded,
+    Outputs,
+    Predictor,
+    Prunable,
+    TaskFamily,
+    onnx_session,
+    read_meta,
+    write_meta,
+)
 
 CONVNET_FILE = "convnet.json"
 INPUT = "image"  # the ONNX graph's input and the served input's name (ARCHITECTURE.md)
@@ -313,16 +324,18 @@ class ImageClassification(TaskFamily):
         bundle.model.train(was_training)
         return [f.shape[-1] for f in feats[1:]]
 
-    def prune(self, bundle: Bundle, example: Mapping[str, torch.Tensor], ratio: float) -> dict[str, Any]:
-        """Conv channels removed with Torch-Pruning's dependency graph (residual branches and batch norms follow);
+    def prunable(self, bundle: Bundle, example: Mapping[str, torch.Tensor]) -> Prunable:
+        """Conv channels, removed with Torch-Pruning's dependency graph (residual branches and batch norms follow);
         the classifier keeps its outputs. The saved config records the new widths, so `load` rebuilds it."""
-        from ..compress.prune import prune_channels
-
         backbone = bundle.model.backbone
         if not isinstance(backbone, ConvNet):
             raise MFError("channel pruning supports the built-in CNNs (students, scratch teachers), not "
                           f"{type(backbone).__name__}")
-        return prune_channels(bundle.model.eval(), dict(example), ratio=ratio, ignored_layers=[backbone.classifier])
+        convs = [m for m in bundle.model.modules() if isinstance(m, torch.nn.Conv2d)]
+        before = sum(m.out_channels for m in convs)
+        return Prunable(bundle.model.eval(), dict(example), ignored_layers=[backbone.classifier],
+                        finish=lambda: {"channels_before": before,
+                                        "channels_after": sum(m.out_channels for m in convs)})
 
     def save(self, bundle: Bundle, out_dir: Path) -> None:
         from safetensors.torch import save_file

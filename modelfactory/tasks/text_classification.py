@@ -115,19 +115,26 @@ class TextClassification(TaskFamily):
         cfg = bundle.model.config
         return [cfg.hidden_size] * cfg.num_hidden_layers
 
-    def prune(self, bundle: Bundle, example: Mapping[str, torch.Tensor], ratio: float) -> dict[str, Any]:
-        """Attention heads and FFN channels really removed. BERT's config cannot describe the result, so each
-        step's ratio and the shape it started from go into `prune_history`; `load` re-applies them."""
+    def prunable(self, bundle: Bundle, example: Mapping[str, torch.Tensor]):
+        """Attention heads and FFN channels (tasks/hf_prune.py), really removed. BERT's config cannot describe the
+        result, so each step's shapes before and after go into `prune_history`; `load` rebuilds from the first."""
         import warnings
 
-        from ..compress.prune import prune_model
+        from .hf_prune import encoder_prunable
 
-        with warnings.catch_warnings():  # "not reloadable by from_pretrained": load re-applies the pruning
-            warnings.simplefilter("ignore")
-            report = prune_model(bundle.model.eval(), dict(example), ratio=ratio)
-        bundle.extra["prune_history"] = [*bundle.extra.get("prune_history", []), {
-            "ratio": ratio, "heads_before": report["heads_before"], "ffn_before": report["ffn_before"]}]
-        return report
+        described = encoder_prunable(bundle.model.eval(), example)
+        finish = described.finish
+
+        def record() -> dict[str, Any]:
+            with warnings.catch_warnings():  # "not reloadable by from_pretrained": load rebuilds it
+                warnings.simplefilter("ignore")
+                report = finish()
+            bundle.extra["prune_history"] = [*bundle.extra.get("prune_history", []), {
+                k: report[k] for k in ("heads_before", "ffn_before", "heads_after", "ffn_after")}]
+            return report
+
+        described.finish = record
+        return described
 
     def onnx_optimizer_hints(self, bundle: Bundle) -> dict[str, Any] | None:
         cfg = bundle.model.config
@@ -250,25 +257,19 @@ def _init_narrow_embeddings(student: torch.nn.Module, teacher: torch.nn.Module, 
 
 def _load_pruned(model_dir: Path, history: list[dict]) -> torch.nn.Module:
     """Rebuild a head-pruned model: BERT's config cannot describe heads narrower than hidden/heads, so build the
-    original shape, re-apply the same structured pruning (the shapes depend only on the ratios), then load the
-    saved weights strictly, which fails loudly if any shape differs."""
-    import warnings
-
+    original shape, narrow its layers to the checkpoint's (tasks/hf_prune.py), then load the saved weights
+    strictly, which fails loudly if any shape differs."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from ..compress.prune import prune_model
+    from .hf_prune import fit_to_checkpoint
 
     cfg = AutoConfig.from_pretrained(model_dir)
     cfg.num_attention_heads = history[0]["heads_before"]
     cfg.intermediate_size = history[0]["ffn_before"]
-    model = AutoModelForSequenceClassification.from_config(cfg).eval()
-    ids = torch.ones((1, 8), dtype=torch.long)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for step in history:
-            prune_model(model, {"input_ids": ids, "attention_mask": ids}, ratio=step["ratio"])
-    model.load_state_dict(load_file(str(model_dir / "model.safetensors")), strict=True)
+    state = load_file(str(model_dir / "model.safetensors"))
+    model = fit_to_checkpoint(AutoModelForSequenceClassification.from_config(cfg).eval(), state)
+    model.load_state_dict(state, strict=True)
     return model
 
 

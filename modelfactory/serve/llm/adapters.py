@@ -1,5 +1,5 @@
-"""The LoRA adapters a generation server may serve: registry versions (task `causal-lm`, `mf_model.json` kind
-`lora-adapter`) trained on the base this server holds, hot-loaded into the engine's one `PeftModel` on first use
+"""The LoRA adapters a generation server may serve: registry versions of a generative family (`mf_model.json`
+kind `lora-adapter`) trained on the base this server holds, hot-loaded into the engine's one `PeftModel` on first use
 and evicted least-recently-used beyond `max_adapters`.
 
 Names resolve like everywhere else (`name` = its `prod` alias, else its latest version; `name@3`, `name@alias`),
@@ -13,7 +13,6 @@ under the engine's lock, between two generation steps.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -21,10 +20,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from ... import registry
+from ... import registry, tasks
 from ...errors import MFError, NotFound
 from ...registry import ModelRef
-from ...tasks.lm_common import ADAPTER_KIND, ADAPTER_META, TASK
+from ...tasks.lm_common import ADAPTER_KIND, ADAPTER_META
 from ...tasks.pretrained import resolve as resolve_pretrained
 from .engine import Engine
 
@@ -80,9 +79,18 @@ def same_base(trained_on: str, served: str) -> bool:
         {k: v for k, v in ca.items() if k not in drop} == {k: v for k, v in cb.items() if k not in drop}
 
 
+def generative(task: str) -> bool:
+    """Whether registry versions of `task` come from a generative family: decided by the family's contract, never
+    by its name (a family not installed here is not)."""
+    try:
+        return isinstance(tasks.get(task), tasks.GenerativeFamily)
+    except MFError:
+        return False
+
+
 def adapter_meta(ref: ModelRef) -> dict | None:
-    """The version's mf_model.json when it is a LoRA adapter for causal LM, else None."""
-    if ref.task != TASK:
+    """The version's mf_model.json when it is a LoRA adapter of a generative family, else None."""
+    if not generative(ref.task):
         return None
     try:
         meta = json.loads((ref.path / ADAPTER_META).read_text())
@@ -104,11 +112,8 @@ def check_adapter(name: str, base: str) -> ModelRef:
 
 
 def peft_name(ref: ModelRef) -> str:
-    """The adapter's name inside the PeftModel (a module-dict key: no dots), unique per (tenant, name, version):
-    a readable part, then a hash of all three, so names that read alike (`acme.bot` and `acme_bot`) never share
-    one adapter slot."""
-    digest = hashlib.sha256(f"{ref.tenant}\0{ref.name}\0{ref.version}".encode()).hexdigest()[:16]
-    return f"{ref.name}__v{ref.version}".replace(".", "_").replace("-", "_") + f"__{digest}"
+    """The adapter's name inside the PeftModel (a module-dict key: no dots)."""
+    return f"{ref.name}__v{ref.version}".replace(".", "_")
 
 
 class AdapterPool:
@@ -166,7 +171,7 @@ class AdapterPool:
     async def visible(self, tenant: str | None) -> list[ModelRef]:
         """The adapters `tenant` may call (all of them without auth): each name once, as it resolves now."""
         refs = await asyncio.to_thread(registry.list_models)
-        names = sorted({r.name for r in refs if r.task == TASK and (tenant is None or r.tenant == tenant)})
+        names = sorted({r.name for r in refs if generative(r.task) and (tenant is None or r.tenant == tenant)})
         out = []
         for name in names:
             try:
