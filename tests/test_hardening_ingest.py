@@ -168,6 +168,7 @@ def api(mf_home, monkeypatch):
     from .test_serve_support import LiveServer
 
     monkeypatch.setenv("MF_ADMIN_KEY", ADMIN)
+    monkeypatch.setenv("MF_UPLOAD_MAX_MB", "2")
     server = LiveServer(app=create_app())
     yield server
     server.stop()
@@ -184,3 +185,7 @@ def test_api_lists_a_bounded_number_of_bad_rows(api):
         assert len(d["rows"]) == 100 and d["rows_omitted"] == 4900 and "5000 bad row(s)" in d["error"]
         r = c.post("/datasets", data={"name": "hdr"}, files={"file": ("h.csv", b"t\xe9xt,label\na,b\n", "text/csv")})
         assert r.status_code == 400 and "not valid UTF-8" in r.json()["error"], r.text
+        r = c.post("/orders", content=(b" " * 65536 for _ in range(128)),  # 8 MB, chunked: no Content-Length
+                   headers={"content-type": "application/yaml"})
+        assert r.status_code == 413 and "MF_UPLOAD_MAX_MB" in r.json()["error"], r.text
+        assert c.get("/me").status_code == 200

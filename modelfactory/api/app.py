@@ -53,6 +53,8 @@ def create_app() -> FastAPI:
             message = f"no route {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} not allowed on {request.url.path}"
+        elif exc.status_code == 413:  # counted while the body streams in, chunked bodies too
+            message = f"request body larger than {datasets.upload_limit() / 1e6:g} MB (MF_UPLOAD_MAX_MB)"
         return error(exc.status_code, message)
 
     @app.exception_handler(Exception)
