@@ -45,7 +45,7 @@ class ModelDetail(ModelSummary):
 
 
 class AliasSet(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # true or "1.5" is refused, not coerced to a number
     version: int = Field(ge=1, le=MAX_ID)
     alias: str = Field(pattern=r"^[a-z][a-z0-9._-]{0,99}$", description="e.g. prod, staging (not a number)")
 

@@ -34,7 +34,7 @@ class Me(BaseModel):
 
 
 class TenantCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # true or "1.5" is refused, not coerced to a number
     name: str = Field(pattern=NAME)
     weight: float = Field(1.0, gt=0, le=1e6)
     cpu_hours_month: float | None = Field(None, ge=0)
@@ -46,7 +46,7 @@ class TenantCreate(BaseModel):
 class TenantUpdate(BaseModel):
     """Fields left out are unchanged; a limit set to null is removed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # true or "1.5" is refused, not coerced to a number
     weight: float | None = Field(None, gt=0, le=1e6)
     cpu_hours_month: float | None = Field(None, ge=0)
     gpu_hours_month: float | None = Field(None, ge=0)
@@ -70,7 +70,7 @@ class TenantCreated(BaseModel):
 
 
 class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # true or "1.5" is refused, not coerced to a number
     label: str = Field("", max_length=200)
 
 
