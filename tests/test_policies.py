@@ -3,6 +3,8 @@ slot limit, preemption by class and by fair share (with its anti-thrashing rules
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 
 import pytest
@@ -202,3 +204,60 @@ def test_a_big_gang_may_preempt_for_its_starved_tenant_and_is_then_never_preempt
     gang = job(1, 4, tenant="b", slots=2, started=0)
     d = decide(Fair(min_runtime=60), [job(20, 2, tenant="a")], [(gang, ["w1", "w2"])], gpus, now=5000)
     assert d.preempt == [] and d.waiting[20].startswith("waiting for 2 GPUs")
+
+
+OLD_FAIR = Fair(patience=math.inf)  # `fair` before its starving-job rule: no job is ever starving
+
+
+def test_a_starving_gang_gets_its_share_where_the_old_rule_left_it_waiting():
+    hour, pool = 3600.0, default_pool(nodes=2)  # 2 nodes x 8 GPUs
+    # A: a's 16-GPU gang takes the whole pool for 20 h just before b's 1-hour gang arrives. A big gang is never
+    # preempted for fair share by the old rule: b waits 20 h while entitled to half the pool
+    hog = [TraceJob("a-gang", "a", 0.0, 20 * hour, 32.0, 8.0, slots=2),
+           TraceJob("b-gang", "b", 100.0, hour, 32.0, 8.0, slots=2)]
+    # B: a and c keep both nodes busy with long 1-GPU jobs; c holds less than its share and is starved itself, so
+    # under the old rule its jobs are not preempted for b's gang, which needs both nodes whole
+    drain = ([TraceJob(f"a{i}", "a", 0.0, 20 * hour, 4.0, 1.0) for i in range(14)]
+             + [TraceJob(f"c{i}", "c", 0.0 if i < 2 else 50.0 + i, 20 * hour, 4.0, 1.0) for i in range(8)]
+             + [TraceJob("b-gang", "b", 100.0, hour, 32.0, 8.0, slots=2)])
+    for trace in (hog, drain):
+        old = simulate(trace, OLD_FAIR, pool=pool)
+        new = simulate(trace, Fair(), pool=pool)
+        share = {r.name: r.share_ratio for r in old.tenants}
+        assert share["b"] < 0.2 and old.min_share_ratio < 0.2
+        assert new.min_share_ratio >= 0.8, {r.name: r.share_ratio for r in new.tenants}
+        assert new.busy_gpu_s == pytest.approx(new.work_gpu_s + new.lost_gpu_s)
+    # in A the gang preempts a's once a has held the pool over its share for `quantum`, and a does not preempt
+    # back (b's gang is younger than `quantum` when a's requeued gang has waited `patience`)
+    result = simulate(hog, Fair(), pool=pool)
+    gangs = {r.id: r for r in result.job_results}
+    assert result.preemptions == 1 and gangs["a-gang"].preemptions == 1
+    assert gangs["b-gang"].first_start == Fair().quantum and gangs["b-gang"].preemptions == 0
+
+
+def test_starving_jobs_wait_patience_then_preempt_whole_workers_and_over_share_gangs_after_quantum():
+    gpus = {"w1": 4, "w2": 4}
+    gang = job(1, 4, tenant="b", slots=2, submitted=0)  # needs both workers whole
+    # a holds 3 GPUs of each worker; c holds 1 of each and wants more (starved: 25% held, entitled to a third)
+    running = ([(job(10 + i, 1, tenant="a", started=0), [f"w{1 + i % 2}"]) for i in range(6)]
+               + [(job(20 + i, 1, tenant="c", started=0), [f"w{1 + i}"]) for i in range(2)])
+    queued = [gang] + [job(30 + i, 1, tenant="c", submitted=0) for i in range(4)]
+    assert decide(OLD_FAIR, queued, running, gpus, now=5000).preempt == []  # c's jobs pin both workers
+    early = decide(Fair(), queued, running, gpus, now=100)
+    assert early.preempt == [] and early.retry_at == Fair().patience  # ask again when the gang has waited enough
+    d = decide(Fair(), queued, running, gpus, now=5000)
+    assert sorted(d.preempt) == [10, 11, 12, 13, 14, 15, 20, 21]
+    assert d.waiting[1].endswith("has waited 83 min for whole workers")
+    # an over-share gang goes once it has run `quantum`, not before (the old rule never lets it go)
+    hog = (job(40, 4, tenant="a", slots=2, started=0), ["w1", "w2"])
+    young = decide(Fair(), [gang], [hog], gpus, now=1000)
+    assert young.preempt == [] and young.retry_at == Fair().quantum
+    assert decide(Fair(), [gang], [hog], gpus, now=3600).preempt == [40]
+    assert decide(OLD_FAIR, [gang], [hog], gpus, now=3600).preempt == []
+    # the requeued victim waits `patience` again, and then may not take back a gang younger than `quantum`
+    requeued = dataclasses.replace(hog[0], started=None, queued_since=3600.0)
+    b_runs = (dataclasses.replace(gang, started=3600.0), ["w1", "w2"])
+    d = decide(Fair(), [requeued], [b_runs], gpus, now=3700)
+    assert d.preempt == [] and d.retry_at == 3600 + Fair().patience
+    d = decide(Fair(), [requeued], [b_runs], gpus, now=4200)
+    assert d.preempt == [] and d.retry_at == 3600 + Fair().quantum

@@ -180,10 +180,6 @@ def place(job: JobView, free: dict[str, Resources]) -> list[str] | None:
     return chosen
 
 
-def running_slots(running: Running, tenant: str) -> int:
-    return sum(job.slots for job, _ in running if job.tenant == tenant)
-
-
 def total(resources: Iterable[Resources]) -> Resources:
     out = Resources()
     for r in resources:
@@ -334,6 +330,7 @@ class _Round:
         self.entitled: dict[str, float] = {}
         self._shares: dict[str, float] = {}
         self._job_shares: dict[int, float] = {}
+        self.later: list[float] = []  # times at which a rule will allow more than now (Decision.retry_at)
 
     # -- bookkeeping
 
@@ -554,6 +551,10 @@ class _Preempting:
         """The order in which `_greedy` takes victims for `job` (default: cheapest first, as given)."""
         return candidates
 
+    def _wakeups(self, rnd: _Round) -> list[float]:
+        """Times at which a blocked job may gain rights it lacks now (default: none)."""
+        return []
+
     def _preempt(self, rnd: _Round, queued: list[JobView], workers: list[WorkerView]) -> None:
         stopping = [(v, w) for v, w in rnd.running if v.stopping]
         base = dict(rnd.free)
@@ -585,8 +586,9 @@ class _Preempting:
                 rnd.wait(job, rnd.decision.waiting[job.id] + f"; preempting job(s) {ids}: "
                          + self._why(rnd, job, chosen))
                 return
-        if young:
-            rnd.decision.retry_at = min(young)
+        wake = [t for t in young + rnd.later + self._wakeups(rnd) if rnd.now < t < NEVER]
+        if wake:
+            rnd.decision.retry_at = min(wake)
 
     def _candidates(self, rnd: _Round, rule: VictimRule, young: list[float]) -> list[_Victim]:
         """Running jobs `rule` lets go, cheapest first; those too young to preempt go to `young` (when they may)."""
@@ -785,6 +787,13 @@ class Fair(_Preempting):
 
         return victim, None if big else keeps_share
 
+    def _wakeups(self, rnd: _Round) -> list[float]:
+        """When blocked large jobs of tenants below `starve_below` will have waited `patience`."""
+        capacities = tuple(rnd.capacity.values())
+        return [job.waited + self.patience for job in rnd.blocked
+                if rnd.now - job.waited < self.patience - EPS and self._ratio(rnd, job.tenant) < self.starve_below
+                and _large(job.resources, job.slots, capacities)]
+
     def _starving_rules(self, rnd: _Round, job: JobView) -> tuple[VictimRule, KeepsShare | None]:
         """Whom a starving job may preempt: any tenant's jobs of a lower class; same-class jobs of every tenant
         better served than its own (a higher share / entitlement), with no floor, except their gangs and jobs
@@ -811,6 +820,8 @@ class Fair(_Preempting):
                 return None
             big = v.slots > 1 or rnd.job_share(v) > rnd.entitled.get(v.tenant, 0.0) + EPS
             if big and not (ratio > 1.0 + EPS and v.started is not None and rnd.now - v.started >= self.quantum):
+                if ratio > 1.0 + EPS and v.started is not None:
+                    rnd.later.append(v.started + self.quantum)
                 return None
             return (v.rank, 0, -ratio, -(v.started or 0.0)), "share"
 
