@@ -206,6 +206,59 @@ def verdict(synthetic: list[dict]) -> str:
     return f"**Goal not met** ({', '.join(missed)}). " + " ".join(parts)
 
 
+SWEEP_PATIENCE = (300.0, 600.0, 1200.0)  # s: Fair.patience values tried by --sweep
+SWEEP_QUANTUM = (1800.0, 3600.0, 7200.0)  # s: Fair.quantum values tried by --sweep
+
+
+def sweep(args: argparse.Namespace) -> dict:
+    """`fair` over a grid of (patience, quantum), on the goal's seeds and on held-out seeds, plus the policy
+    without its starving-job rule: whether the goal holds for the rule rather than for its two numbers."""
+    pool = default_pool(nodes=args.nodes)
+    traces = {s: synthetic_helios(args.jobs, args.tenants, s, args.load, pool) for s in args.sweep_seeds}
+    fifo = {s: simulate(t, policies.get("fifo"), pool=pool, checkpoint_interval=args.checkpoint).avg_jct_s
+            for s, t in traces.items()}
+    rows = []
+    for patience, quantum in [(math.inf, math.inf)] + [(p, q) for p in SWEEP_PATIENCE for q in SWEEP_QUANTUM]:
+        per_seed = {}
+        for s, trace in traces.items():
+            policy = policies.get("fair", min_runtime=args.min_runtime, patience=patience, quantum=quantum)
+            r = simulate(trace, policy, pool=pool, checkpoint_interval=args.checkpoint)
+            per_seed[s] = {"min_share_ratio": r.min_share_ratio, "utilisation": r.utilisation,
+                           "speedup": fifo[s] / r.avg_jct_s, "preemptions": r.preemptions,
+                           "lost_gpu_h": r.lost_gpu_s / 3600}
+        rows.append({"patience_s": None if math.isinf(patience) else patience,
+                     "quantum_s": None if math.isinf(quantum) else quantum, "per_seed": per_seed})
+        print(f"  sweep patience {patience:g} s, quantum {quantum:g} s: min share "
+              + " ".join(f"{v['min_share_ratio']:.2f}" for v in per_seed.values()), flush=True)
+    return {"seeds": list(traces), "goal_seeds": list(args.seeds), "rows": rows}
+
+
+def sweep_table(result: dict) -> list[str]:
+    goal = [s for s in result["seeds"] if s in result["goal_seeds"]]
+    held = [s for s in result["seeds"] if s not in result["goal_seeds"]]
+    default = policies.Fair()
+    lines = ["## Sensitivity: patience and quantum", "",
+             f"`fair` with each (patience, quantum) on the goal's seeds ({', '.join(map(str, goal))}) and on held-out "
+             f"seeds ({', '.join(map(str, held)) or 'none'}), same trace shape; the first row is `fair` without "
+             f"the starving-job rule. Defaults: patience {default.patience:g} s, quantum {default.quantum:g} s.", "",
+             "| patience (s) | quantum (s) | min share / entitled, goal seeds | min share / entitled, held-out seeds "
+             "| utilisation, all seeds | FIFO / fair avg JCT, all seeds | preemptions | GPU-h lost |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        runs = row["per_seed"]
+
+        def low(seeds: list, runs: dict = runs) -> str:
+            return f"{min(runs[s]['min_share_ratio'] for s in seeds):.2f}" if seeds else "-"
+
+        every = list(runs.values())
+        name = ("no starving-job rule", "") if row["patience_s"] is None else (f"{row['patience_s']:g}",
+                                                                               f"{row['quantum_s']:g}")
+        util, speed = span([v["utilisation"] for v in every], ".3f"), span([v["speedup"] for v in every], ".1f")
+        pre, lost = span([v["preemptions"] for v in every], "d"), span([v["lost_gpu_h"] for v in every], ".0f")
+        lines.append(f"| {name[0]} | {name[1]} | {low(goal)} | {low(held)} | {util} | {speed}x | {pre} | {lost} |")
+    return lines
+
+
 def plot(entries: list[dict], path: Path) -> bool:
     try:
         import matplotlib
@@ -245,6 +298,9 @@ def main() -> None:
     ap.add_argument("--max-jobs", type=int, default=5000, help="first N jobs of a real trace")
     ap.add_argument("--no-classes", action="store_true", help="skip the trace with mixed priority classes")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where to write scheduler.{json,md,_jct.png}")
+    ap.add_argument("--sweep", action="store_true", help="also replay fair over a grid of (patience, quantum)")
+    ap.add_argument("--sweep-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5, 6],
+                    help="seeds of the sweep (those not in --seeds are held out)")
     args = ap.parse_args()
 
     began = time.perf_counter()
@@ -263,6 +319,8 @@ def main() -> None:
         entries.append(replay(f"Philly {args.philly.name}", read_philly(args.philly, limit=args.max_jobs), args,
                               synthetic=False))
 
+    swept = sweep(args) if args.sweep else None
+
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -272,8 +330,12 @@ def main() -> None:
     doc = {"benchmark": "scheduler", "measured": stamp, "pool": {"nodes": args.nodes, "gpus_per_node": 8,
                                                                   "cpus_per_node": 64},
            "min_runtime_s": args.min_runtime, "checkpoint_interval_s": args.checkpoint, "traces": entries}
+    if swept:
+        doc["sweep"] = swept
     (out / "scheduler.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
     md = markdown(entries, args, stamp)
+    if swept:
+        md += "\n" + "\n".join(sweep_table(swept)) + "\n"
     if plotted:
         md += f"\n![JCT CDF]({'scheduler_jct.png'})\n"
     (out / "scheduler.md").write_text(md)
