@@ -1,4 +1,12 @@
-"""Recipe search vs the teacher and the INT8 teacher, on real labeled corpora (text and images), side by side.
+"""Recipe search vs the teacher, the INT8 teacher and the simple baselines, on real labeled corpora, side by side.
+
+Text corpora (issue 15's bar) run as a user's order would: no recipe, so the factory's default search over every
+student family, with the targets `min_accuracy_ratio: 0.97` and `beat_baseline: true`, on the corpus and on
+stratified cuts of its training part (1,000 and 500 rows; same test split). Each is measured here beside the
+majority class, TF-IDF + logistic regression, the fp32 teacher and the teacher simply quantized to INT8 — accuracy,
+macro-F1, size, batch-1 model latency and raw-text-in latency — and checked against the bar: at least as accurate
+as TF-IDF + LR, >= 97% of the teacher, >= 10x smaller and >= 10x lower batch-1 model latency than the INT8 teacher,
+and a teacher well above the majority class. `--cuts full,1000,500` (default) picks the cuts.
 
 For each corpus it runs (or re-uses from the stage cache) an order with a budgeted recipe search and no target
 (so the whole Pareto front is kept), then measures in this process, on the same test rows: the fp32 teacher, the
@@ -46,7 +54,7 @@ class Bar:
                 f"{what} and ≥ {self.latency_min:g}x lower batch-1 latency than the {base}")
 
 
-BARS = {"text-classification": Bar(0.97, "size_bytes", 10, 10, "teacher_int8"),  # issue 4
+BARS = {"text-classification": Bar(0.97, "size_bytes", 10, 10, "teacher_int8"),  # issues 4 and 15
         "image-classification": Bar(0.97, "parameters", 10, 5, "teacher")}  # issue 5
 
 
@@ -148,13 +156,19 @@ def bar_table(results: dict[str, dict], bar: Bar) -> list[str]:
 
 def write_index() -> None:
     """compress.md / compress.json: every corpus measured so far, each with the date it was measured."""
-    parts = sorted(RESULTS.glob("compress_*.json"), key=lambda f: list(CORPORA).index(f.stem[9:])
-                   if f.stem[9:] in CORPORA else 99)
-    entries = {f.stem[9:]: json.loads(f.read_text()) for f in parts if f.stem[9:] in CORPORA}
-    md = ["# Compression benchmark: searched student vs teacher", "",
+    def corpus_of(f: Path) -> str:
+        return f.stem[9:].split("@")[0]
+
+    def order(f: Path) -> tuple:
+        name, _, cut = f.stem[9:].partition("@")
+        return (list(CORPORA).index(name) if name in CORPORA else 99, -int(cut or 10**9))
+
+    parts = sorted((f for f in RESULTS.glob("compress_*.json") if corpus_of(f) in CORPORA), key=order)
+    entries = {f.stem[9:]: json.loads(f.read_text()) for f in parts}
+    md = ["# Compression benchmark: searched student vs teacher and the simple baselines", "",
           "Each section was measured in one run of `bench/compress.py` (date in the section); latency is batch-1 "
-          "model time (tokenization / image decoding excluded), p50 over up to 300 test rows. Bars from the issues:",
-          ""]
+          "model time (tokenization / image decoding excluded; text models also show raw-text-in time), p50 over up "
+          "to 300 test rows, one onnxruntime thread. Bars from the issues:", ""]
     md += [f"- {task}: {bar.describe()}." for task, bar in BARS.items()] + [""]
     for name in entries:
         md += [f"<!-- compress_{name}.md -->", (RESULTS / f"compress_{name}.md").read_text().rstrip(), ""]
@@ -166,15 +180,127 @@ def write_index() -> None:
                                                       default=str))
 
 
+TEXT_TEACHER = {"model": "sentence-transformers/all-MiniLM-L6-v2", "max_length": 64, "lr": 1e-4, "epochs": 2}
+TEXT_TARGETS = {"min_accuracy_ratio": 0.97, "beat_baseline": True}
+
+
+def text_order(corpus: str, dataset: str, cut: int | None, trials: int, minutes: float) -> dict:
+    """What a user would write: data, a teacher, targets; no recipe (the factory's default search)."""
+    split = {"val": 0.1, "test": 0.15, "seed": 0, "max_rows": 5000, **({"train_rows": cut} if cut else {})}
+    return {"name": f"bench-{corpus}" + (f"-{cut}" if cut else ""), "tenant": "bench",
+            "task": "text-classification", "data": {"dataset": dataset}, "teacher": TEXT_TEACHER, "split": split,
+            "search": {"max_trials": trials, "max_minutes": minutes, "seed": 0}, "targets": TEXT_TARGETS}
+
+
+def run_text(name: str, cut: int | None, trials: int, minutes: float) -> dict:
+    from modelfactory import tasks
+    from modelfactory.compress.evaluate import evaluate_model
+    from modelfactory.compress.search import front_table
+    from modelfactory.data import builtin, versions
+    from modelfactory.errors import MFError
+    from modelfactory.factory.order import run_order
+    from modelfactory.factory.spec import parse_spec
+    from modelfactory.factory.stages import read_split
+    from modelfactory.registry import registry
+    from modelfactory.report import metrics_table
+    from modelfactory.store import Order, session
+
+    when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    corpus = builtin.corpus(name)
+    ds = versions.add_table(corpus.name, corpus.table(), tenant="bench")
+    spec = parse_spec(text_order(name, str(ds), cut, trials, minutes), f"bench order {name}")
+    label = f"{name}" + (f" @ {cut} training rows" if cut else " (5,000-row sample)")
+    print(f"== {label}: {ds}, default search of up to {trials} trials / {minutes:g} min", flush=True)
+    t0 = dt.datetime.now(dt.UTC)
+    error = None
+    try:
+        result = run_order(spec, reporter=PrintReporter())
+        order_id, searched = result.order_id, result.searched
+    except MFError as e:  # no recipe met the targets: measure what there is, and say so
+        error = str(e)
+        with session() as s:
+            order_id = max(o.id for o in s.query(Order).all())
+        result, searched = None, None
+    wall = (dt.datetime.now(dt.UTC) - t0).total_seconds()
+    from modelfactory.artifacts import ArtifactStore
+    from modelfactory.store import StageRun
+
+    store = ArtifactStore()
+    with session() as s:
+        runs = {r.node: r.key for r in s.query(StageRun).filter(StageRun.order_id == order_id)}
+    art = {node: store.get(key) for node, key in runs.items() if store.exists(key)}
+    task = tasks.get("text-classification")
+    test = read_split(art["split"], "test")
+    picks = {"teacher": art["export_teacher"], "teacher_int8": art["quantize_teacher"],
+             "baseline: TF-IDF + LR": art["baseline_classical"]}
+    if result is not None:
+        picks[f"deployed ({result.model})"] = registry.resolve(str(result.model)).path
+    rows = {"baseline: majority class": dict(art["evaluate_baseline_majority"].metrics)}
+    for cand, a in picks.items():
+        path = a if isinstance(a, Path) else a.path
+        m = evaluate_model(task, path, test, threads=1, latency_rows=300, throughput_seconds=1.0)
+        m.pop("confusion", None)
+        rows[cand] = {**m, "parameters": (a.metrics.get("parameters") if not isinstance(a, Path)
+                                          else store.get(path.name).metrics.get("parameters"))}
+    rows["baseline: majority class"].pop("confusion", None)
+    teacher, t8, tfidf = rows["teacher"], rows["teacher_int8"], rows["baseline: TF-IDF + LR"]
+    major = rows["baseline: majority class"]
+    fit = art["teacher"].metrics
+    checks = {"teacher beats majority by >= 10 points": teacher["accuracy"] - major["accuracy"] >= 0.10,
+              "teacher beats TF-IDF + LR": teacher["accuracy"] > tfidf["accuracy"]}
+    deployed = next((k for k in rows if k.startswith("deployed")), None)
+    if deployed:
+        d = rows[deployed]
+        checks |= {"deployed >= TF-IDF + LR accuracy": d["accuracy"] >= tfidf["accuracy"],
+                   "deployed >= 97% of fp32 teacher": d["accuracy"] >= 0.97 * teacher["accuracy"],
+                   "deployed >= 10x smaller than INT8 teacher": t8["size_bytes"] >= 10 * d["size_bytes"],
+                   "deployed >= 10x lower batch-1 latency than INT8 teacher":
+                       t8["latency_ms_p50"] >= 10 * d["latency_ms_p50"]}
+    entry = {"benchmark": "compress", "when": when, "cores": os.cpu_count(), "corpus": name, "cut": cut,
+             "dataset": str(ds), "test_rows": len(test), "train_rows": art["split"].metrics.get("train"),
+             "order_seconds": wall, "teacher_fit": {k: v for k, v in fit.items() if k != "confusion"},
+             "models": rows, "checks": checks, "error": error,
+             "trials": [{"number": x.number, "params": x.params, "accuracy": x.accuracy,
+                         "accuracy_ratio": x.accuracy_ratio, "size_mb": x.size_mb, "latency_ms": x.latency_ms}
+                        for x in (searched.trials if searched else [])]}
+    key = name + (f"@{cut}" if cut else "")
+    md = [f"<!-- measured {when}, {os.cpu_count()} CPU cores -->",
+          f"## {key} (`{ds}`: {art['split'].metrics.get('train')} training rows, {len(test)} test rows)", "",
+          f"Order wall time {wall / 60:.1f} min on this machine (teacher, transfer set, baselines and search).",
+          f"Teacher fine-tune: {len(fit.get('attempts', []))} attempt(s), best validation macro-F1 "
+          f"{fit.get('val_macro_f1', float('nan')):.3f} (majority class {fit.get('majority_val_macro_f1', 0):.3f}), "
+          f"collapsed: {fit.get('collapsed')}.", "", metrics_table(rows), "",
+          "| check | result |", "|---|---|"]
+    md += [f"| {c} | {'pass' if ok else '**FAIL**'} |" for c, ok in checks.items()]
+    if error:
+        md += ["", f"The order did not deploy: {error}"]
+    if searched:
+        md += ["", "Every trial of the default search:", "", front_table(searched)]
+    (RESULTS / f"compress_{key}.json").write_text(json.dumps(entry, indent=2, default=str))
+    (RESULTS / f"compress_{key}.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md), flush=True)
+    return entry
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--home", default=os.environ.get("MF_HOME", ".mf"))
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--minutes", type=float, default=25.0)
     ap.add_argument("--corpora", default=",".join(CORPORA))
+    ap.add_argument("--cuts", default="full,1000,500", help="text corpora: training-set cuts to run")
     args = ap.parse_args()
     os.environ["MF_HOME"] = args.home
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    names = args.corpora.split(",")
+    for name in [n for n in names if CORPORA[n].task == "text-classification"]:
+        for cut in args.cuts.split(","):
+            run_text(name, None if cut == "full" else int(cut), args.trials, args.minutes)
+    names = [n for n in names if CORPORA[n].task != "text-classification"]
+    if not names:
+        write_index()
+        return
 
     from modelfactory import tasks
     from modelfactory.artifacts import ArtifactStore
@@ -188,7 +314,7 @@ def main() -> None:
 
     store = ArtifactStore()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for name in args.corpora.split(","):
+    for name in names:
         when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         corpus, config = builtin.corpus(name), CORPORA[name]
         bar = BARS[config.task]

@@ -92,7 +92,7 @@ class TeacherSpec(Strict):
     augment: bool = Field(False, description="images: train on randomly shifted, rotated and scaled copies "
                                              "(worth it when the labeled rows are few)")
     checkpoint_every: int = Field(50, gt=0, le=MAX_STEPS, description="training steps between checkpoints")
-    min_steps: int = Field(300, ge=0, le=MAX_STEPS, description="optimisation steps at least, whatever the data "
+    min_steps: int = Field(200, ge=0, le=MAX_STEPS, description="optimisation steps at least, whatever the data "
                                                                 "size (epochs are raised to reach them)")
     retries: int = Field(2, ge=0, le=5, description="fresh attempts (other seed and learning rate) when training "
                                                     "collapses to no better than the majority class")
@@ -148,7 +148,7 @@ class TransferSpec(Strict):
     rows, all labeled by the teacher once (one cached artifact every student trial reuses)."""
 
     copies: int | None = Field(None, ge=0, le=50, description="augmented copies per training row (default: "
-                                                               "enough for about 20,000 rows, at most 20)")
+                                                               "enough for about 15,000 rows, at most 20)")
     p_mask: float = Field(0.1, ge=0, le=1)
     p_replace: float = Field(0.1, ge=0, le=1)
     p_ngram: float = Field(0.25, ge=0, le=1)

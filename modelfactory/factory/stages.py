@@ -161,7 +161,7 @@ def distill_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[s
             "task": task.name, "labels": student.labels}
 
 
-TRANSFER_ROWS = 20_000  # default size the augmentation aims for (Tang et al. used far more; 2 cores do not)
+TRANSFER_ROWS = 15_000  # the size augmentation aims for by default (Tang et al. used far more; 2 cores cannot)
 
 
 def read_transfer(transfer: Artifact) -> tuple[pd.DataFrame, torch.Tensor]:

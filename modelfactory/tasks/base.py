@@ -83,9 +83,12 @@ class Predictor(ABC):
     def encode(self, inputs: Sequence[Any]) -> dict[str, np.ndarray]:
         """Raw inputs (texts, images) -> the ONNX graph's feeds."""
 
+    def logits(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The graph's scores before softmax (what distillation learns from)."""
+        return self.session.run(None, dict(feeds))[0]
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
-        logits = self.session.run(None, dict(feeds))[0]
-        return softmax(logits)
+        return softmax(self.logits(feeds))
 
     def predict_proba(self, inputs: Sequence[Any], batch_size: int = 64) -> np.ndarray:
         parts = [self.run(self.encode(inputs[i:i + batch_size])) for i in range(0, len(inputs), batch_size)]
@@ -156,8 +159,41 @@ class TaskFamily(Family):
         data rather than on the checkpoint (an image size, normalisation statistics)."""
 
     @abstractmethod
-    def build_student(self, teacher: Bundle, params: Mapping[str, Any]) -> Bundle:
-        """A smaller model of the same family, initialised from the teacher where shapes allow."""
+    def build_student(self, teacher: Bundle, params: Mapping[str, Any], train: pd.DataFrame | None = None) -> Bundle:
+        """A smaller model of the same family, initialised from the teacher where shapes allow; `train` lets a
+        student fit what depends on the data (a vocabulary)."""
+
+    def student_defaults(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Training settings (epochs, lr, batch_size) for a student that its recipe leaves unset."""
+        return {"epochs": 3.0, "lr": 1e-4, "batch_size": 32}
+
+    def student_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The part of a student recipe this kind of student reads (so recipes differing elsewhere share a cache)."""
+        return dict(params)
+
+    def default_search_space(self) -> dict[str, list[Any]]:
+        """What an order without a recipe searches over (first choices first: they are trial 0)."""
+        return {}
+
+    def direct_student(self, params: Mapping[str, Any]) -> bool:
+        """True when the student `params` describe is fitted in one go (`fit_student`) into an ONNX model dir,
+        rather than trained by gradient distillation and exported."""
+        return False
+
+    def baseline_student(self) -> dict[str, Any] | None:
+        """Params of the classical model a practitioner would try first (fitted by `fit_student` on the rows'
+        own labels), measured beside every order's teacher and students; None when the family has none."""
+        return None
+
+    def fit_student(self, train: pd.DataFrame, params: Mapping[str, Any], out_dir: Path,
+                    teacher_labels: list[str] | None = None) -> dict[str, Any]:
+        """Fit a direct student on `train` (its `label` column: people's labels or the teacher's) and write its
+        ONNX model dir; returns metrics (parameters, ...)."""
+        raise MFError(f"{self.name} has no directly fitted students")
+
+    def augment_rows(self, df: pd.DataFrame, copies: int, seed: int, params: Mapping[str, Any]) -> pd.DataFrame:
+        """New unlabeled inputs made from `df`'s (a distillation transfer set); none for families without."""
+        return df.iloc[0:0][[self.roles[0]]]
 
     def specialize(self, bundle: Bundle, train: pd.DataFrame, params: Mapping[str, Any]) -> Bundle:
         """Shrink a student's input layer to what the data uses (e.g. vocabulary pruning); default: unchanged."""
@@ -196,8 +232,9 @@ class TaskFamily(Family):
     def forward(self, model: torch.nn.Module, batch: Mapping[str, torch.Tensor], *, hidden_states: bool = False,
                 attentions: bool = False) -> Outputs: ...
 
-    def loss(self, outputs: Outputs, targets: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(outputs.logits, targets)
+    def loss(self, outputs: Outputs, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy; `weight` per class (balanced training on imbalanced labels)."""
+        return torch.nn.functional.cross_entropy(outputs.logits, targets, weight=weight)
 
     augments: ClassVar[bool] = False  # whether `augment` does anything (teacher.augment is refused if not)
 

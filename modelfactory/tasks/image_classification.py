@@ -303,7 +303,7 @@ class ImageClassification(TaskFamily):
     def _bundle(backbone: nn.Module, prep: Preprocessing, labels: list[str], extra: dict[str, Any]) -> Bundle:
         return Bundle(ImageClassifier(backbone, prep), None, list(labels), {**extra, "preprocessing": asdict(prep)})
 
-    def build_student(self, teacher: Bundle, params: Mapping[str, Any]) -> Bundle:
+    def build_student(self, teacher: Bundle, params: Mapping[str, Any], train: pd.DataFrame | None = None) -> Bundle:
         """A plain CNN: `layers` stages of one convolution each, `hidden` channels after the stem, doubling at
         every stage (each halves the resolution)."""
         prep = teacher.model.prep

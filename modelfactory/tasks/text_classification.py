@@ -1,4 +1,7 @@
-"""Text classification: a Hugging Face encoder + classification head; tokenizer saved beside the ONNX graph."""
+"""Text classification: a Hugging Face encoder + classification head as the teacher; students of four kinds
+(`arch`): a shrunken transformer, a fastText-style bag of n-grams, a 1-D CNN (text_students.py), or TF-IDF +
+logistic regression fitted on the teacher's labels (text_classical.py). Every model ships its tokenizer beside
+its ONNX graph (or tokenizes inside it), so predictors take raw text."""
 
 from __future__ import annotations
 
@@ -7,12 +10,13 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
+from . import text_students
 from .base import (
     ONNX_FILE,
     Bundle,
@@ -25,6 +29,7 @@ from .base import (
     write_meta,
 )
 from .pretrained import load_error, resolve
+from .text_augment import augment_texts
 
 DEFAULT_MAX_LENGTH = 128
 _LAYER_RE = re.compile(r"(\.layers?\.)(\d+)(\.)")
@@ -78,7 +83,65 @@ class TextClassification(TaskFamily):
         max_length = int(params.get("max_length") or DEFAULT_MAX_LENGTH)
         return Bundle(model, tokenizer, list(labels), {"max_length": max_length})
 
-    def build_student(self, teacher: Bundle, params: Mapping[str, Any]) -> Bundle:
+    # Small students distil over the augmented transfer set (Tang et al. 2019): it is what makes them learn
+    # from the teacher rather than from the labels alone, and they train on 20x the rows in seconds. Shrunken
+    # transformers cost 20x the time on it, so they train on the labeled rows unless a recipe asks otherwise.
+    STUDENT_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
+        "transformer": {"epochs": 3.0, "lr": 1e-4, "batch_size": 32, "transfer": False},
+        "bag": {"epochs": 6.0, "lr": 5e-3, "batch_size": 64, "transfer": True},
+        "cnn": {"epochs": 5.0, "lr": 2e-3, "batch_size": 64, "transfer": True},
+        "classical": {"transfer": True},
+    }
+    STUDENT_PARAMS: ClassVar[dict[str, set[str]]] = {  # what each arch reads; the rest would only split caches
+        "transformer": {"layers", "hidden", "heads", "ffn", "layer_map", "freeze_embeddings", "vocab",
+                        "hidden_weight", "attention_weight"},
+        "bag": {"size", "init"}, "cnn": {"size", "init"}, "classical": {"size", "C"},
+    }
+    TRAINING: ClassVar[set[str]] = {"epochs", "lr", "batch_size", "alpha", "temperature", "checkpoint_every"}
+
+    def student_defaults(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        arch = params.get("arch") or "transformer"
+        if arch not in self.STUDENT_DEFAULTS:
+            raise ValueError(f"unknown student arch '{arch}' (use one of {sorted(self.STUDENT_DEFAULTS)})")
+        return dict(self.STUDENT_DEFAULTS[arch])
+
+    def student_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        arch = params.get("arch") or "transformer"
+        keep = self.STUDENT_PARAMS.get(arch, set(params)) | {"arch", "transfer"}
+        if arch != "classical":
+            keep |= self.TRAINING
+        return {k: v for k, v in params.items() if k in keep}
+
+    def default_search_space(self) -> dict[str, list[Any]]:
+        # Small students first: they train in seconds, so a default budget affords many of them; one shrunken
+        # transformer is in the space for data where word order and subwords matter more than a budget.
+        return {"arch": ["bag", "cnn", "classical", "bag", "transformer"], "size": ["m", "s", "l", "xs"],
+                "alpha": [0.7, 0.9, 0.5], "temperature": [2.0, 4.0], "init": ["teacher", "random"],
+                "quantize": ["dynamic", "none"]}
+
+    def direct_student(self, params: Mapping[str, Any]) -> bool:
+        return params.get("arch") == "classical"
+
+    def baseline_student(self) -> dict[str, Any] | None:
+        return {"arch": "classical", "size": "l", "C": 10.0}
+
+    def fit_student(self, train: pd.DataFrame, params: Mapping[str, Any], out_dir: Path,
+                    teacher_labels: list[str] | None = None) -> dict[str, Any]:
+        """TF-IDF + logistic regression on the rows' labels (the baseline) or on the teacher's (a student)."""
+        from .text_classical import SIZES, export_classical, fit_classical
+
+        labels = sorted(train["label"].unique().tolist()) if teacher_labels is None else teacher_labels
+        size = params.get("size") or "l"
+        pipe = fit_classical(train["text"].tolist(), train["label"].tolist(), C=float(params.get("C") or 10.0),
+                             max_features=params.get("max_features") or SIZES[size])
+        export_classical(pipe, labels, out_dir, {"student_arch": "classical"})
+        n_params = int(pipe.steps[-1][1].coef_.size + pipe.steps[-1][1].intercept_.size)
+        return {"parameters": n_params, "features": int(len(pipe.steps[0][1].vocabulary_))}
+
+    def build_student(self, teacher: Bundle, params: Mapping[str, Any], train: pd.DataFrame | None = None) -> Bundle:
+        arch = params.get("arch") or "transformer"
+        if arch != "transformer":
+            return self._build_small_student(teacher, arch, params, train)
         from transformers import AutoModelForSequenceClassification
 
         tcfg = teacher.model.config
@@ -104,14 +167,35 @@ class TextClassification(TaskFamily):
         return Bundle(student, teacher.preprocessor, teacher.labels,
                       {**teacher.extra, "layer_map": chosen})
 
+    def _build_small_student(self, teacher: Bundle, arch: str, params: Mapping[str, Any],
+                             train: pd.DataFrame | None) -> Bundle:
+        if train is None:
+            raise ValueError(f"a {arch} student chooses its vocabulary from the training texts")
+        max_length = int(teacher.extra.get("max_length", DEFAULT_MAX_LENGTH))
+        cfg = text_students.student_config(arch, params, len(teacher.labels))
+        tokenizer = text_students.word_tokenizer(train["text"].tolist(), cfg["vocab"], max_length)
+        cfg["vocab"] = len(tokenizer)
+        torch.manual_seed(int(params.get("seed", 0)))
+        model = text_students.build(cfg)
+        if (params.get("init") or "teacher") == "teacher":
+            words = [w for w, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
+            vecs = text_students.teacher_word_vectors(words, teacher.model.get_input_embeddings().weight,
+                                                      teacher.preprocessor, cfg["dim"])
+            with torch.no_grad():
+                model.embed.weight.copy_(vecs * model.embed.weight.std() / vecs.std().clamp(min=1e-6))
+                model.embed.weight[0].zero_()
+        return Bundle(model, tokenizer, teacher.labels, {"max_length": max_length, "student_arch": cfg})
+
     def specialize(self, bundle: Bundle, train: pd.DataFrame, params: Mapping[str, Any]) -> Bundle:
-        if params.get("vocab", "full") == "full":
+        if params.get("vocab", "full") == "full" or "student_arch" in bundle.extra:
             return bundle
         if params["vocab"] != "train":
             raise ValueError(f"unknown vocab mode '{params['vocab']}' (use 'full' or 'train')")
         return shrink_vocab(bundle, train["text"].tolist())
 
     def feature_widths(self, bundle: Bundle) -> list[int]:
+        if "student_arch" in bundle.extra:
+            return []
         cfg = bundle.model.config
         return [cfg.hidden_size] * cfg.num_hidden_layers
 
@@ -137,6 +221,8 @@ class TextClassification(TaskFamily):
         return described
 
     def onnx_optimizer_hints(self, bundle: Bundle) -> dict[str, Any] | None:
+        if "student_arch" in bundle.extra:
+            return None
         cfg = bundle.model.config
         if cfg.model_type not in ("bert", "roberta", "distilbert", "xlm-roberta", "electra"):
             return None
@@ -144,6 +230,14 @@ class TextClassification(TaskFamily):
                 "num_heads": cfg.num_attention_heads, "hidden_size": cfg.hidden_size}
 
     def save(self, bundle: Bundle, out_dir: Path) -> None:
+        if "student_arch" in bundle.extra:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in bundle.model.state_dict().items()},
+                      str(out_dir / "model.safetensors"))
+            bundle.preprocessor.save_pretrained(out_dir)
+            write_meta(out_dir, {"task": self.name, "labels": bundle.labels, **bundle.extra})
+            return
         bundle.model.save_pretrained(out_dir)  # config.json + model.safetensors
         bundle.preprocessor.save_pretrained(out_dir)
         write_meta(out_dir, {"task": self.name, "labels": bundle.labels, **bundle.extra})
@@ -153,6 +247,15 @@ class TextClassification(TaskFamily):
 
         _quiet_transformers()
         meta = read_meta(model_dir)
+        if "student_arch" in meta:
+            from safetensors.torch import load_file
+            from transformers import PreTrainedTokenizerFast
+
+            model = text_students.build(meta["student_arch"])
+            model.load_state_dict(load_file(str(Path(model_dir) / "model.safetensors")))
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
+            extra = {k: v for k, v in meta.items() if k not in ("task", "labels")}
+            return Bundle(model.eval(), tokenizer, meta["labels"], extra)
         if meta.get("prune_history"):
             model = _load_pruned(Path(model_dir), meta["prune_history"])
         else:
@@ -183,6 +286,8 @@ class TextClassification(TaskFamily):
 
     def forward(self, model: torch.nn.Module, batch: Mapping[str, torch.Tensor], *, hidden_states: bool = False,
                 attentions: bool = False) -> Outputs:
+        if isinstance(model, tuple(text_students.ARCHS.values())):
+            return Outputs(model(**batch).logits)
         if attentions and getattr(model.config, "_attn_implementation", "eager") != "eager":
             model.set_attn_implementation("eager")  # fused attention kernels do not return the weights
         out = model(**batch, output_hidden_states=hidden_states, output_attentions=attentions)
@@ -220,7 +325,18 @@ class TextClassification(TaskFamily):
             "pad_id": tok.pad_token_id or 0, "pad_token": tok.pad_token or "[PAD]",
         })
 
+    def augment_rows(self, df: pd.DataFrame, copies: int, seed: int, params: Mapping[str, Any]) -> pd.DataFrame:
+        """Tang et al. (2019)'s transfer-set augmentation: masked words, in-vocabulary replacement, n-gram
+        samples; `copies` new texts per row (the rows themselves are not included)."""
+        texts = augment_texts(df["text"].tolist(), copies, seed, p_mask=params.get("p_mask", 0.1),
+                              p_replace=params.get("p_replace", 0.1), p_ngram=params.get("p_ngram", 0.25))
+        return pd.DataFrame({"text": texts})
+
     def load_predictor(self, model_dir: Path, threads: int | None = None) -> Predictor:
+        if read_meta(Path(model_dir)).get("format") == "onnx-classical":
+            from .text_classical import ClassicalPredictor
+
+            return ClassicalPredictor(Path(model_dir), threads)
         return TextPredictor(Path(model_dir), threads)
 
 
