@@ -5,8 +5,10 @@ The control plane, `mf serve` and `mf serve-llm` all call `authenticate()`, so t
 - answers are remembered for `CACHE_TTL_S` per process and database (a hot inference path does not read the
   database per request); a key revoked by this process fails at once, one revoked elsewhere within the TTL;
 - failed authentication is rate-limited per client address: after `MF_AUTH_MAX_FAILURES` (default 20) failures
-  in `FAILURE_WINDOW_S`, that address gets `RateLimited` (HTTP 429) for keys it has not already proven, until the
-  window passes — guessing keys costs a request each and then stops, and never reaches the database.
+  in `FAILURE_WINDOW_S`, that address gets `RateLimited` (HTTP 429) until the window passes, without a database
+  lookup — guessing keys costs a request each and then stops. A key this process saw succeed in the last
+  `PROVEN_TTL_S` is still looked up (a client sharing an address with an attacker, or one whose other key was
+  revoked, keeps working).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from .tenants import Principal, hash_key, principal_for_key
 CACHE_TTL_S = 30.0
 _MAX_ENTRIES = 10_000
 FAILURE_WINDOW_S = 60.0
+PROVEN_TTL_S = 3600.0
 _failures: dict[str, deque[float]] = {}
+_proven: dict[tuple[str, str], float] = {}  # slot -> until when a key that succeeded passes the rate limit
 _cache: dict[tuple[str, str], tuple[Principal | None, float]] = {}
 _lock = threading.Lock()
 
@@ -59,13 +63,17 @@ def _recent(client: str, now: float) -> deque[float]:
     return q
 
 
+def _who(client: str) -> str:
+    return f"{settings().database_url}|{client}"  # per accounts database, like the cache
+
+
 def check_rate(client: str | None) -> None:
     """RateLimited when `client` failed to authenticate too often lately."""
     if client is None:
         return
     now = time.monotonic()
     with _lock:
-        q = _recent(client, now)
+        q = _recent(_who(client), now)
         if len(q) >= max_failures():
             wait = int(q[0] + FAILURE_WINDOW_S - now) + 1
             raise RateLimited(f"too many failed authentications from this address; retry in {wait} s", wait)
@@ -78,7 +86,7 @@ def _failed(client: str | None) -> None:
     with _lock:
         if len(_failures) > _MAX_ENTRIES:
             _failures.clear()
-        _recent(client, now).append(now)
+        _recent(_who(client), now).append(now)
 
 
 def bearer(header: str | None) -> str:
@@ -119,8 +127,12 @@ def authenticate(header: str | None, client: str | None = None) -> Principal:
         check_rate(client)
         raise
     if p is not None:
-        return p  # a key already proven keeps working from a limited address
-    check_rate(client)
+        return p
+    slot = _slot(key)
+    with _lock:
+        proven = _proven.get(slot, 0.0) > time.monotonic()
+    if not proven:
+        check_rate(client)
     p = principal_for_key(key)
     with _lock:
         if len(_cache) > _MAX_ENTRIES:
@@ -129,6 +141,10 @@ def authenticate(header: str | None, client: str | None = None) -> Principal:
     if p is None:
         _failed(client)
         raise Unauthorized("invalid or revoked API key")
+    with _lock:
+        if len(_proven) > _MAX_ENTRIES:
+            _proven.clear()
+        _proven[slot] = time.monotonic() + PROVEN_TTL_S
     return p
 
 
