@@ -1018,7 +1018,9 @@ def serve(models: Annotated[str | None, typer.Option(
 
 def _serve_auth(flag: bool) -> bool:
     """--auth, or MF_SERVE_AUTH set to a true value: both servers read it the same way."""
-    return flag or os.environ.get("MF_SERVE_AUTH", "").strip().lower() in ("1", "true", "yes", "on")
+    from .config import settings
+
+    return flag or settings().serve_auth
 
 
 @app.command("serve-llm")

@@ -13,7 +13,6 @@ The control plane, `mf serve` and `mf serve-llm` all call `authenticate()`, so t
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
@@ -49,10 +48,7 @@ class RateLimited(MFError):
 
 
 def max_failures() -> int:
-    try:
-        return max(1, int(os.environ.get("MF_AUTH_MAX_FAILURES") or 20))
-    except ValueError:
-        return 20
+    return settings().auth_max_failures
 
 
 def _recent(client: str, now: float) -> deque[float]:

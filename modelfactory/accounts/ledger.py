@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import os
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ..config import settings
 from ..errors import MFError
 from .tables import InferenceUsage, Usage, accounts_read
 
@@ -48,21 +48,9 @@ class Prices:
 
 
 def prices() -> Prices:
-    """`MF_PRICE_CPU_HOUR`, `MF_PRICE_GPU_HOUR`, `MF_CURRENCY`, read on each call."""
-    d = Prices()
-
-    def num(name: str, default: float) -> float:
-        raw = os.environ.get(name)
-        if raw in (None, ""):
-            return default
-        try:
-            return float(raw)
-        except ValueError:
-            raise MFError(f"{name}={raw!r}: expected a number") from None
-
-    return Prices(price_cpu_hour=num("MF_PRICE_CPU_HOUR", d.price_cpu_hour),
-                  price_gpu_hour=num("MF_PRICE_GPU_HOUR", d.price_gpu_hour),
-                  currency=os.environ.get("MF_CURRENCY") or d.currency)
+    """`MF_PRICE_CPU_HOUR`, `MF_PRICE_GPU_HOUR`, `MF_CURRENCY` (config.settings)."""
+    s = settings()
+    return Prices(price_cpu_hour=s.price_cpu_hour, price_gpu_hour=s.price_gpu_hour, currency=s.currency)
 
 
 def record_attempt(s: Session, job: Any, *, outcome: str, started: dt.datetime, ended: dt.datetime,

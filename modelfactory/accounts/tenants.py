@@ -21,13 +21,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import os
 import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ..config import settings
 from ..errors import MFError, NotFound
 from ..store import check_name, utcnow
 from .ledger import month_usage
@@ -133,10 +133,7 @@ class TooManyKeys(MFError):
 
 def max_keys() -> int:
     """MF_MAX_KEYS_PER_TENANT (default 20): active (unrevoked) keys one tenant may hold."""
-    try:
-        return max(1, int(os.environ.get("MF_MAX_KEYS_PER_TENANT") or 20))
-    except ValueError:
-        raise MFError("MF_MAX_KEYS_PER_TENANT: expected a whole number") from None
+    return settings().max_keys_per_tenant
 
 
 def list_tenants() -> list[TenantInfo]:
@@ -244,7 +241,7 @@ def revoke_all_keys(tenant: str) -> list[KeyInfo]:
 
 def principal_for_key(key: str) -> Principal | None:
     """Who an API key speaks for, or None: an unknown or revoked key."""
-    env_admin = os.environ.get("MF_ADMIN_KEY", "")
+    env_admin = settings().admin_key
     if env_admin and hmac.compare_digest(key.encode(), env_admin.encode()):
         return Principal(None, admin=True)
     with accounts_read() as s:

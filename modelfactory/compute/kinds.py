@@ -14,14 +14,13 @@ factory's by default) the first time it needs a kind, and those modules register
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..config import settings
 from ..errors import MFError
 
 COMMAND = "command"
-DEFAULT_MODULES = "modelfactory.factory.jobkinds"
 
 
 @dataclass(frozen=True)
@@ -63,8 +62,7 @@ def after_round(fn: Callable[[], object]) -> None:
 
 def modules() -> list[str]:
     """The modules that register kinds: `MF_JOB_KINDS`, comma-separated."""
-    raw = os.environ.get("MF_JOB_KINDS", DEFAULT_MODULES)
-    return [m.strip() for m in raw.split(",") if m.strip()]
+    return [m.strip() for m in settings().job_kinds.split(",") if m.strip()]
 
 
 def load() -> None:

@@ -1,21 +1,8 @@
 """Pool configuration, and `mf server`: the scheduler loop plus N local worker processes.
 
-Configuration comes from the environment (read on each call, like `config.settings()`, so tests and child
-processes can set it), with command-line flags overriding it:
-
-| variable | default | meaning |
-|---|---|---|
-| `MF_POOL_POLICY` | `fifo` | scheduling policy, a name known to `compute.policies.get` (`fifo`, `priority`, `fair`) |
-| `MF_LEASE_TIMEOUT_S` | `30` | a worker silent this long is lost; its jobs are requeued |
-| `MF_HEARTBEAT_S` | `5` | how often a worker heartbeats (and renews its leases) |
-| `MF_SCHEDULE_INTERVAL_S` | `1` | how often the server runs the scheduler |
-| `MF_WORKER_POLL_S` | `0.5` | how often a worker looks for new leases, preemption requests and cancellations |
-| `MF_PREEMPT_GRACE_S` | `60` | how long a preempted job may take to checkpoint before it is killed |
-| `MF_PREEMPT_MIN_RUNTIME_S` | `60` | a job runs at least this long before a policy may preempt it (`min_runtime`) |
-| `MF_PRICE_CPU_HOUR` | `0.05` | price of one CPU-hour, in the invoice's currency |
-| `MF_PRICE_GPU_HOUR` | `2.0` | price of one GPU-hour |
-| `MF_CURRENCY` | `USD` | shown on invoices |
-| `MF_EXECUTOR` | `local` | where jobs run: `local` processes, or `ray` tasks (at `RAY_ADDRESS`, else a local Ray) |
+Configuration comes from `config.settings()` (`MF_POOL_POLICY`, `MF_LEASE_TIMEOUT_S`, `MF_HEARTBEAT_S`,
+`MF_SCHEDULE_INTERVAL_S`, `MF_WORKER_POLL_S`, `MF_PREEMPT_GRACE_S`, `MF_PREEMPT_MIN_RUNTIME_S`, the prices and
+`MF_EXECUTOR`: the README's Settings table), with command-line flags overriding it.
 
 Restarting the server loses nothing: queued, running and finished jobs are rows in the database. A killed server's
 workers die with it (they are its children, bound to it with PR_SET_PDEATHSIG); their jobs' leases expire, or are
@@ -34,6 +21,8 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+
+from ..config import settings
 
 
 @dataclass(frozen=True)
@@ -56,32 +45,12 @@ class PoolConfig:
 
 
 def pool_config() -> PoolConfig:
-    from ..accounts.ledger import prices
-
-    env = os.environ
-    d = PoolConfig()
-
-    def num(name: str, default: float) -> float:
-        raw = env.get(name)
-        if raw in (None, ""):
-            return default
-        try:
-            return float(raw)
-        except ValueError:
-            from ..errors import MFError
-
-            raise MFError(f"{name}={raw!r}: expected a number") from None
-
-    p = prices()
-    return PoolConfig(policy=env.get("MF_POOL_POLICY") or d.policy,
-                      lease_timeout_s=num("MF_LEASE_TIMEOUT_S", d.lease_timeout_s),
-                      heartbeat_s=num("MF_HEARTBEAT_S", d.heartbeat_s),
-                      schedule_interval_s=num("MF_SCHEDULE_INTERVAL_S", d.schedule_interval_s),
-                      worker_poll_s=num("MF_WORKER_POLL_S", d.worker_poll_s),
-                      preempt_grace_s=num("MF_PREEMPT_GRACE_S", d.preempt_grace_s),
-                      min_runtime_s=num("MF_PREEMPT_MIN_RUNTIME_S", d.min_runtime_s),
-                      price_cpu_hour=p.price_cpu_hour, price_gpu_hour=p.price_gpu_hour, currency=p.currency,
-                      executor=env.get("MF_EXECUTOR") or d.executor)
+    s = settings()
+    return PoolConfig(policy=s.pool_policy, lease_timeout_s=s.lease_timeout_s, heartbeat_s=s.heartbeat_s,
+                      schedule_interval_s=s.schedule_interval_s, worker_poll_s=s.worker_poll_s,
+                      preempt_grace_s=s.preempt_grace_s, min_runtime_s=s.min_runtime_s,
+                      price_cpu_hour=s.price_cpu_hour, price_gpu_hour=s.price_gpu_hour, currency=s.currency,
+                      executor=s.executor)
 
 
 SAMPLE_EVERY_S = 5.0

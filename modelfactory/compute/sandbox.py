@@ -663,7 +663,7 @@ _bwrap_checked: dict[tuple[str, int | None], str | None] = {}
 
 def _bwrap() -> tuple[str | None, str]:
     """(path of bubblewrap or None, why not). MF_SANDBOX_BWRAP: a path, or 'off' to never use it."""
-    setting = os.environ.get("MF_SANDBOX_BWRAP", "").strip()
+    setting = settings().sandbox_bwrap
     if setting.lower() in ("off", "0", "no", "none", "false"):
         return None, "bubblewrap is turned off (MF_SANDBOX_BWRAP=off)"
     path = setting or shutil.which("bwrap", path=os.environ.get("PATH") or _DEFAULT_PATH) \
@@ -747,7 +747,7 @@ def _extra_ro_paths(uid: int | None) -> list[str]:
     """The platform's Python (so `python` on PATH works in the sandbox) and MF_SANDBOX_RO_PATHS, never anything
     holding MF_HOME nor under it."""
     home = settings().home.resolve()
-    wanted = [sys.prefix, sys.base_prefix, *os.environ.get("MF_SANDBOX_RO_PATHS", "").split(":")]
+    wanted = [sys.prefix, sys.base_prefix, *settings().sandbox_ro_paths.split(":")]
     out: list[str] = []
     for p in wanted:
         if not p or not os.path.isabs(p):
@@ -910,17 +910,6 @@ def _processes_of(uid: int) -> int:
     return n
 
 
-def _env_number(var: str, default: float) -> float:
-    raw = os.environ.get(var, "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        value = -1.0
-    if not value > 0 or not math.isfinite(value):
-        raise MFError(f"{var}={raw!r}: expected a positive number")
-    return value
-
-
 def _resolve(argv0: str, path: str) -> bool:
     if "/" in argv0:
         return os.path.isfile(argv0) and os.access(argv0, os.X_OK)
@@ -948,8 +937,8 @@ def run_command(argv: list[str], *, tenant: str, workdir: Path, cpu: float, memo
         raise MFError(f"memory_gb must be positive, not {memory_gb!r}")
     if time_limit_s is not None and (time_limit_s <= 0 or not math.isfinite(time_limit_s)):
         raise MFError(f"time limit must be positive, not {time_limit_s!r}")
-    pids_max = int(pids_max or _env_number("MF_JOB_PIDS_MAX", 1024))
-    disk_bytes = int((disk_gb or _env_number("MF_JOB_DISK_GB", 20)) * 1024**3)
+    pids_max = int(pids_max or settings().job_pids_max)
+    disk_bytes = int((disk_gb or settings().job_disk_gb) * 1024**3)
     job_dir = Path(workdir).resolve()
     jobs_dir = (_tenants_root() / tenant / "jobs").resolve()
     if job_dir.parent != jobs_dir:

@@ -297,8 +297,7 @@ class PoolWorker:
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         # Run tenants' commands without isolation where none is possible (not root, no bubblewrap): only for a
         # single-user machine. `mf worker/server --allow-unisolated` (MF_ALLOW_UNISOLATED=1 for its workers).
-        self.allow_unisolated = (os.environ.get("MF_ALLOW_UNISOLATED", "") in ("1", "true", "yes")
-                                 if allow_unisolated is None else allow_unisolated)
+        self.allow_unisolated = settings().allow_unisolated if allow_unisolated is None else allow_unisolated
         self.capacity = capacity or default_capacity()
         self.cfg = config or pool_config()
         self.log = log or (lambda msg: print(f"[{utcnow():%H:%M:%S}] {self.id}: {msg}", file=sys.stderr,

@@ -4,7 +4,6 @@ rows listed one by one in the response), list, and show versions with their stat
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import shutil
 import uuid
@@ -27,10 +26,7 @@ router = APIRouter(tags=["datasets"])
 
 def upload_limit() -> int:
     """MF_UPLOAD_MAX_MB (default 512): the largest upload accepted, multipart overhead included."""
-    try:
-        return int(float(os.environ.get("MF_UPLOAD_MAX_MB") or 512) * 1e6)
-    except ValueError:
-        return int(512e6)
+    return int(settings().upload_max_mb * 1e6)
 
 
 class DatasetSummary(BaseModel):

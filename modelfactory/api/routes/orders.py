@@ -95,7 +95,7 @@ def parse_body(raw: bytes, content_type: str) -> OrderSpec:
 
 def model_dirs() -> list[Path]:
     """MF_MODEL_DIRS (':'-separated): where tenants' orders may name local teacher dirs."""
-    return [Path(d).resolve() for d in os.environ.get("MF_MODEL_DIRS", "").split(os.pathsep) if d.strip()]
+    return [Path(d).resolve() for d in settings().model_dirs.split(os.pathsep) if d.strip()]
 
 
 def check_reach(spec: OrderSpec, p: Principal) -> OrderSpec:
