@@ -97,6 +97,7 @@ import resource
 import secrets
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -600,10 +601,13 @@ def _remove_cgroup_dirs(dirs: list[Path], kill_file: Path | None, freezer: Path 
 
 def kill_recorded(state_path: Path | str) -> bool:
     """Kill what a `run_command` started, from the record it wrote to `state_path` (its cgroups and its process
-    group), even when the process that ran it is gone; remove its cgroups. True if there was a record."""
+    group), even when the process that ran it is gone; remove its cgroups. True if there was a record of this
+    machine (a Ray task on another node is cancelled through Ray)."""
     try:
         state = json.loads(Path(state_path).read_text())
     except (OSError, ValueError):
+        return False
+    if state.get("host") != socket.gethostname():  # MF_HOME is shared: pids and cgroups are another machine's
         return False
     dirs = [Path(d) for d in state.get("cgroups") or [] if str(d).startswith("/sys/fs/cgroup/")]
     kill_file = Path(state["kill_file"]) if state.get("kill_file") else None
@@ -1048,7 +1052,7 @@ def run_command(argv: list[str], *, tenant: str, workdir: Path, cpu: float, memo
 
         if state is not None:  # before the start: a job process killed right after still leaves its record
             tmp_state = state.with_name(state.name + ".tmp")
-            tmp_state.write_text(json.dumps({"cgroups": [str(d) for d in cgroup.dirs],
+            tmp_state.write_text(json.dumps({"host": socket.gethostname(), "cgroups": [str(d) for d in cgroup.dirs],
                                              "kill_file": str(cgroup.kill_file or "") or None,
                                              "freezer": str(cgroup.freezer or "") or None, "pid": None}))
             os.replace(tmp_state, state)
