@@ -52,5 +52,7 @@ def load(text: str | bytes, max_bytes: int = MAX_BYTES):
     loader = _Loader(text)
     try:
         return loader.get_single_data()
+    except (ValueError, TypeError, OverflowError) as e:  # a scalar its constructor refuses (a 5,000-digit int, a
+        raise RefusedYAML(f"a value cannot be read: {str(e).splitlines()[0][:120]}") from None  # 13th month, ...)
     finally:
         loader.dispose()

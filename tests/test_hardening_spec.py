@@ -10,6 +10,7 @@ import sys
 
 import httpx
 import pytest
+import yaml
 
 from modelfactory import safeyaml
 from modelfactory.errors import MFError
@@ -52,6 +53,17 @@ def test_a_single_alias_or_merge_key_is_refused_too():
     with pytest.raises(safeyaml.RefusedYAML):
         safeyaml.load("a: &x {k: 1}\nb:\n  <<: *x\n")
     assert safeyaml.load("a: [1, 2]\nb: {c: 'd'}\n") == {"a": [1, 2], "b": {"c": "d"}}
+
+
+@pytest.mark.parametrize("doc", ["a: " + "1" * 5000, "a: !!timestamp 2020-99-99", "a: !!python/object:os.system x",
+                                 "a: !!binary ZZZ"])
+def test_scalars_a_constructor_refuses_are_yaml_errors(doc, tmp_path):
+    with pytest.raises(yaml.YAMLError):
+        safeyaml.load(doc)
+    f = tmp_path / "order.yaml"
+    f.write_text(doc + "\n")
+    with pytest.raises(MFError, match="not valid YAML"):
+        load_spec(f)
 
 
 def test_deep_nesting_and_huge_documents_are_refused():
