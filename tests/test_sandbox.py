@@ -844,3 +844,15 @@ def test_attack_under_the_ray_executor_body(mode, granted, monkeypatch, sandbox_
                        "sqlite": None, "connected": granted}
         assert server.accepted == int(granted)
         assert out["result"]["enforcement"]["isolation"].startswith(mode)
+
+
+def test_network_grant_is_per_tenant_and_revocable():
+    """`mf tenants set T --network/--no-network` (compute/grants.py): off unless granted; the worker reads it when
+    it starts each attempt of a command job (spec['network'])."""
+    from modelfactory.compute.grants import network_granted, set_network
+
+    assert not network_granted("acme")
+    set_network("acme", True)
+    assert network_granted("acme") and not network_granted("beta")
+    set_network("acme", False)
+    assert not network_granted("acme")
