@@ -189,3 +189,14 @@ def test_api_lists_a_bounded_number_of_bad_rows(api):
                    headers={"content-type": "application/yaml"})
         assert r.status_code == 413 and "MF_UPLOAD_MAX_MB" in r.json()["error"], r.text
         assert c.get("/me").status_code == 200
+
+
+@pytest.mark.parametrize("name,content", [("c.json", "[" * 100_000 + "]" * 100_000),
+                                          ("c.csv", "mf_id,label\n1," + "x" * 200_000 + "\n")])
+def test_label_corrections_that_would_crash_the_reader_are_one_error(tmp_path, name, content):
+    from modelfactory.data.labelstudio import read_corrections
+
+    f = tmp_path / name
+    f.write_text(content)
+    got, errors = read_corrections(f)
+    assert got == [] and len(errors) == 1 and errors[0].startswith(name)

@@ -109,12 +109,17 @@ def read_corrections(path: str | Path) -> tuple[list[Correction], list[str]]:
     except UnicodeDecodeError:
         return [], [f"{path.name}: not UTF-8 text"]
     suffix = path.suffix.lower()
-    if suffix == ".json":
-        return _from_json(text, path.name)
-    if suffix in (".jsonl", ".ndjson"):
-        return _from_jsonl(text, path.name)
-    if suffix in (".csv", ".tsv"):
-        return _from_csv(text, path.name, "\t" if suffix == ".tsv" else ",")
+    try:
+        if suffix == ".json":
+            return _from_json(text, path.name)
+        if suffix in (".jsonl", ".ndjson"):
+            return _from_jsonl(text, path.name)
+        if suffix in (".csv", ".tsv"):
+            return _from_csv(text, path.name, "\t" if suffix == ".tsv" else ",")
+    except RecursionError:  # JSON nested thousands deep
+        return [], [f"{path.name}: JSON nested too deeply"]
+    except csv.Error as e:  # a field past the csv module's limit, ...
+        return [], [f"{path.name}: not a readable CSV ({e})"]
     raise MFError(f"{path}: unsupported file type '{path.suffix}' (use a Label Studio .json export, or a "
                   ".csv/.jsonl with mf_id and label columns)")
 
