@@ -347,6 +347,64 @@ def test_pool_and_utilisation(acme, admin):
     assert acme.get("/pool/utilisation", params={"minutes": -1}).status_code == 422
 
 
+
+def test_factory_output_orders_models_queue_and_cpu_hours_by_stage_kind(acme, globex, admin):
+    import datetime as dt
+
+    from modelfactory.accounts.tables import Usage, accounts_tx
+    from modelfactory.compute.tables import Job, pool_tx
+    from modelfactory.store import utcnow
+
+    now = utcnow()
+    ago = lambda hours: now - dt.timedelta(hours=hours)  # noqa: E731
+    with session() as s:
+        s.add_all([Order(name="a1", tenant="acme", spec={}, state="done", created=ago(5), finished=ago(2)),
+                   Order(name="a2", tenant="acme", spec={}, state="running", created=ago(1)),
+                   Order(name="g1", tenant="globex", spec={}, state="infeasible", created=ago(3), finished=ago(3)),
+                   Order(name="old", tenant="acme", spec={}, state="done", created=ago(50), finished=ago(49))])
+        s.add_all([ModelVersion(name="a1", version=1, tenant="acme", task="t", artifact_id="x", created=ago(2)),
+                   ModelVersion(name="old", version=1, tenant="acme", task="t", artifact_id="y", created=ago(49)),
+                   ModelVersion(name="g0", version=1, tenant="globex", task="t", artifact_id="z", created=ago(1))])
+    with pool_tx() as s:
+        done = [Job(tenant=t, kind=k, payload=pl, state="succeeded") for t, k, pl in
+                [("acme", "stage", {"stage": "teacher_fit"}), ("acme", "stage", {"stage": "distill"}),
+                 ("globex", "command", {"argv": ["true"]})]]
+        s.add_all(done + [Job(tenant="acme", kind="stage", payload={"stage": "distill"}, state="queued", cpu=2,
+                              slots=2),
+                          Job(tenant="globex", kind="command", payload={}, state="queued", gpu=1)])
+        s.flush()
+        ids = [j.id for j in done]
+    with accounts_tx() as s:  # the ledger: teacher_fit 4 CPU-h; distill 1 CPU-h done + 1 preempted; command 0.5
+        for n, (job_id, tenant, cpu_h, outcome, ended) in enumerate(
+                [(ids[0], "acme", 4, "succeeded", ago(3)), (ids[1], "acme", 1, "succeeded", ago(2)),
+                 (ids[1], "acme", 1, "preempted", ago(2.5)), (ids[2], "globex", 0.5, "succeeded", ago(1)),
+                 (ids[0], "acme", 9, "succeeded", ago(30))]):  # before the window
+            s.add(Usage(tenant=tenant, job_id=job_id, attempt=n, started=ended, ended=ended, cpu_seconds=cpu_h * 3600,
+                        gpu_seconds=0.0, outcome=outcome, cost=0.0))
+
+    out = admin.get("/pool/output", params={"hours": 24}).json()
+    assert (out["orders"]["done"], out["orders"]["failed"]) == (1, 1)
+    assert out["orders"]["done_per_hour"] == pytest.approx(1 / 24)
+    per_hour = out["orders"]["per_hour"]
+    assert len(per_hour) in (24, 25) and sum(h["submitted"] for h in per_hour) == 3  # not the 50-hour-old one
+    assert sum(h["done"] for h in per_hour) == 1 and sum(h["failed"] for h in per_hour) == 1
+    assert out["models"] == [{"tenant": "acme", "models": 1, "models_total": 2},
+                             {"tenant": "globex", "models": 1, "models_total": 1}]
+    assert out["queue"] == [{"tenant": "acme", "queued": 1, "running": 0, "queued_cpu": 4.0, "queued_gpu": 0.0},
+                            {"tenant": "globex", "queued": 1, "running": 0, "queued_cpu": 1.0, "queued_gpu": 1.0}]
+    assert out["cpu_hours"] == [
+        {"kind": "teacher_fit", "cpu_hours": 4.0, "gpu_hours": 0.0, "lost_cpu_hours": 0.0, "attempts": 1},
+        {"kind": "distill", "cpu_hours": 2.0, "gpu_hours": 0.0, "lost_cpu_hours": 1.0, "attempts": 2},
+        {"kind": "command", "cpu_hours": 0.5, "gpu_hours": 0.0, "lost_cpu_hours": 0.0, "attempts": 1}]
+    # a tenant sees its own output only
+    mine = acme.get("/pool/output", params={"hours": 24}).json()
+    assert (mine["orders"]["done"], mine["orders"]["failed"]) == (1, 0)
+    assert [m["tenant"] for m in mine["models"]] == ["acme"] and [q["tenant"] for q in mine["queue"]] == ["acme"]
+    assert [k["kind"] for k in mine["cpu_hours"]] == ["teacher_fit", "distill"]
+    assert admin.get("/pool/output", params={"hours": 72}).json()["orders"]["done"] == 2
+    assert acme.get("/pool/output", params={"hours": 0}).status_code == 422
+    assert acme.get("/pool/output", params={"hours": 24 * 8}).status_code == 422
+
 # --- the app as a whole ----------------------------------------------------------------------------------------
 def test_openapi_docs_dashboard_and_unknown_routes(api, admin):
     with httpx.Client(base_url=api.url) as c:

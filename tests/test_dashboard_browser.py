@@ -214,6 +214,14 @@ def test_dashboard_order_to_model(server, browser, tmp_path, corpus_df, tiny_tea
             page.goto(f"{server.base}/{hash_}")
             expect(page.locator("main")).to_contain_text(text)
             expect(page.locator("[data-testid=error]")).to_have_count(0)
+        # the overview (last in the loop) shows the factory's output: the order done, the model it produced for
+        # acme, and the CPU-hours its attempts took, by stage kind
+        output = page.locator("[data-testid=factory-output]")
+        expect(output.locator(".stat").first).to_contain_text("1")  # orders done
+        expect(output.locator("svg.bars rect").first).to_be_visible()  # the hour it finished
+        models, _, kinds = output.locator("table").all()
+        expect(models.locator("tbody tr").first).to_contain_text("acme")
+        expect(kinds.locator("tbody")).not_to_contain_text("No attempts ended")
 
         # a job's log tail; the month's usage as CSV
         page.goto(f"{server.base}/#/jobs")

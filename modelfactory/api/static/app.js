@@ -395,6 +395,61 @@ function utilisationChart(points) {
   return svg;
 }
 
+function ordersChart(perHour) {
+  // orders finished per hour (done, with the failed stacked on top) over the window, one bar per hour
+  const W = 760, H = 160, L = 44, R = 12, T = 14, B = 28;
+  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "bars", role: "img", "aria-label": "orders per hour",
+    style: "width:100%;max-width:900px;height:auto;display:block;background:#fff;border:1px solid #e3e7ec;border-radius:8px" });
+  const hours = (perHour || []).map((b) => ({ ...b, t: parseTime(b.hour) })).filter((b) => b.t);
+  const top = Math.max(1, ...hours.map((b) => b.done + b.failed));
+  const y = (n) => T + (H - T - B) * (1 - n / top);
+  for (const n of [0, top]) {
+    svg.append(s("line", { x1: L, x2: W - R, y1: y(n), y2: y(n), stroke: "#edf0f3" }),
+      s("text", { x: L - 6, y: y(n) + 4, "text-anchor": "end", fill: "#6b7785", "font-size": 11 }, String(n)));
+  }
+  if (!hours.length) return svg;
+  const w = (W - L - R) / hours.length;
+  hours.forEach((b, i) => {
+    const x = L + i * w + 1, bw = Math.max(1, w - 2);
+    const title = s("title", {}, `${fmtTime(b.hour)}: ${b.done} done, ${b.failed} failed, ${b.submitted} submitted`);
+    if (b.done) svg.append(s("rect", { x, y: y(b.done), width: bw, height: y(0) - y(b.done), fill: "#2f5fd0" }, title));
+    if (b.failed) {
+      svg.append(s("rect", { x, y: y(b.done + b.failed), width: bw, height: y(b.done) - y(b.done + b.failed), fill: "#c0392b" },
+        title.cloneNode(true)));
+    }
+  });
+  const p2 = (n) => String(n).padStart(2, "0");
+  const hm = (d) => `${p2(d.getHours())}:00`;
+  svg.append(s("text", { x: L, y: H - 8, fill: "#6b7785", "font-size": 11 }, hm(hours[0].t)),
+    s("text", { x: W - R, y: H - 8, "text-anchor": "end", fill: "#6b7785", "font-size": 11 }, hm(hours[hours.length - 1].t)));
+  return svg;
+}
+
+function factoryOutput(out) {
+  const orders = out.orders || {};
+  const models = out.models || [], queue = out.queue || [], kinds = out.cpu_hours || [];
+  return h("section", { "data-testid": "factory-output" },
+    h("h2", {}, `Factory output, last ${num(out.hours, 0)} hours`),
+    h("div", { class: "stats" },
+      stat("orders done", String(orders.done ?? 0)), stat("orders per hour", num(orders.done_per_hour, 2)),
+      stat("orders failed", String(orders.failed ?? 0)),
+      stat("models registered", String(models.reduce((n, m) => n + m.models, 0))),
+      stat("CPU-hours", num(kinds.reduce((n, k) => n + k.cpu_hours, 0), 1))),
+    h("div", { class: "legend" }, "Orders finished per hour (blue: done, red: failed)"),
+    ordersChart(orders.per_hour),
+    h("h3", {}, "Models produced per tenant"),
+    table(["tenant", `models (${num(out.hours, 0)} h)`, "models (all time)"],
+      models.map((m) => [m.tenant, String(m.models), String(m.models_total)]), "No models yet."),
+    h("h3", {}, "Queue by tenant"),
+    table(["tenant", "queued jobs", "running jobs", "queued CPUs", "queued GPUs"],
+      queue.map((q) => [q.tenant, String(q.queued), String(q.running), num(q.queued_cpu, 1), num(q.queued_gpu, 1)]),
+      "Nothing queued or running."),
+    h("h3", {}, "CPU-hours by stage kind"),
+    table(["stage kind", "CPU-hours", "GPU-hours", "of which preempted, lost or failed", "attempts"],
+      kinds.map((k) => [k.kind, num(k.cpu_hours, 2), num(k.gpu_hours, 2), num(k.lost_cpu_hours, 2), String(k.attempts)]),
+      "No attempts ended in this window."));
+}
+
 function stat(label, value) {
   return h("div", { class: "stat" }, h("div", { class: "stat-value" }, value), h("div", { class: "stat-label" }, label));
 }
@@ -405,7 +460,8 @@ async function pageOverview(view, page) {
   view.append(h("h1", {}, "Compute pool"), errors, body);
   const draw = async () => {
     try {
-      const [pool, util] = await Promise.all([api("/pool"), api("/pool/utilisation?minutes=60")]);
+      const [pool, util, out] = await Promise.all([api("/pool"), api("/pool/utilisation?minutes=60"),
+        api("/pool/output?hours=24")]);
       if (page.seq !== current.seq) return;
       const cap = pool.capacity || {}, used = pool.used || {}, jobs = pool.jobs || {};
       const workers = pool.workers || [];
@@ -419,6 +475,7 @@ async function pageOverview(view, page) {
         h("div", { class: "legend" }, h("span", { class: "key-cpu" }, "CPU used / capacity"),
           (util.points || []).some((p) => p.gpu_capacity > 0) ? h("span", { class: "key-gpu" }, "GPU") : null),
         utilisationChart(util.points),
+        factoryOutput(out),
         h("h2", {}, "Workers"),
         table(["id", "host", "state", "cpu", "gpu", "memory (GB)", "running jobs", "last heartbeat"],
           workers.map((w) => [String(w.id), w.host ?? "–", badge(w.state), num(w.cpu, 1), num(w.gpu, 0),
