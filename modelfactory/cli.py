@@ -122,12 +122,22 @@ def _run_order(spec, skip_bad_rows: bool, as_json: bool):
         _print_json({"order": result.order_id, "model": str(result.model), "deployed": result.deployed,
                      "targets_met": result.targets_met, "metrics": result.metrics, "report": str(result.report_path)})
     else:
-        console.print(_metrics_table(result.metrics, f"{spec.name}: test split ({result.dataset})"))
-        r = ratios(result.metrics, result.model.metrics.get("deployed", "student_int8"))
+        baselines = result.model.metrics.get("baselines", {})
+        shown = {**result.metrics, **{f"baseline: {k}": v for k, v in baselines.items()}}
+        console.print(_metrics_table(shown, f"{spec.name}: test split ({result.dataset})"))
+        deployed = result.model.metrics.get("deployed", "student_int8")
+        r = ratios(result.metrics, deployed)
         if r:
-            console.print(f"deployed student keeps [bold]{r['accuracy_ratio']:.1%}[/] of the teacher's accuracy, "
+            console.print(f"deployed {deployed} keeps [bold]{r['accuracy_ratio']:.1%}[/] of the teacher's accuracy, "
                           f"[bold]{r['size_reduction']:.1f}x[/] smaller, [bold]{r['latency_speedup']:.1f}x[/] faster "
                           f"(batch 1, 1 thread)")
+        q = ratios(result.metrics, deployed, teacher="teacher_int8")
+        if q and deployed != "teacher_int8":
+            console.print(f"against the teacher simply quantized (INT8): [bold]{q['size_reduction']:.1f}x[/] smaller, "
+                          f"[bold]{q['latency_speedup']:.1f}x[/] faster")
+        if "classical" in baselines and deployed in result.metrics:
+            gap = result.metrics[deployed]["accuracy"] - baselines["classical"]["accuracy"]
+            console.print(f"against the classical baseline on the same split: [bold]{gap:+.1%}[/] accuracy")
         status = "[green]promoted to prod[/]" if result.deployed else "[yellow]registered, not promoted[/]"
         generative = tasks.get(spec.task).pipeline == "adapt"
         where = f"adapter: {result.model.path}" if generative else f"ONNX: {result.model.onnx_path}"

@@ -103,8 +103,11 @@ class StudentSpec(Strict):
     arch: str | None = Field(None, max_length=32, description="student kind the task family builds (text: "
                       "transformer, bag, cnn, classical)")
     size: str | None = Field(None, max_length=8, description="size preset of small archs (xs, s, m, l)")
-    init: Literal["teacher", "random"] | None = Field(None, description="small archs: word vectors from the "
-                                                                        "teacher's embeddings, or random")
+    init: Literal["teacher", "teacher_outputs", "random"] | None = Field(
+        None, description="small archs: embeddings from the teacher's input embeddings, from its outputs for each "
+                          "token (model2vec; with tokens: teacher), or random")
+    tokens: Literal["word", "teacher"] | None = Field(None, description="small archs: a word vocabulary from "
+                                                                        "the data, or the teacher's word pieces")
     C: float | None = Field(None, gt=0, le=1e6, description="classical students: inverse regularisation")
     transfer: bool | None = Field(None, description="distil over the teacher-labeled, augmented transfer set "
                                                     "(default: the family's choice for the arch)")
@@ -219,7 +222,7 @@ class SearchSpec(Strict):
             return v
         known = {"layers", "hidden", "heads", "ffn", "vocab", "prune_ratio", "alpha", "temperature",
                  "hidden_weight", "attention_weight", "quantize", "epochs", "lr", "arch", "size", "init", "C",
-                 "transfer"}
+                 "transfer", "batch_size", "tokens"}
         unknown = sorted(set(v) - known)
         if unknown:
             raise ValueError(f"unknown search dimension(s) {excerpt(unknown)}; known: {sorted(known)}")
@@ -262,7 +265,9 @@ class OrderSpec(Strict):
 
     def searched(self) -> SearchSpec | None:
         """The recipe search this order runs: its own, or the default budget when it names no recipe at all."""
-        if self.search is not None:
+        from .. import tasks
+
+        if self.search is not None or tasks.get(self.task).pipeline != "compress":
             return self.search
         if self.recipe is None and not ({"student", "quantize"} & self.model_fields_set):
             return SearchSpec(**self.DEFAULT_SEARCH)

@@ -14,7 +14,7 @@ from .runner import NodeResult, Reporter, run_plan
 from .spec import OrderSpec, PruneSpec, QuantizeSpec, RecipeStep, RecoverSpec
 
 DISTILL_DIMS = ("layers", "hidden", "heads", "ffn", "vocab", "alpha", "temperature", "hidden_weight",
-                "attention_weight", "epochs", "lr", "arch", "size", "init", "C", "transfer")
+                "attention_weight", "epochs", "lr", "batch_size", "arch", "size", "init", "C", "transfer", "tokens")
 
 
 def recipe_from(spec: OrderSpec, params: dict[str, Any]) -> list[RecipeStep]:

@@ -303,6 +303,11 @@ class ImageClassification(TaskFamily):
     def _bundle(backbone: nn.Module, prep: Preprocessing, labels: list[str], extra: dict[str, Any]) -> Bundle:
         return Bundle(ImageClassifier(backbone, prep), None, list(labels), {**extra, "preprocessing": asdict(prep)})
 
+    def default_search_space(self) -> dict[str, list[Any]]:
+        # The demo recipe's CNN first (examples/mnist.yaml), then narrower, shallower and wider ones.
+        return {"layers": [3, 2], "hidden": [16, 8, 24], "epochs": [30.0, 15.0], "lr": [5e-3], "batch_size": [64],
+                "alpha": [0.9, 0.7], "quantize": ["static", "dynamic"]}
+
     def build_student(self, teacher: Bundle, params: Mapping[str, Any], train: pd.DataFrame | None = None) -> Bundle:
         """A plain CNN: `layers` stages of one convolution each, `hidden` channels after the stem, doubling at
         every stage (each halves the resolution)."""

@@ -95,7 +95,7 @@ class TextClassification(TaskFamily):
     STUDENT_PARAMS: ClassVar[dict[str, set[str]]] = {  # what each arch reads; the rest would only split caches
         "transformer": {"layers", "hidden", "heads", "ffn", "layer_map", "freeze_embeddings", "vocab",
                         "hidden_weight", "attention_weight"},
-        "bag": {"size", "init"}, "cnn": {"size", "init"}, "classical": {"size", "C"},
+        "bag": {"size", "init", "tokens"}, "cnn": {"size", "init", "tokens"}, "classical": {"size", "C"},
     }
     TRAINING: ClassVar[set[str]] = {"epochs", "lr", "batch_size", "alpha", "temperature", "checkpoint_every"}
 
@@ -114,10 +114,12 @@ class TextClassification(TaskFamily):
 
     def default_search_space(self) -> dict[str, list[Any]]:
         # Small students first: they train in seconds, so a default budget affords many of them; one shrunken
-        # transformer is in the space for data where word order and subwords matter more than a budget.
-        return {"arch": ["bag", "cnn", "classical", "bag", "transformer"], "size": ["m", "s", "l", "xs"],
-                "alpha": [0.7, 0.9, 0.5], "temperature": [2.0, 4.0], "init": ["teacher", "random"],
-                "quantize": ["dynamic", "none"]}
+        # transformer is in the space for data where word order matters more than a budget. Small students read
+        # the teacher's word pieces by default (unseen words still split into pieces they know) and start from
+        # the teacher's static token embeddings (model2vec); a word vocabulary from the data is the alternative.
+        return {"arch": ["bag", "cnn", "classical", "transformer"], "size": ["s", "m", "xs", "l"],
+                "tokens": ["teacher", "word"], "init": ["teacher_outputs", "teacher", "random"],
+                "alpha": [0.7, 0.9, 0.5], "temperature": [2.0, 4.0], "quantize": ["dynamic", "none"]}
 
     def direct_student(self, params: Mapping[str, Any]) -> bool:
         return params.get("arch") == "classical"
@@ -169,21 +171,33 @@ class TextClassification(TaskFamily):
 
     def _build_small_student(self, teacher: Bundle, arch: str, params: Mapping[str, Any],
                              train: pd.DataFrame | None) -> Bundle:
-        if train is None:
-            raise ValueError(f"a {arch} student chooses its vocabulary from the training texts")
+        """A bag/CNN student over either a word vocabulary from the training texts (`tokens: word`) or the
+        teacher's own word pieces (`tokens: teacher`: unseen words still split into known pieces, which matters
+        when the labeled rows are few). Its embeddings start from the teacher: its input embeddings
+        (`init: teacher`) or its outputs for each token alone, model2vec's static embeddings
+        (`init: teacher_outputs`)."""
         max_length = int(teacher.extra.get("max_length", DEFAULT_MAX_LENGTH))
         cfg = text_students.student_config(arch, params, len(teacher.labels))
-        tokenizer = text_students.word_tokenizer(train["text"].tolist(), cfg["vocab"], max_length)
-        cfg["vocab"] = len(tokenizer)
+        if (params.get("tokens") or "word") == "teacher":
+            tokenizer = teacher.preprocessor
+            cfg["vocab"] = len(tokenizer)
+        else:
+            if train is None:
+                raise ValueError(f"a {arch} student chooses its vocabulary from the training texts")
+            tokenizer = text_students.word_tokenizer(train["text"].tolist(), cfg["vocab"], max_length)
+            cfg["vocab"] = len(tokenizer)
         torch.manual_seed(int(params.get("seed", 0)))
         model = text_students.build(cfg)
-        if (params.get("init") or "teacher") == "teacher":
+        init = params.get("init") or "teacher"
+        if init != "random":
             words = [w for w, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
-            vecs = text_students.teacher_word_vectors(words, teacher.model.get_input_embeddings().weight,
-                                                      teacher.preprocessor, cfg["dim"])
+            vecs = (text_students.teacher_output_vectors(teacher.model, len(words), cfg["dim"])
+                    if init == "teacher_outputs" and tokenizer is teacher.preprocessor else
+                    text_students.teacher_word_vectors(words, teacher.model.get_input_embeddings().weight,
+                                                       teacher.preprocessor, cfg["dim"]))
             with torch.no_grad():
                 model.embed.weight.copy_(vecs * model.embed.weight.std() / vecs.std().clamp(min=1e-6))
-                model.embed.weight[0].zero_()
+                model.embed.weight[tokenizer.pad_token_id or 0].zero_()
         return Bundle(model, tokenizer, teacher.labels, {"max_length": max_length, "student_arch": cfg})
 
     def specialize(self, bundle: Bundle, train: pd.DataFrame, params: Mapping[str, Any]) -> Bundle:

@@ -139,3 +139,27 @@ def teacher_word_vectors(words: Sequence[str], teacher_embeddings: torch.Tensor,
     out = torch.zeros(len(words), dim)
     out[:, :q] = (vecs - vecs.mean(0)) @ v
     return out / out.norm(dim=1).mean().clamp(min=1e-6)
+
+
+def teacher_output_vectors(encoder: nn.Module, vocab_size: int, dim: int, batch: int = 512) -> torch.Tensor:
+    """model2vec's static embeddings (Tulkens & van Dongen 2024): every token of the teacher's vocabulary passed
+    through the (fine-tuned) encoder alone, between its special tokens, mean-pooled, then PCA to `dim`."""
+    base = encoder.base_model
+    cls_id = getattr(encoder.config, "bos_token_id", None) or 101
+    sep_id = getattr(encoder.config, "eos_token_id", None) or 102
+    out = []
+    encoder.eval()
+    with torch.no_grad():
+        for start in range(0, vocab_size, batch):
+            ids = torch.arange(start, min(start + batch, vocab_size))
+            seq = torch.stack([torch.full_like(ids, cls_id), ids, torch.full_like(ids, sep_id)], 1)
+            hidden = base(input_ids=seq, attention_mask=torch.ones_like(seq)).last_hidden_state
+            out.append(hidden.mean(1))
+    vecs = torch.cat(out)
+    q = min(dim, vecs.shape[0], vecs.shape[1])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        _, _, v = torch.pca_lowrank(vecs, q=q, center=True)
+    proj = torch.zeros(vocab_size, dim)
+    proj[:, :q] = (vecs - vecs.mean(0)) @ v
+    return proj / proj.norm(dim=1).mean().clamp(min=1e-6)
