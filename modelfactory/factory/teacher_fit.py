@@ -91,7 +91,8 @@ class TeacherFit:
         params, task = self.params, self.task
         lr = float(params["lr"]) * LR_FACTORS[k % len(LR_FACTORS)]
         seed = int(params.get("seed", 0)) + k
-        folder = Path(self.ctx.work) / f"attempt{k}"
+        # The first attempt checkpoints where every stage does (work/<key>/checkpoint); retries beside it.
+        folder = Path(self.ctx.work) / (f"attempt{k}" if k else "")
         torch.manual_seed(seed)
         bundle = task.load_teacher(params["_pretrained"], self.labels, params, self.train_df)
         train = task.encode(bundle, self.train_df)
