@@ -305,3 +305,30 @@ def test_preemption_requests_reach_the_running_job_once_and_the_urgent_job_takes
     assert not job(batch).preempt_requested and job(batch).state == "queued"
     assert schedule_once(at(6), config=cfg).started == [(urgent, ["w1"])]
     assert [u.outcome for u in usage_rows(batch)] == ["preempted"] and job(batch).failures == 0
+
+
+def test_the_scheduler_says_when_the_policy_wants_the_next_round_and_when_a_job_was_requeued():
+    from modelfactory.compute import scheduler
+
+    cfg = PoolConfig(policy="priority", lease_timeout_s=600, min_runtime_s=60)
+    add_tenant("acme")
+    register("w1", Capacity(1, 0, 8), now=at(0), config=cfg)
+    (batch,) = submit_at(at(0), "acme", stage("batch", priority="batch"))
+    assert schedule_once(at(1), config=cfg).started == [(batch, ["w1"])]
+    assert schedule_once(at(2), config=cfg).retry_at is None  # nothing waits
+    (urgent,) = submit_at(at(2), "acme", stage("urgent", priority="urgent"))
+    report = schedule_once(at(3), config=cfg)  # batch may be preempted once it has run 60 s, at 61 s
+    assert report.preempt_requested == [] and report.retry_at == at(61)
+    # `mf server` sleeps until then rather than a whole interval (here 5 s: 3 s left at 58 s)
+    assert scheduler.next_round_in(report, 5.0, now=at(58)) == 3.0
+    assert scheduler.next_round_in(report, 5.0, now=at(50)) == 5.0
+    assert scheduler.next_round_in(report, 5.0, now=at(70)) == 0.0
+    assert scheduler.next_round_in(scheduler.ScheduleReport(), 5.0) == 5.0
+    assert schedule_once(at(61), config=cfg).preempt_requested == [batch]
+    with pool_tx() as s:  # batch checkpoints and goes back to the queue at 65 s
+        end_attempt(s, s.get(Job, batch), "preempted", "preempted: checkpointed", now=at(65), config=cfg)
+    assert schedule_once(at(66), config=cfg).started == [(urgent, ["w1"])]
+    with pool_tx() as s:  # the policy sees when it was requeued (a starving job's patience counts from then)
+        queued, *_ = scheduler._snapshot(s, {}, scheduler.ScheduleReport())
+    view = queued[batch][0]
+    assert (view.submitted, view.queued_since) == (scheduler.seconds(at(0)), scheduler.seconds(at(65)))

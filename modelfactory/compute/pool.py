@@ -74,7 +74,7 @@ def run_server(*, workers: int = 1, config: PoolConfig | None = None, worker_cpu
     import threading
 
     from . import kinds, utilisation
-    from .scheduler import policy, schedule_once
+    from .scheduler import next_round_in, policy, schedule_once
 
     cfg = config or pool_config()
     policy(cfg)  # an unknown policy name fails here, before any worker starts
@@ -110,6 +110,7 @@ def run_server(*, workers: int = 1, config: PoolConfig | None = None, worker_cpu
             procs[i] = spawn(i)
         while not stopping and not stop():
             t0 = time.monotonic()
+            report = None
             try:
                 report = schedule_once(config=cfg)
                 kinds.run_after_round()  # e.g. the factory registers the orders whose jobs all finished
@@ -123,7 +124,10 @@ def run_server(*, workers: int = 1, config: PoolConfig | None = None, worker_cpu
             for i, p in list(procs.items()):  # a worker died: start it again (same id), at most every 10 s
                 if p.poll() is not None and not stopping and time.monotonic() - spawned[i] > 10:
                     procs[i] = spawn(i)
-            time.sleep(max(0.0, cfg.schedule_interval_s - (time.monotonic() - t0)))
+            wait = cfg.schedule_interval_s - (time.monotonic() - t0)
+            if report is not None:  # the policy may want the next round sooner (Decision.retry_at)
+                wait = min(wait, next_round_in(report, cfg.schedule_interval_s))
+            time.sleep(max(0.0, wait))
     finally:
         for p in procs.values():  # graceful: workers checkpoint and requeue their jobs
             if p.poll() is None:

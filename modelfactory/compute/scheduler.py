@@ -16,9 +16,10 @@ asked to stop.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..accounts.tables import Tenant
@@ -28,7 +29,7 @@ from . import policies
 from .jobs import end_attempt, note, transition
 from .policies import JobView, Resources, TenantView, WorkerView
 from .pool import PoolConfig, pool_config
-from .tables import Job, Worker, pool_tx
+from .tables import Job, JobEvent, Worker, pool_tx
 
 
 @dataclass
@@ -39,11 +40,25 @@ class ScheduleReport:
     settled: list[int] = field(default_factory=list)  # queued jobs failed/cancelled because a dependency was
     workers_lost: list[str] = field(default_factory=list)
     waiting: dict[int, str] = field(default_factory=dict)
+    retry_at: dt.datetime | None = None  # the policy asks for a round by then even if nothing changes
 
 
 def seconds(t: dt.datetime) -> float:
     """The policies' clock: seconds since the epoch of a naive-UTC datetime."""
     return t.replace(tzinfo=dt.UTC).timestamp()
+
+
+def moment(t: float) -> dt.datetime:
+    """The inverse of `seconds`: a naive-UTC datetime."""
+    return dt.datetime.fromtimestamp(t, dt.UTC).replace(tzinfo=None)
+
+
+def next_round_in(report: ScheduleReport, interval_s: float, now: dt.datetime | None = None) -> float:
+    """Seconds until the next round: `interval_s`, or less when the policy asked for a round sooner
+    (`retry_at`: a preemption, or a starving job's rights, then allowed)."""
+    if report.retry_at is None:
+        return interval_s
+    return max(0.0, min(interval_s, (report.retry_at - (now or utcnow())).total_seconds()))
 
 
 def resources(job: Job) -> Resources:
@@ -72,6 +87,8 @@ def schedule_once(now: dt.datetime | None = None, *, config: PoolConfig | None =
                                    [(view, list(job.placement or [])) for view, job in running.values()],
                                    workers, tenants)
         _apply(s, now, cfg, decision, queued, running, workers, live, report)
+        if decision.retry_at is not None and math.isfinite(decision.retry_at):
+            report.retry_at = moment(decision.retry_at)
     return report
 
 
@@ -134,10 +151,15 @@ def _snapshot(s: Session, live: dict[str, Worker], report: ScheduleReport):
     queued: dict[int, tuple[JobView, Job]] = {}
     running: dict[int, tuple[JobView, Job]] = {}
     used: dict[str, Resources] = {wid: Resources() for wid in live}
+    requeued = [j.id for j in jobs if j.state == "queued" and j.attempts]
+    since = dict(s.execute(select(JobEvent.job_id, func.max(JobEvent.at))  # when each went back to the queue
+                           .where(JobEvent.job_id.in_(requeued), JobEvent.from_state == "running",
+                                  JobEvent.to_state == "queued").group_by(JobEvent.job_id)).all()) if requeued else {}
     for job in jobs:
         view = JobView(id=job.id, tenant=job.tenant, priority=job.priority, resources=resources(job),
                        submitted=seconds(job.submitted), slots=job.slots, expected_duration=job.time_limit_s,
-                       preemptible=job.preemptible)
+                       preemptible=job.preemptible,
+                       queued_since=seconds(since[job.id]) if job.id in since else None)
         if job.state == "running":
             view.started = seconds(job.started) if job.started else None
             view.stopping = bool(job.preempt_requested)  # asked to checkpoint: about to give its resources back
