@@ -8,7 +8,11 @@ Bounded: a fixed number of examples per operation, against real uvicorn servers 
   resolve to something now and then;
 - `mf serve` (OIP v2), with a registry that holds a model of every discovered task family (a generative adapter
   included, which `mf serve` must answer with a 4xx, not a 500); its infer bodies, which its schema leaves open,
-  are fuzzed separately with malformed JSON and tensors of every wrong shape and type."""
+  are fuzzed separately with malformed JSON and tensors of every wrong shape and type;
+- `mf serve-llm` (OpenAI-compatible) on a tiny Llama with that adapter: its schema is completed with the chat and
+  completion request bodies (from the server's own pydantic models), `model` drawn from what it serves. Its bodies
+  are parsed leniently, as OpenAI clients expect (a "0.5" for a number is taken), so there only "never a 5xx" is
+  checked in both modes."""
 
 # ruff: noqa: F811  (pytest fixtures imported from test_serve_support are redefined as parameters)
 from __future__ import annotations
@@ -31,7 +35,11 @@ from modelfactory.api import create_app
 from modelfactory.compute import jobs as pool_jobs
 from modelfactory.compute.jobs import Spec
 from modelfactory.serve import ServeSettings
+from modelfactory.serve.llm import LLMSettings
+from modelfactory.serve.llm import create_app as create_llm_app
+from modelfactory.tasks.lm_common import TASK as LLM_TASK
 
+from .llm_support import llama_adapters, lm_tokenizer_dir, register_adapter, tiny_llama  # noqa: F401 (fixtures)
 from .test_serve_support import (  # noqa: F401 (fixtures)
     IMAGE_TASK,
     TEXT_TASK,
@@ -46,6 +54,7 @@ from .test_serve_support import (  # noqa: F401 (fixtures)
 pytestmark = pytest.mark.slow
 ADMIN = "mfk_fuzz-admin"
 EXAMPLES = 25
+LLM_BASE = "tiny-llama"
 MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
 
 
@@ -59,21 +68,14 @@ def admin_env(mf_home):
 
 
 @pytest.fixture(scope="module")
-def keys(admin_env, text_model_dir, image_model_dir, tmp_path_factory):
-    """A tenant and a registry with a model of every task family (a generative one is a folder mf serve never
-    loads), and a queued job."""
+def keys(admin_env, text_model_dir, image_model_dir, llama_adapters):
+    """A tenant and a registry with a real model of every task family (a LoRA adapter on the tiny Llama for the
+    generative one), and a queued job."""
     _, key = add_tenant("acme")
     register("fuzzed", text_model_dir, TEXT_TASK, tenant="acme")
     register("digits", image_model_dir, IMAGE_TASK, tenant="acme")
-    adapter = tmp_path_factory.mktemp("adapter")
-    (adapter / "adapter_config.json").write_text("{}")
-    families = {TEXT_TASK, IMAGE_TASK}
-    for name in tasks.names():
-        if name not in families:
-            assert not isinstance(tasks.get(name), tasks.TaskFamily), f"give the fuzz a real '{name}' model"
-            register(f"gen-{name}", adapter, name, tenant="acme")
-            families.add(name)
-    assert families == set(tasks.names())
+    register_adapter(f"gen-{LLM_TASK}", llama_adapters["a0"], tenant="acme")
+    assert {TEXT_TASK, IMAGE_TASK, LLM_TASK} == set(tasks.names()), "give the fuzz a real model of every family"
     pool_jobs.submit("acme", Spec(kind="command", payload={"argv": ["true"], "env": {}}, name="fuzz"))
     return {"admin": ADMIN, "tenant": key}
 
@@ -92,12 +94,46 @@ def oip(keys):
     server.stop()
 
 
-def fuzz_schema(url: str, keys: dict[str, str], mode: GenerationMode) -> tuple[int, list[int], dict[str, str]]:
+@pytest.fixture(scope="module")
+def llm(keys, tiny_llama):
+    server = LiveServer(app=create_llm_app(LLMSettings(base=str(tiny_llama), base_name=LLM_BASE, max_batch=8,
+                                                       auth=True, meter_interval_s=3600)))
+    yield server
+    server.stop()
+
+
+def llm_schema(server) -> dict:
+    """serve-llm's OpenAPI document with the chat and completion bodies it reads by hand put in, `model` one of
+    the names it serves (the base, the adapter, an unknown one)."""
+    from pydantic.json_schema import models_json_schema
+
+    from modelfactory.serve.llm.openai_api import ChatCompletionRequest, CompletionRequest
+
+    doc = json.loads(json.dumps(server.app.openapi()))
+    _, defs = models_json_schema([(ChatCompletionRequest, "validation"), (CompletionRequest, "validation")],
+                                 ref_template="#/components/schemas/{model}")
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(defs.get("$defs", {}))
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        schemas[name]["properties"]["model"] = {"type": "string", "enum": [LLM_BASE, f"gen-{LLM_TASK}", "nope"]}
+        schemas[name]["properties"]["max_tokens"] = {"type": "integer", "minimum": 1, "maximum": 64}
+    for path, name in (("/v1/chat/completions", "ChatCompletionRequest"), ("/v1/completions", "CompletionRequest")):
+        doc["paths"][path]["post"]["requestBody"] = {
+            "required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+    return doc
+
+
+def fuzz_schema(url: str, keys: dict[str, str], mode: GenerationMode, document: dict | None = None,
+                reject_negative: bool = True) -> tuple[int, list[int], dict[str, str]]:
     """(operations fuzzed, statuses, failures by operation) of fuzzing every operation of the server's OpenAPI
     schema. In negative mode an operation whose schema nothing can violate (no parameters, or only free strings in
     the path) has no negative case: it is not counted."""
-    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
-    checks = [not_a_server_error] + ([negative_data_rejection] if mode is GenerationMode.NEGATIVE else [])
+    if document is None:
+        schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    else:
+        schema = schemathesis.openapi.from_dict(document)
+    negative = mode is GenerationMode.NEGATIVE and reject_negative
+    checks = [not_a_server_error] + ([negative_data_rejection] if negative else [])
     failures: dict[str, str] = {}
     operations, calls = 0, []
     for result in schema.get_all_operations():
@@ -142,6 +178,16 @@ def test_no_mf_serve_route_answers_5xx(oip, keys, mode):
     assert not failures, "\n\n".join(f"{k}: {v}" for k, v in failures.items())
 
 
+@pytest.mark.parametrize("mode", MODES, ids=[m.value for m in MODES])
+def test_no_mf_serve_llm_route_answers_5xx(llm, keys, mode):
+    operations, calls, failures = fuzz_schema(llm.url, keys, mode, llm_schema(llm), reject_negative=False)
+    assert operations >= (6 if mode is GenerationMode.POSITIVE else 2) and len(calls) >= operations * 2
+    print(f"{mode.value}: {len(calls)} requests over {operations} operations; statuses {sorted(set(calls))}")
+    assert not failures, "\n\n".join(f"{k}: {v}" for k, v in failures.items())
+    if mode is GenerationMode.POSITIVE:
+        assert 200 in calls  # real generations ran, not only refusals
+
+
 # --- mf serve's infer bodies, which its OpenAPI schema leaves open --------------------------------------------
 DATATYPES = ["BYTES", "UINT8", "FP32", "INT64", "BOOL", "FP16", "nope", ""]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
@@ -169,7 +215,7 @@ bodies = st.one_of(documents.map(lambda d: json.dumps(d, allow_nan=True).encode(
 def test_mf_serve_infer_never_answers_5xx_to_a_malformed_body(oip, keys):
     models = [m["name"] for m in httpx.post(f"{oip.url}/v2/repository/index",
                                             headers={"Authorization": f"Bearer {keys['admin']}"}).json()]
-    models += [f"gen-{n}" for n in tasks.names() if not isinstance(tasks.get(n), tasks.TaskFamily)]
+    models += [f"gen-{LLM_TASK}"]  # the generative adapter: not listed, and never a 5xx
     statuses: list[int] = []
     with httpx.Client(base_url=oip.url, timeout=60, headers={"Authorization": f"Bearer {keys['tenant']}"}) as http:
 
