@@ -484,7 +484,8 @@ def _model_json(ref) -> dict:
     return {"name": ref.name, "version": ref.version, "aliases": ref.aliases, "tenant": ref.tenant, "task": ref.task,
             "onnx_path": str(ref.onnx_path), "artifact": ref.artifact_id, "created": ref.created,
             "metrics": registry.contract_metrics(ref.metrics),
-            "deployed": ref.metrics.get("deployed"), "ratios": ref.metrics.get("ratios"), "lineage": ref.lineage}
+            "deployed": ref.metrics.get("deployed"), "ratios": ref.metrics.get("ratios"), "lineage": ref.lineage,
+            "baselines": ref.metrics.get("baselines")}
 
 
 @models_app.command("ls")

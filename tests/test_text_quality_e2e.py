@@ -28,12 +28,13 @@ def test_small_real_order_learns_and_reports_its_baselines(tmp_path, corpus_df, 
     assert proc.returncode == 0, proc.stderr
     shown = run_mf("models", "show", "small-reviews", "--json")
     assert shown.returncode == 0, shown.stderr
-    metrics = json.loads(shown.stdout)["metrics"]
-    majority = metrics["baselines"]["majority"]["accuracy"]
+    shown = json.loads(shown.stdout)
+    metrics, baselines = shown["metrics"], shown["baselines"]
+    majority = baselines["majority"]["accuracy"]
     assert abs(majority - 1 / 3) < 0.05  # balanced classes
     assert metrics["teacher"]["accuracy"] >= majority + 0.15, metrics["teacher"]
     assert metrics["student"]["accuracy"] >= majority + 0.15, metrics["student"]
-    classical = metrics["baselines"]["classical"]
+    classical = baselines["classical"]
     assert classical["accuracy"] > majority and classical["size_bytes"] > 0
     for m in (metrics["teacher"], metrics["student"], classical):
         assert m["latency_e2e_ms_p50"] >= m["latency_ms_p50"] * 0.5 > 0  # raw text in: tokenization included

@@ -97,8 +97,6 @@ def contract_metrics(metrics: dict) -> dict:
     for k in ("student", "student_int8"):
         if k != deployed and k in metrics:
             out["student_fp32" if k == "student" else k] = metrics[k]
-    if metrics.get("baselines"):  # what a practitioner tries first, on the same test split
-        out["baselines"] = metrics["baselines"]
     return out
 
 

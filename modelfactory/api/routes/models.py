@@ -29,6 +29,8 @@ class ModelSummary(BaseModel):
     deployed: str | None = Field(description="which of the order's candidates was deployed")
     ratios: dict[str, Any] | None = Field(description="the deployed student against the teacher")
     created: dt.datetime
+    baselines: dict[str, Any] | None = Field(None, description="classification: the majority class and the "
+                                                               "classical model, on the same test split")
 
 
 class VersionOut(BaseModel):
@@ -59,7 +61,8 @@ class AliasOut(BaseModel):
 def _summary(r: registry.ModelRef) -> dict:
     return {"name": r.name, "version": r.version, "tenant": r.tenant, "task": r.task, "aliases": r.aliases,
             "metrics": registry.contract_metrics(r.metrics), "deployed": r.metrics.get("deployed"),
-            "ratios": r.metrics.get("ratios"), "created": r.created}
+            "ratios": r.metrics.get("ratios"), "created": r.created,
+            "baselines": r.metrics.get("baselines")}  # what a practitioner tries first, on the same test split
 
 
 def _model(ref: str, p: Principal) -> registry.ModelRef:

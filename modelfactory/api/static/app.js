@@ -776,11 +776,13 @@ async function pageModel(view, page, ref) {
     h("dl", { class: "meta" }, [["task", m.task], ["tenant", m.tenant], ["created", fmtTime(m.created)]]
       .map(([k, v]) => [h("dt", {}, k), h("dd", {}, v ?? "–")])),
     h("h2", {}, "Metrics (held-out test split)"),
-    table(["model", "accuracy", "macro-F1", "size (MB)", "p50 batch-1 (ms)", "throughput (rows/s)"],
-      keys.map((k) => {
-        const x = metrics[k];
-        return [h("strong", {}, k), num(x.accuracy, 4), num(x.macro_f1, 4), mb(x.size_bytes), num(x.latency_ms_p50, 2), num(x.throughput, 0)];
-      }), "No metrics."),
+    // The baselines (majority class, the classical model) were measured on the same test split: a user sees at
+    // once whether the deep models earn their cost.
+    table(["model", "accuracy", "macro-F1", "size (MB)", "p50 batch-1 (ms)", "p50 raw input (ms)", "throughput (rows/s)"],
+      [...keys.map((k) => [h("strong", {}, k), metrics[k]]),
+        ...Object.entries(m.baselines || {}).map(([k, x]) => [h("em", { "data-testid": `baseline-${k}` }, `baseline: ${k}`), x])]
+        .map(([name, x]) => [name, num(x.accuracy, 4), num(x.macro_f1, 4), mb(x.size_bytes), num(x.latency_ms_p50, 3),
+          num(x.latency_e2e_ms_p50, 3), num(x.throughput, 0)]), "No metrics."),
     ...(summary ? [summary] : []),
     h("h2", {}, "Aliases"),
     h("div", { class: "card" }, promote, promoteMsg,
