@@ -45,7 +45,8 @@ most over its share, then the most recently started) and then pruned, among runn
   tenant holds more than its entitlement: a cap on how long one tenant keeps more than its share. A requeued
   victim starts waiting again, so its tenant cannot preempt straight back: swaps are at least `patience` apart.
 Jobs that started less than `min_runtime` seconds ago are never preempted; when only such jobs would do,
-`Decision.retry_at` says when to ask again. Jobs already told to stop (`JobView.stopping`) count as free.
+`Decision.retry_at` says when to ask again (as it does for when a blocked large job will become starving, or an
+over-share gang will have run `quantum`). Jobs already told to stop (`JobView.stopping`) count as free.
 
 **Fairness (`fair`).** A tenant's dominant share is max(its CPUs / pool CPUs, its GPUs / pool GPUs); the policy
 repeatedly serves the tenant with the lowest dominant share divided by its weight, highest priority class first

@@ -5,8 +5,9 @@ after each batch of simultaneous events the policy is asked what to do, and aske
 (the live scheduler's next round does the same a second later), so the job it preempted for can start. A
 preempted job is requeued keeping its completed work, less what it did since its last checkpoint: checkpoints are
 taken every `checkpoint_interval` seconds of running (0 models a job that checkpoints on the preemption signal,
-losing nothing). Policies see each job's remaining work as its `expected_duration` (estimates="exact") or nothing
-(estimates="none", so backfilling can only use what the blocked head cannot).
+losing nothing), and waits anew (`JobView.queued_since`). Policies see each job's remaining work as its
+`expected_duration` (estimates="exact") or nothing (estimates="none", so backfilling can only use what the blocked
+head cannot).
 
 Metrics (`SimResult`):
 - JCT = finish - submit (average and 99th percentile, nearest rank); queueing delay = JCT - time spent running
