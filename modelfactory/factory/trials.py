@@ -9,7 +9,7 @@ from typing import Any
 from .. import tasks
 from ..compress.search import SearchResult, Targets, Trial, plot_front, search
 from ..errors import MFError
-from .planner import Plan, student_chain
+from .planner import Plan, student_chain, transfer_node
 from .runner import NodeResult, Reporter, run_plan
 from .spec import OrderSpec, PruneSpec, QuantizeSpec, RecipeStep, RecoverSpec
 
@@ -43,9 +43,22 @@ def search_space(spec: OrderSpec) -> dict[str, list[Any]]:
     return space
 
 
+def _with_transfer_set(spec: OrderSpec, teacher: dict[str, NodeResult], **run) -> dict[str, NodeResult]:
+    """The transfer set, before the search's clock starts, when a student in the space distils over it: it is
+    the teacher's work (labeling thousands of texts), shared by every trial, not one trial's cost."""
+    family, space = tasks.get(spec.task), search_space(spec)
+    archs = space.get("arch", [spec.student.arch])
+    wanted = any(space.get("transfer", [])) or any(
+        family.student_defaults(family.student_params({"arch": a})).get("transfer") for a in archs)
+    if not wanted:
+        return teacher
+    return run_plan(Plan([transfer_node(spec)], {}, "transfer"), produced=teacher, **run)
+
+
 def run_search(spec: OrderSpec, teacher: dict[str, NodeResult], *, order_id: int | None,
                reporter: Reporter | None, should_stop=lambda: False
                ) -> tuple[SearchResult, dict[int, tuple[Plan, dict[str, NodeResult]]]]:
+    teacher = _with_transfer_set(spec, teacher, order_id=order_id, reporter=reporter, should_stop=should_stop)
     teacher_acc = teacher["evaluate_teacher"].artifact.metrics["accuracy"]
     runs: dict[int, tuple[Plan, dict[str, NodeResult]]] = {}
 
@@ -88,7 +101,8 @@ def chosen_plan(spec: OrderSpec, teacher_plan: Plan, runs: dict[int, tuple[Plan,
     candidates = {k: v.removeprefix(prefix) for k, v in chain.candidates.items()}
     merged = Plan(teacher_plan.nodes + chain.nodes, teacher_plan.candidates | candidates, chain.deployed,
                   teacher_plan.baselines)
-    return merged, {**teacher, **renamed}
+    shared = {name: res for name, res in results.items() if "/" not in name}  # e.g. the transfer set
+    return merged, {**teacher, **shared, **renamed}
 
 
 def search_report(result: SearchResult, spec: OrderSpec, folder: Path,
