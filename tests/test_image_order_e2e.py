@@ -166,11 +166,12 @@ def test_predict_on_a_missing_or_non_image_file_is_a_one_line_error(tiny_image_m
 
 
 def test_image_demo(mf_home):
-    proc = run_mf("demo", "--task", "image", "--rows", "400", timeout=240)
-    # At 400 rows the spec's min_accuracy_ratio (0.97) may be missed: exit 3, registered but not promoted.
-    assert proc.returncode in (0, 3), proc.stderr[-3000:]
-    if proc.returncode == 3:
-        assert "targets missed" in proc.stderr
+    """`mf demo --task image` exactly as the README runs it (all 5,000 digits; about 2-3 minutes on 2 cores) meets
+    its own target (student >= 97% of the teacher's accuracy; measured 98.8%): exit 0, never 3. A sample small enough
+    to be quick can miss the target, and a test that accepted exit 3 could not tell a broken demo from a small one."""
+    proc = run_mf("demo", "--task", "image", timeout=1800)  # the limit only guards against a hang
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "targets missed" not in proc.stderr
     text = proc.stdout
     assert "handwritten-digits: test split (mnist-5k@1)" in text
     table_rows = {line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│")}
