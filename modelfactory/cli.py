@@ -930,7 +930,8 @@ def server(workers: Annotated[int, typer.Option(help="Local worker processes to 
     """Run the control plane: the REST API (/api/v1, docs at /docs) and dashboard (/) on HOST:PORT, the scheduler
     and N local workers. Restartable: all state is in the database. Admin access: `mf server --init` prints an
     admin key, or set MF_ADMIN_KEY."""
-    from .compute.pool import pool_config, run_server
+    from .compute.pool import run_server
+    from .compute.poolconfig import pool_config
 
     if allow_unisolated:  # read by the local workers it starts (they inherit the environment)
         os.environ["MF_ALLOW_UNISOLATED"] = "1"

@@ -29,7 +29,7 @@ from sqlalchemy import (
     make_url,
     text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from .config import settings
@@ -237,12 +237,23 @@ def _lock(conn, key: int) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
-@lru_cache(maxsize=32)
-def _ensure(eng: Engine, tables: tuple[str, ...]) -> None:
+@contextmanager
+def schema_change(eng: Engine) -> Iterator[Connection]:
+    """A connection holding the schema lock, for a migration: commits at the end (rolls back on error)."""
     with eng.connect() as conn:
         _lock(conn, _SCHEMA_LOCK)
-        Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in tables])
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
         conn.commit()
+
+
+@lru_cache(maxsize=32)
+def _ensure(eng: Engine, tables: tuple[str, ...]) -> None:
+    with schema_change(eng) as conn:
+        Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in tables])
 
 
 def ensure_tables(tables: tuple[str, ...]) -> Engine:

@@ -21,7 +21,7 @@ from modelfactory.accounts.tenants import add_tenant, hash_key, list_tenants, te
 from modelfactory.cli import main
 from modelfactory.compute import jobs
 from modelfactory.compute.jobs import IllegalTransition, Spec, end_attempt, transition
-from modelfactory.compute.pool import PoolConfig
+from modelfactory.compute.poolconfig import PoolConfig
 from modelfactory.compute.scheduler import schedule_once
 from modelfactory.compute.tables import Job, JobEvent, pool_read, pool_tx
 from modelfactory.compute.worker import Capacity, heartbeat, register

@@ -19,7 +19,7 @@ from collections import deque
 
 from ..config import settings
 from ..errors import MFError
-from .tenants import Principal, hash_key, principal_for_key
+from .tenants import REVOKED_HERE, Principal, hash_key, principal_for_key
 
 CACHE_TTL_S = 30.0
 _MAX_ENTRIES = 10_000
@@ -105,7 +105,7 @@ def cached(header: str | None) -> Principal | None:
     slot = _slot(bearer(header))
     with _lock:
         hit = _cache.get(slot)
-    if hit is None or hit[1] <= time.monotonic():
+    if hit is None or hit[1] <= time.monotonic() or (hit[0] is not None and slot[1] in REVOKED_HERE):
         return None
     if hit[0] is None:
         raise Unauthorized("invalid or revoked API key")
@@ -142,10 +142,3 @@ def authenticate(header: str | None, client: str | None = None) -> Principal:
             _proven.clear()
         _proven[slot] = time.monotonic() + PROVEN_TTL_S
     return p
-
-
-def forget(key_hash: str) -> None:
-    """Drop a key from this process's cache (revocation)."""
-    with _lock:
-        for slot in [slot for slot in _cache if slot[1] == key_hash]:
-            del _cache[slot]

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from ..store import Base, ensure_tables, locked_tx, read_tx, utcnow
+from ..store import Base, ensure_tables, locked_tx, read_tx, schema_change, utcnow
 
 
 class Tenant(Base):
@@ -24,7 +24,6 @@ class Tenant(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
-    api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex; the key is shown once
     weight: Mapped[float] = mapped_column(Float, default=1.0)  # fair-share weight
     cpu_hours_month: Mapped[float | None] = mapped_column(Float, nullable=True)  # hard quota; None = unlimited
     gpu_hours_month: Mapped[float | None] = mapped_column(Float, nullable=True)  # hard quota; None = unlimited
@@ -101,10 +100,28 @@ def _migrate(eng: Engine) -> None:
         except DBAPIError:  # another process added it first
             if "urgent" not in {c["name"] for c in inspect(eng).get_columns("tenants")}:
                 raise
-    with eng.begin() as conn:  # tenants from before api_keys existed: their key becomes their first key row
+    if "api_key_hash" in {c["name"] for c in inspect(eng).get_columns("tenants")}:
+        _drop_legacy_key_column(eng)
+
+
+def _drop_legacy_key_column(eng: Engine) -> None:
+    """Databases from before api_keys kept each tenant's one key in tenants.api_key_hash (NOT NULL, so new tenants
+    could not be added without it): the key becomes the tenant's first key row and the column goes. SQLite cannot
+    drop a UNIQUE column, so there the table is rebuilt."""
+    with schema_change(eng) as conn:
+        if "api_key_hash" not in {c["name"] for c in inspect(conn).get_columns("tenants")}:
+            return  # another process did it meanwhile
         conn.execute(text("INSERT INTO api_keys (tenant, key_hash, label, created) "
                           "SELECT t.name, t.api_key_hash, 'initial', t.created FROM tenants t "
                           "WHERE NOT EXISTS (SELECT 1 FROM api_keys k WHERE k.key_hash = t.api_key_hash)"))
+        if conn.dialect.name != "sqlite":
+            conn.execute(text("ALTER TABLE tenants DROP COLUMN api_key_hash"))
+            return
+        conn.execute(text("ALTER TABLE tenants RENAME TO tenants_legacy"))
+        Tenant.__table__.create(conn)
+        cols = ", ".join(c.name for c in Tenant.__table__.columns)
+        conn.execute(text(f"INSERT INTO tenants ({cols}) SELECT {cols} FROM tenants_legacy"))
+        conn.execute(text("DROP TABLE tenants_legacy"))
 
 
 def ensure_accounts() -> None:

@@ -34,6 +34,7 @@ from .ledger import month_usage
 from .tables import ApiKey, Tenant, accounts_read, accounts_tx
 
 KEY_PREFIX = "mfk_"
+REVOKED_HERE: set[str] = set()  # hashes of keys this process revoked: accounts.auth's cache never vouches for them
 
 
 def hash_key(key: str) -> str:
@@ -76,7 +77,7 @@ def add_tenant(name: str, *, weight: float = 1.0, cpu_hours_month: float | None 
     with accounts_tx() as s:
         if s.scalar(select(Tenant).where(Tenant.name == name)) is not None:
             raise MFError(f"tenant '{name}' already exists")
-        t = Tenant(name=name, api_key_hash=hash_key(key), weight=weight, cpu_hours_month=cpu_hours_month,
+        t = Tenant(name=name, weight=weight, cpu_hours_month=cpu_hours_month,
                    gpu_hours_month=gpu_hours_month, max_slots=max_slots, created=utcnow(), urgent=bool(urgent))
         s.add(t)
         s.add(ApiKey(tenant=name, key_hash=hash_key(key), label="initial", created=t.created))
@@ -216,11 +217,8 @@ def revoke_key(key_id: int) -> KeyInfo:
             raise NotFound(f"no API key {key_id}")
         if row.revoked is None:
             row.revoked = utcnow()
-        info = KeyInfo.of(row)
-    from .auth import forget  # auth builds on this module: imported here, not at the top
-
-    forget(row.key_hash)
-    return info
+        REVOKED_HERE.add(row.key_hash)
+        return KeyInfo.of(row)
 
 
 def revoke_all_keys(tenant: str) -> list[KeyInfo]:
@@ -231,12 +229,8 @@ def revoke_all_keys(tenant: str) -> list[KeyInfo]:
         now = utcnow()
         for row in rows:
             row.revoked = now
-        infos, hashes = [KeyInfo.of(r) for r in rows], [r.key_hash for r in rows]
-    from .auth import forget
-
-    for h in hashes:
-        forget(h)
-    return infos
+        REVOKED_HERE.update(r.key_hash for r in rows)
+        return [KeyInfo.of(r) for r in rows]
 
 
 def principal_for_key(key: str) -> Principal | None:

@@ -25,10 +25,6 @@ class Forbidden(HTTPError):
     status = 403
 
 
-class Conflict(HTTPError):
-    status = 409
-
-
 class TooManyRequests(HTTPError):
     status = 429
 

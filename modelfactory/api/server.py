@@ -7,7 +7,8 @@ from __future__ import annotations
 import sys
 import threading
 
-from ..compute.pool import PoolConfig, run_server
+from ..compute.pool import run_server
+from ..compute.poolconfig import PoolConfig
 
 
 def run_control_plane(*, host: str, port: int, workers: int, config: PoolConfig, worker_cpu: float | None,

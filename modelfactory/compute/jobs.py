@@ -31,7 +31,7 @@ from ..errors import MFError, NotFound
 from ..store import utcnow
 from . import kinds
 from .policies import PRIORITIES
-from .pool import PoolConfig
+from .poolconfig import PoolConfig
 from .tables import Job, JobEvent, pool_read, pool_tx
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")

@@ -1,8 +1,4 @@
-"""Pool configuration, and `mf server`: the scheduler loop plus N local worker processes.
-
-Configuration comes from `config.settings()` (`MF_POOL_POLICY`, `MF_LEASE_TIMEOUT_S`, `MF_HEARTBEAT_S`,
-`MF_SCHEDULE_INTERVAL_S`, `MF_WORKER_POLL_S`, `MF_PREEMPT_GRACE_S`, `MF_PREEMPT_MIN_RUNTIME_S`, the prices and
-`MF_EXECUTOR`: the README's Settings table), with command-line flags overriding it.
+"""`mf server`: the scheduler loop plus N local worker processes (configured by `poolconfig.PoolConfig`).
 
 Restarting the server loses nothing: queued, running and finished jobs are rows in the database. A killed server's
 workers die with it (they are its children, bound to it with PR_SET_PDEATHSIG); their jobs' leases expire, or are
@@ -20,38 +16,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 
-from ..config import settings
-
-
-@dataclass(frozen=True)
-class PoolConfig:
-    policy: str = "fifo"
-    lease_timeout_s: float = 30.0
-    heartbeat_s: float = 5.0
-    schedule_interval_s: float = 1.0
-    worker_poll_s: float = 0.5
-    preempt_grace_s: float = 60.0
-    min_runtime_s: float = 60.0
-    price_cpu_hour: float = 0.05
-    price_gpu_hour: float = 2.0
-    currency: str = "USD"
-    executor: str = "local"
-
-    def with_(self, **changes) -> PoolConfig:
-        """A copy with the given fields changed; None values are ignored (unset command-line flags)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-
-def pool_config() -> PoolConfig:
-    s = settings()
-    return PoolConfig(policy=s.pool_policy, lease_timeout_s=s.lease_timeout_s, heartbeat_s=s.heartbeat_s,
-                      schedule_interval_s=s.schedule_interval_s, worker_poll_s=s.worker_poll_s,
-                      preempt_grace_s=s.preempt_grace_s, min_runtime_s=s.min_runtime_s,
-                      price_cpu_hour=s.price_cpu_hour, price_gpu_hour=s.price_gpu_hour, currency=s.currency,
-                      executor=s.executor)
-
+from .poolconfig import PoolConfig, pool_config
 
 SAMPLE_EVERY_S = 5.0
 

@@ -28,7 +28,7 @@ from ..store import utcnow
 from . import policies
 from .jobs import end_attempt, note, transition
 from .policies import JobView, Resources, TenantView, WorkerView
-from .pool import PoolConfig, pool_config
+from .poolconfig import PoolConfig, pool_config
 from .tables import Job, JobEvent, Worker, pool_tx
 
 

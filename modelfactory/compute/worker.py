@@ -43,7 +43,8 @@ from ..errors import MFError, StopRequested
 from ..store import utcnow
 from . import kinds
 from .jobs import end_attempt, log_path
-from .pool import PoolConfig, die_with_parent, pool_config
+from .pool import die_with_parent
+from .poolconfig import PoolConfig, pool_config
 from .tables import Job, Worker, pool_read, pool_tx
 
 # Imported once by the forkserver, so job processes start with them loaded. Besides the kinds' modules, what

@@ -40,10 +40,6 @@ class Correction:
     where: str  # "file:line" or "file: task #n"
 
 
-def has_provenance(df: pd.DataFrame) -> bool:
-    return "label_source" in df.columns
-
-
 def with_provenance(df: pd.DataFrame) -> pd.DataFrame:
     """The rows with provenance columns: a plain labeled dataset is all `human`, ids in row order."""
     df = df.reset_index(drop=True).copy()

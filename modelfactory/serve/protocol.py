@@ -66,53 +66,6 @@ class InferenceRequest(_Message):
     outputs: list[RequestOutput] | None = None
 
 
-class ResponseOutput(_Message):
-    name: str
-    shape: list[int]
-    datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list[Any] | None = None
-
-
-class InferenceResponse(_Message):
-    model_name: str
-    model_version: str | None = None
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    outputs: list[ResponseOutput]
-
-
-class MetadataTensor(_Message):
-    name: str
-    datatype: str
-    shape: list[int]
-
-
-class ModelMetadata(_Message):
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[MetadataTensor]
-    outputs: list[MetadataTensor]
-
-
-class ServerMetadata(_Message):
-    name: str
-    version: str
-    extensions: list[str]
-
-
-class RepositoryModel(_Message):
-    name: str
-    version: str = ""
-    state: str = ""
-    reason: str = ""
-
-
-class ErrorResponse(_Message):
-    error: str
-
-
 # --- requests ----------------------------------------------------------------------------------------------
 @dataclass
 class Tensor:
@@ -366,7 +319,3 @@ def encode_response(model_name: str, model_version: str | None, request_id: str 
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
-
-
-def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}).encode()

@@ -23,7 +23,7 @@ from ...accounts.tenants import Principal, may_use_priority
 from ...config import settings
 from ...data import versions
 from ...errors import NotFound
-from ...factory import jobkinds as stagejob
+from ...factory import jobkinds
 from ...factory.spec import OrderSpec
 from ..auth import principal, tenant_filter, visible
 from ..errors import Forbidden, HTTPError, Invalid, field_errors
@@ -124,7 +124,7 @@ def check_reach(spec: OrderSpec, p: Principal) -> OrderSpec:
 
 
 def _order(order_id: int, p: Principal) -> dict:
-    st = stagejob.order_status(order_id)
+    st = jobkinds.order_status(order_id)
     visible(p, st["tenant"], f"order {order_id}")
     return st
 
@@ -148,7 +148,7 @@ async def submit(request: Request, priority: Literal["batch", "standard", "urgen
     def go() -> Submitted:
         if not p.admin:
             may_use_priority(p.tenant, priority)  # 'urgent' preempts other tenants: an operator's grant
-        sub = stagejob.submit_order(check_reach(spec, p), priority=priority)
+        sub = jobkinds.submit_order(check_reach(spec, p), priority=priority)
         return Submitted(order=sub.order_id, dataset=str(sub.dataset), jobs=sub.jobs, cached=sub.cached,
                          shared=sub.shared)
 
@@ -159,7 +159,7 @@ async def submit(request: Request, priority: Literal["batch", "standard", "urgen
 def orders(tenant: TenantQuery = None, state: str | None = Query(None, max_length=40),
            limit: int = Query(200, ge=1, le=1000), p: Principal = Depends(principal)) -> list[OrderSummary]:
     """Orders, newest first."""
-    rows = stagejob.list_orders(tenant=tenant_filter(p, tenant), state=state, limit=limit)
+    rows = jobkinds.list_orders(tenant=tenant_filter(p, tenant), state=state, limit=limit)
     models = registry.by_order([r["order"] for r in rows])
     return [OrderSummary(**r, model=models.get(r["order"])) for r in rows]
 
@@ -205,5 +205,5 @@ def pareto(order_id: Id, p: Principal = Depends(principal)):
 def cancel(order_id: Id, p: Principal = Depends(principal)) -> Cancelled:
     """Cancel a running pool order: its queued and running jobs stop; finished stages stay cached."""
     _order(order_id, p)
-    stagejob.cancel_order(order_id, f"cancelled by {'admin' if p.admin else p.tenant}")
+    jobkinds.cancel_order(order_id, f"cancelled by {'admin' if p.admin else p.tenant}")
     return Cancelled(order=order_id, state="cancelled")

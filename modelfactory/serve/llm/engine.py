@@ -91,6 +91,11 @@ class AdapterHost:
     def config(self) -> Any:
         return self.base.config
 
+    @property
+    def device(self) -> torch.device:
+        """Where the base's weights are: every tensor fed to it is built there (CPU, or a GPU)."""
+        return next(self.base.parameters()).device
+
     def load(self, name: str, path: str) -> None:
         from peft import PeftModel
         from peft.tuners.lora import LoraLayer
@@ -283,8 +288,10 @@ class Engine:
         """Check the model works this way (one tiny forward), then start the engine thread."""
         with self.lock, torch.inference_mode():
             cache = self._new_cache()
-            self.host.forward([BASE], input_ids=torch.tensor([[0, 0]]), attention_mask=torch.ones(1, 2,
-                              dtype=torch.long), position_ids=torch.tensor([[0, 1]]), cache=cache, use_cache=True)
+            dev = self.host.device
+            self.host.forward([BASE], input_ids=torch.tensor([[0, 0]], device=dev),
+                              attention_mask=torch.ones(1, 2, dtype=torch.long, device=dev),
+                              position_ids=torch.tensor([[0, 1]], device=dev), cache=cache, use_cache=True)
             from transformers.cache_utils import DynamicLayer
 
             kinds = {type(layer).__name__ for layer in cache.layers}
@@ -376,12 +383,13 @@ class Engine:
         for i, g in enumerate(gens):
             ids[i, width - lengths[i]:] = torch.tensor(g.prompt_ids, dtype=torch.long)
             mask[i, width - lengths[i]:] = 1
+        ids, mask = ids.to(self.host.device), mask.to(self.host.device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = self._new_cache()
         start = time.perf_counter()
         out = self.host.forward([g.adapter for g in gens], input_ids=ids, attention_mask=mask,
                                 position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1, :].float()
+        logits = out.logits[:, -1, :].float().cpu()  # sampling runs on the CPU (seeded CPU generators)
         seconds = time.perf_counter() - start
         total = sum(lengths)
         rows = []
@@ -402,14 +410,15 @@ class Engine:
 
     def _decode(self) -> None:
         rows = self._rows
-        ids = torch.tensor([[s.pending] for s in rows], dtype=torch.long)
         assert self._mask is not None
-        mask = torch.cat([self._mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
-        positions = torch.tensor([[s.position] for s in rows], dtype=torch.long)
+        dev = self._mask.device
+        ids = torch.tensor([[s.pending] for s in rows], dtype=torch.long, device=dev)
+        mask = torch.cat([self._mask, torch.ones(len(rows), 1, dtype=torch.long, device=dev)], dim=1)
+        positions = torch.tensor([[s.position] for s in rows], dtype=torch.long, device=dev)
         start = time.perf_counter()
         out = self.host.forward([s.gen.adapter for s in rows], input_ids=ids, attention_mask=mask,
                                 position_ids=positions, cache=self._cache, use_cache=True)
-        logits = out.logits[:, -1, :].float()
+        logits = out.logits[:, -1, :].float().cpu()
         seconds = time.perf_counter() - start
         self._mask = mask
         for s in rows:
@@ -523,8 +532,8 @@ class Engine:
         if not keep:
             self._rows, self._cache, self._mask = [], None, None
             return
-        index = torch.tensor(keep, dtype=torch.long)
         assert self._mask is not None
+        index = torch.tensor(keep, dtype=torch.long, device=self._mask.device)
         mask = self._mask.index_select(0, index)
         used = mask.any(dim=0).nonzero()
         cut = int(used[0]) if len(used) else 0  # columns that are padding for every remaining row
