@@ -218,7 +218,8 @@ def sweep(args: argparse.Namespace) -> dict:
     fifo = {s: simulate(t, policies.get("fifo"), pool=pool, checkpoint_interval=args.checkpoint).avg_jct_s
             for s, t in traces.items()}
     rows = []
-    for patience, quantum in [(math.inf, math.inf)] + [(p, q) for p in SWEEP_PATIENCE for q in SWEEP_QUANTUM]:
+    grid = [(p, q) for p in args.sweep_patience for q in args.sweep_quantum]
+    for patience, quantum in [(math.inf, math.inf)] + grid:
         per_seed = {}
         for s, trace in traces.items():
             policy = policies.get("fair", min_runtime=args.min_runtime, patience=patience, quantum=quantum)
@@ -237,7 +238,7 @@ def sweep_table(result: dict) -> list[str]:
     goal = [s for s in result["seeds"] if s in result["goal_seeds"]]
     held = [s for s in result["seeds"] if s not in result["goal_seeds"]]
     default = policies.Fair()
-    lines = ["## Sensitivity: patience and quantum", "",
+    lines = ["## Patience and quantum", "",
              f"`fair` with each (patience, quantum) on the goal's seeds ({', '.join(map(str, goal))}) and on held-out "
              f"seeds ({', '.join(map(str, held)) or 'none'}), same trace shape; the first row is `fair` without "
              f"the starving-job rule. Defaults: patience {default.patience:g} s, quantum {default.quantum:g} s.", "",
@@ -298,12 +299,26 @@ def main() -> None:
     ap.add_argument("--max-jobs", type=int, default=5000, help="first N jobs of a real trace")
     ap.add_argument("--no-classes", action="store_true", help="skip the trace with mixed priority classes")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where to write scheduler.{json,md,_jct.png}")
-    ap.add_argument("--sweep", action="store_true", help="also replay fair over a grid of (patience, quantum)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="replay fair over a grid of (patience, quantum) instead: scheduler_sweep.{json,md}")
     ap.add_argument("--sweep-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5, 6],
                     help="seeds of the sweep (those not in --seeds are held out)")
+    ap.add_argument("--sweep-patience", type=float, nargs="+", default=list(SWEEP_PATIENCE))
+    ap.add_argument("--sweep-quantum", type=float, nargs="+", default=list(SWEEP_QUANTUM))
     args = ap.parse_args()
 
     began = time.perf_counter()
+    if args.sweep:
+        args.out.mkdir(parents=True, exist_ok=True)
+        swept = sweep(args)
+        stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        (args.out / "scheduler_sweep.json").write_text(json.dumps({"measured": stamp, **swept}, indent=2) + "\n")
+        (args.out / "scheduler_sweep.md").write_text(
+            f"# Scheduler benchmark: `fair`'s starving-job rule, parameter sensitivity\n\nMeasured {stamp} by "
+            f"`bench/scheduler.py --sweep` ({args.jobs} jobs, {args.nodes} nodes x 8 GPUs, offered load "
+            f"{args.load:g}); see scheduler.md for the definitions.\n\n" + "\n".join(sweep_table(swept)) + "\n")
+        print(f"wrote {args.out / 'scheduler_sweep.md'} in {time.perf_counter() - began:.0f} s")
+        return
     pool = default_pool(nodes=args.nodes)
     entries = []
     for seed in args.seeds:
@@ -319,8 +334,6 @@ def main() -> None:
         entries.append(replay(f"Philly {args.philly.name}", read_philly(args.philly, limit=args.max_jobs), args,
                               synthetic=False))
 
-    swept = sweep(args) if args.sweep else None
-
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -330,12 +343,8 @@ def main() -> None:
     doc = {"benchmark": "scheduler", "measured": stamp, "pool": {"nodes": args.nodes, "gpus_per_node": 8,
                                                                   "cpus_per_node": 64},
            "min_runtime_s": args.min_runtime, "checkpoint_interval_s": args.checkpoint, "traces": entries}
-    if swept:
-        doc["sweep"] = swept
     (out / "scheduler.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
     md = markdown(entries, args, stamp)
-    if swept:
-        md += "\n" + "\n".join(sweep_table(swept)) + "\n"
     if plotted:
         md += f"\n![JCT CDF]({'scheduler_jct.png'})\n"
     (out / "scheduler.md").write_text(md)
