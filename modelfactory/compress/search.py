@@ -68,17 +68,19 @@ def choose(front: list[Trial], targets: Targets) -> Trial | None:
 
 
 def search(space: dict[str, list[Any]], evaluate: Callable[[int, dict[str, Any]], Trial], *, max_trials: int,
-           max_minutes: float, seed: int = 0, targets: Targets | None = None) -> SearchResult:
+           max_minutes: float, seed: int = 0, targets: Targets | None = None,
+           measured: list[Trial] | None = None) -> SearchResult:
     """Run up to `max_trials` trials or until `max_minutes` have passed (a trial in flight finishes).
 
-    The first trial takes each dimension's first choice, so list the baseline first."""
+    The first trial takes each dimension's first choice, so list the baseline first. `measured` are candidates
+    measured before the search (e.g. the classical baseline): on the front and eligible like any trial."""
     optuna.logging.set_verbosity(logging.WARNING)
     sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(max_trials, 8)))
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
     # Trial 0 is every dimension's first choice: the order's baseline recipe is always measured, whatever the
     # sampler's random first generation would have picked.
     study.enqueue_trial({f"{name}_idx": 0 for name, choices in space.items() if len(choices) > 1})
-    trials: list[Trial] = []
+    trials: list[Trial] = list(measured or [])
     seen: dict[tuple, Trial] = {}
     deadline = time.monotonic() + max_minutes * 60
     stopped_by = "max_trials"
@@ -139,7 +141,8 @@ def front_table(result: SearchResult) -> str:
     for t in sorted(result.trials, key=lambda t: (-t.accuracy_ratio, t.latency_ms)):
         recipe = ", ".join(f"{k}={v}" for k, v in t.params.items())
         acc = "–" if t.accuracy is None else f"{t.accuracy:.4f}"
-        rows.append(f"| {t.number} | {recipe} | {acc} | {t.accuracy_ratio:.3f} | {t.size_mb:.3f} | "
+        number = t.number if t.number >= 0 else "baseline"
+        rows.append(f"| {number} | {recipe} | {acc} | {t.accuracy_ratio:.3f} | {t.size_mb:.3f} | "
                     f"{t.latency_ms:.3f} | {'yes' if id(t) in front else ''} | "
                     f"{'**yes**' if t is result.chosen else ''} |")
     return "\n".join(rows)

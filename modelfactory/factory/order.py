@@ -188,7 +188,10 @@ def baseline_lines(metrics: dict[str, dict], baselines: dict[str, dict], deploye
                      f"{classical['accuracy']:.4f}).")
     d = metrics.get(deployed)
     if classical and d and deployed != "teacher":
-        if d["accuracy"] >= classical["accuracy"]:
+        if d == classical:
+            lines.append(f"The deployed `{deployed}` **is the classical baseline** ({d['accuracy']:.4f}): no "
+                         "distilled student met the targets as cheaply, so the simple model ships.")
+        elif d["accuracy"] >= classical["accuracy"]:
             lines.append(f"The deployed `{deployed}` is at least as accurate as the classical baseline "
                          f"({d['accuracy']:.4f} vs {classical['accuracy']:.4f}).")
         else:
@@ -220,6 +223,8 @@ def _register(spec: OrderSpec, order_id: int, dataset: DatasetRef, the_plan: Pla
         steps = recipe_from(spec, searched.chosen.params) if searched and searched.chosen else spec.steps()
         lineage |= {"recipe": [step.model_dump(mode="json", exclude_none=True) for step in steps],
                     "student": results["student"].artifact.id}
+    elif the_plan.candidates.get("student") == "baseline_classical":  # the search found nothing better
+        lineage["recipe"] = [{"baseline": tasks.get(spec.task).baseline_student()}]
     lineage["deployed"] = results[the_plan.candidates[deployed]].artifact.id
     labels = split.manifest.get("labels", [])
 

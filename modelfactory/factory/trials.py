@@ -77,8 +77,24 @@ def run_search(spec: OrderSpec, teacher: dict[str, NodeResult], *, order_id: int
 
     s = spec.searched()
     result = search(search_space(spec), evaluate, max_trials=s.max_trials, max_minutes=s.max_minutes, seed=s.seed,
-                    targets=targets_of(spec, teacher))
+                    targets=targets_of(spec, teacher), measured=_baseline_trial(teacher, teacher_acc))
     return result, runs
+
+
+BASELINE_TRIAL = -1
+
+
+def _baseline_trial(teacher: dict[str, NodeResult], teacher_acc: float) -> list[Trial]:
+    """The classical baseline as a candidate like any trial: when the deep path cannot beat it, it ships (the
+    report says so), rather than a worse model or none."""
+    node = teacher.get("evaluate_baseline_classical")
+    if node is None:
+        return []
+    m = node.artifact.metrics
+    return [Trial(BASELINE_TRIAL, {"baseline": "classical, on the rows' own labels"},
+                  accuracy_ratio=m["accuracy"] / teacher_acc, size_mb=m["size_bytes"] / 1e6,
+                  latency_ms=m["latency_ms_p50"], accuracy=m["accuracy"],
+                  extra={"accuracy": m["accuracy"], "artifact": teacher["baseline_classical"].artifact.id})]
 
 
 def baseline_accuracy(results: dict[str, NodeResult]) -> float | None:
@@ -95,6 +111,10 @@ def targets_of(spec: OrderSpec, results: dict[str, NodeResult] | None = None) ->
 def chosen_plan(spec: OrderSpec, teacher_plan: Plan, runs: dict[int, tuple[Plan, dict[str, NodeResult]]],
                 trial: Trial, teacher: dict[str, NodeResult]) -> tuple[Plan, dict[str, NodeResult]]:
     """The order's plan as if the chosen recipe had been its only one: names without the trial prefix."""
+    if trial.number == BASELINE_TRIAL:  # the classical baseline ships as the student
+        merged = Plan(teacher_plan.nodes, teacher_plan.candidates | {"student": "baseline_classical"}, "student",
+                      teacher_plan.baselines)
+        return merged, {**teacher, "evaluate_student": teacher["evaluate_baseline_classical"]}
     chain, results = runs[trial.number]
     prefix = f"trial{trial.number}/"
     renamed = {name.removeprefix(prefix): res for name, res in results.items() if name.startswith(prefix)}
