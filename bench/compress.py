@@ -192,6 +192,21 @@ def text_order(corpus: str, dataset: str, cut: int | None, trials: int, minutes:
             "search": {"max_trials": trials, "max_minutes": minutes, "seed": 0}, "targets": TEXT_TARGETS}
 
 
+def trials_from_stages(art: dict, teacher_accuracy: float) -> list[dict]:
+    """An order that deployed nothing still ran its trials: read them back from their stages' artifacts."""
+    out = []
+    for node in sorted(n for n in art if n.startswith("trial") and "/evaluate_" in n):
+        prefix, cand = node.split("/evaluate_")
+        if cand == "student" and f"{prefix}/evaluate_student_int8" in art:
+            continue  # the INT8 one is the trial's candidate
+        m = art[node].metrics
+        student = art.get(f"{prefix}/student")
+        out.append({"number": int(prefix[5:]), "params": student.manifest.get("params", {}) if student else {},
+                    "accuracy": m["accuracy"], "accuracy_ratio": m["accuracy"] / teacher_accuracy,
+                    "size_mb": m["size_bytes"] / 1e6, "latency_ms": m["latency_ms_p50"]})
+    return out
+
+
 def run_text(name: str, cut: int | None, trials: int, minutes: float) -> dict:
     from modelfactory import tasks
     from modelfactory.compress.evaluate import evaluate_model
@@ -260,9 +275,9 @@ def run_text(name: str, cut: int | None, trials: int, minutes: float) -> dict:
              "dataset": str(ds), "test_rows": len(test), "train_rows": art["split"].metrics.get("train"),
              "order_seconds": wall, "teacher_fit": {k: v for k, v in fit.items() if k != "confusion"},
              "models": rows, "checks": checks, "error": error,
-             "trials": [{"number": x.number, "params": x.params, "accuracy": x.accuracy,
-                         "accuracy_ratio": x.accuracy_ratio, "size_mb": x.size_mb, "latency_ms": x.latency_ms}
-                        for x in (searched.trials if searched else [])]}
+             "trials": ([{"number": x.number, "params": x.params, "accuracy": x.accuracy,
+                          "accuracy_ratio": x.accuracy_ratio, "size_mb": x.size_mb, "latency_ms": x.latency_ms}
+                         for x in searched.trials] if searched else trials_from_stages(art, teacher["accuracy"]))}
     key = name + (f"@{cut}" if cut else "")
     md = [f"<!-- measured {when}, {os.cpu_count()} CPU cores -->",
           f"## {key} (`{ds}`: {art['split'].metrics.get('train')} training rows, {len(test)} test rows)", "",

@@ -110,12 +110,17 @@ def test_the_text_family_augments_inputs_and_keeps_labels_out_of_it(reviews):
 
 
 # --- students and their ONNX ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["bag", "cnn"])
-def test_small_students_export_to_onnx_that_matches_pytorch(arch, reviews, tiny_teacher, tmp_path):
+@pytest.mark.parametrize(("arch", "tokens", "init"), [("bag", "word", "teacher"), ("cnn", "word", "teacher"),
+                                                     ("bag", "teacher", "teacher_outputs")])
+def test_small_students_export_to_onnx_that_matches_pytorch(arch, tokens, init, reviews, tiny_teacher, tmp_path):
     family = tasks.get("text-classification")
     labels = sorted(reviews["label"].unique())
     teacher = family.load_teacher(str(tiny_teacher), labels, {"max_length": 32}, reviews)
-    student = family.build_student(teacher, {"arch": arch, "size": "xs", "init": "teacher"}, reviews)
+    params = {"arch": arch, "size": "xs", "tokens": tokens, "init": init}
+    student = family.build_student(teacher, params, reviews)
+    if tokens == "teacher":  # the teacher's word pieces, embeddings from its outputs for each token alone
+        assert len(student.preprocessor) == len(teacher.preprocessor)
+        assert float(student.model.embed.weight[1000:1010].abs().sum()) > 0
     assert student.model.embed.weight.shape[0] == len(student.preprocessor)
     batch = family.collate(family.encode(student, reviews.head(3)), [0, 1, 2])
     assert family.forward(student.model, batch).logits.shape == (3, len(labels))

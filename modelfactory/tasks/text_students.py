@@ -141,9 +141,29 @@ def teacher_word_vectors(words: Sequence[str], teacher_embeddings: torch.Tensor,
     return out / out.norm(dim=1).mean().clamp(min=1e-6)
 
 
+_OUTPUTS: dict[tuple, torch.Tensor] = {}  # teacher fingerprint -> its per-token outputs (one search, many trials)
+
+
 def teacher_output_vectors(encoder: nn.Module, vocab_size: int, dim: int, batch: int = 512) -> torch.Tensor:
     """model2vec's static embeddings (Tulkens & van Dongen 2024): every token of the teacher's vocabulary passed
-    through the (fine-tuned) encoder alone, between its special tokens, mean-pooled, then PCA to `dim`."""
+    through the (fine-tuned) encoder alone, between its special tokens, mean-pooled, then PCA to `dim`. The
+    encoder's outputs are kept per process, so a search's trials pay for them once."""
+    weights = encoder.get_input_embeddings().weight
+    key = (vocab_size, tuple(weights.shape), float(weights[:4].double().sum()), float(weights[-4:].double().sum()))
+    if key not in _OUTPUTS:
+        _OUTPUTS.clear()
+        _OUTPUTS[key] = _token_outputs(encoder, vocab_size, batch)
+    vecs = _OUTPUTS[key]
+    q = min(dim, vecs.shape[0], vecs.shape[1])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        _, _, v = torch.pca_lowrank(vecs, q=q, center=True)
+    proj = torch.zeros(vocab_size, dim)
+    proj[:, :q] = (vecs - vecs.mean(0)) @ v
+    return proj / proj.norm(dim=1).mean().clamp(min=1e-6)
+
+
+def _token_outputs(encoder: nn.Module, vocab_size: int, batch: int) -> torch.Tensor:
     base = encoder.base_model
     cls_id = getattr(encoder.config, "bos_token_id", None) or 101
     sep_id = getattr(encoder.config, "eos_token_id", None) or 102
@@ -155,11 +175,4 @@ def teacher_output_vectors(encoder: nn.Module, vocab_size: int, dim: int, batch:
             seq = torch.stack([torch.full_like(ids, cls_id), ids, torch.full_like(ids, sep_id)], 1)
             hidden = base(input_ids=seq, attention_mask=torch.ones_like(seq)).last_hidden_state
             out.append(hidden.mean(1))
-    vecs = torch.cat(out)
-    q = min(dim, vecs.shape[0], vecs.shape[1])
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        _, _, v = torch.pca_lowrank(vecs, q=q, center=True)
-    proj = torch.zeros(vocab_size, dim)
-    proj[:, :q] = (vecs - vecs.mean(0)) @ v
-    return proj / proj.norm(dim=1).mean().clamp(min=1e-6)
+    return torch.cat(out)
