@@ -62,7 +62,7 @@ def main() -> None:
               f"p50 {one['latency_ms_p50']:.2f} ms (1 thread) / {default['latency_ms_p50']:.2f} ms (default)",
               flush=True)
 
-    t, s = rows["teacher"], rows["student_int8"]
+    t, s = rows["teacher"], rows[result.model.metrics.get("deployed", "student_int8")]  # what the order shipped
     achieved = {"accuracy_ratio": s["accuracy"] / t["accuracy"], "size_reduction": t["size_bytes"] / s["size_bytes"],
                 "latency_speedup": t["latency_ms_p50"] / s["latency_ms_p50"],
                 "latency_speedup_default_threads": t["latency_ms_p50_default_threads"]
