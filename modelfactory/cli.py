@@ -137,7 +137,8 @@ def _run_order(spec, skip_bad_rows: bool, as_json: bool):
                           f"[bold]{q['latency_speedup']:.1f}x[/] faster")
         if "classical" in baselines and deployed in result.metrics:
             gap = result.metrics[deployed]["accuracy"] - baselines["classical"]["accuracy"]
-            console.print(f"against the classical baseline on the same split: [bold]{gap:+.1%}[/] accuracy")
+            console.print(f"against the classical baseline on the same split: [bold]{100 * gap:+.1f}[/] "
+                          "accuracy points")
         status = "[green]promoted to prod[/]" if result.deployed else "[yellow]registered, not promoted[/]"
         generative = tasks.get(spec.task).pipeline == "adapt"
         where = f"adapter: {result.model.path}" if generative else f"ONNX: {result.model.onnx_path}"
