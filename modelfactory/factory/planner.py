@@ -68,7 +68,8 @@ def teacher_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
              {"task": task, "_pretrained": t.model, "pretrained_id": pretrained.identity(t.model),
               "epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size, "max_length": t.max_length,
               "seed": spec.split.seed, "_checkpoint_every": t.checkpoint_every,
-              "min_steps": t.min_steps, "retries": t.retries,
+              "min_steps": tasks.get(task).teacher_min_steps if t.min_steps is None else t.min_steps,
+              "retries": tasks.get(task).teacher_retries if t.retries is None else t.retries,
               **({"image_size": t.image_size} if t.image_size else {}),  # absent by default: cache keys unchanged
               **({"augment": True} if t.augment else {})},
              {"split": "split"}),

@@ -92,10 +92,11 @@ class TeacherSpec(Strict):
     augment: bool = Field(False, description="images: train on randomly shifted, rotated and scaled copies "
                                              "(worth it when the labeled rows are few)")
     checkpoint_every: int = Field(50, gt=0, le=MAX_STEPS, description="training steps between checkpoints")
-    min_steps: int = Field(200, ge=0, le=MAX_STEPS, description="optimisation steps at least, whatever the data "
-                                                                "size (epochs are raised to reach them)")
-    retries: int = Field(2, ge=0, le=5, description="fresh attempts (other seed and learning rate) when training "
-                                                    "collapses to no better than the majority class")
+    min_steps: int | None = Field(None, ge=0, le=MAX_STEPS, description="optimisation steps at least, whatever the "
+                                  "data size (epochs are raised to reach them); default: the family's (text: 200)")
+    retries: int | None = Field(None, ge=0, le=5, description="fresh attempts (other seed and learning rate) when "
+                                "training collapses to no better than the majority class; default: the family's "
+                                "(text: 2)")
     lora: LoraSpec | None = Field(None, description="generative tasks: the adapter trained on the frozen base")
 
 

@@ -237,6 +237,10 @@ class TaskFamily(Family):
         return torch.nn.functional.cross_entropy(outputs.logits, targets, weight=weight)
 
     augments: ClassVar[bool] = False  # whether `augment` does anything (teacher.augment is refused if not)
+    # Fewest optimiser steps a teacher fine-tune makes whatever the data size (pretrained encoders collapse on a
+    # few hundred rows with a few dozen steps); 0: epochs as the order says.
+    teacher_min_steps: ClassVar[int] = 0
+    teacher_retries: ClassVar[int] = 0  # fresh attempts when a fine-tune collapses to the majority class
 
     def augment(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """A training batch randomly perturbed in ways that keep its labels (teacher fine-tuning with

@@ -65,6 +65,8 @@ def layer_map(teacher_layers: int, student_layers: int, strategy: str | Sequence
 class TextClassification(TaskFamily):
     name = "text-classification"
     roles = ("text", "label")
+    teacher_min_steps = 200
+    teacher_retries = 2
 
     # --- models -------------------------------------------------------------------------------------
     def load_teacher(self, pretrained: str, labels: list[str], params: Mapping[str, Any],
