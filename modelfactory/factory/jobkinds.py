@@ -73,7 +73,7 @@ def submit_order(spec: OrderSpec, *, tenant: str | None = None, priority: str = 
     order_id = open_order(spec)
     try:
         dataset = ingest(spec, skip_bad_rows)
-        if spec.search is not None:
+        if spec.searched() is not None:
             return _submit_search(spec, order_id, dataset, priority=priority, cpu=cpu, memory_gb=memory_gb,
                                   max_attempts=max_attempts)
         the_plan = plan(spec, dataset.artifact_id)

@@ -13,6 +13,7 @@ under the engine's lock, between two generation steps.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -112,8 +113,11 @@ def check_adapter(name: str, base: str) -> ModelRef:
 
 
 def peft_name(ref: ModelRef) -> str:
-    """The adapter's name inside the PeftModel (a module-dict key: no dots)."""
-    return f"{ref.name}__v{ref.version}".replace(".", "_")
+    """The adapter's name inside the PeftModel (a module-dict key: no dots), unique per (tenant, name, version):
+    a readable part, then a hash of all three, so names that read alike (`acme.bot` and `acme_bot`) never share
+    one adapter slot."""
+    digest = hashlib.sha256(f"{ref.tenant}\0{ref.name}\0{ref.version}".encode()).hexdigest()[:16]
+    return f"{ref.name}__v{ref.version}".replace(".", "_").replace("-", "_") + f"__{digest}"
 
 
 class AdapterPool:
