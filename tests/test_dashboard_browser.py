@@ -113,7 +113,7 @@ name: browser-order
 tenant: acme
 task: text-classification
 data: {{dataset: {dataset}}}
-teacher: {{model: "{teacher}", epochs: 1, max_length: 32, lr: 1.0e-3}}
+teacher: {{model: "{teacher}", epochs: 1, max_length: 32, lr: 1.0e-3, min_steps: 0, retries: 0}}
 student: {{layers: 1, epochs: 1, lr: 1.0e-3}}
 split: {{val: 0.15, test: 0.2}}
 {targets}"""
