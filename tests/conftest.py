@@ -49,6 +49,16 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(autouse=True)
+def _restore_umask():
+    """`mf`'s main() sets the platform's umask (077) for its process; a test that calls it in-process must not
+    leave it to the tests after it (files they make for another uid would be unreadable)."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield
+    os.umask(before)
+
+
+@pytest.fixture(autouse=True)
 def mf_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "mfhome"
     monkeypatch.setenv("MF_HOME", str(home))

@@ -222,7 +222,12 @@ def test_server_restart_loses_nothing_and_the_order_is_registered_like_order_run
     all_jobs = jobs.list_jobs(order_id=order_id)
     assert sorted(j["id"] for j in all_jobs) == sorted(job_ids.values())  # nothing duplicated
     assert all(j["state"] == "succeeded" for j in all_jobs)  # nothing lost
-    assert {j["name"].split("/")[1]: j["attempts"] for j in all_jobs if j["attempts"] != 1} == {"teacher": 2}
+    retried = {j["name"].split("/")[1]: j["attempts"] for j in all_jobs if j["attempts"] != 1}
+    # the teacher was running when the server died; a baseline may have been running beside it (it needs no teacher)
+    assert retried.pop("teacher") == 2 and set(retried) <= {"baseline_classical", "evaluate_baseline_majority",
+                                                             "evaluate_baseline_classical"}
+    assert all(n == 2 for n in retried.values())
+    attempts = sum(j["attempts"] for j in all_jobs)
     t = job(teacher)
     assert t.result["resumed_from_step"] >= step
     # the restarted worker took its predecessor's lease back at once (the lease itself had a minute to run)
@@ -230,7 +235,7 @@ def test_server_restart_loses_nothing_and_the_order_is_registered_like_order_run
     assert [(a, o) for a, o, _ in ledger(teacher)] == [(1, "lost"), (2, "succeeded")]
     with pool_read() as s:
         rows = s.scalars(select(Usage).where(Usage.order_id == order_id)).all()
-    assert len(rows) == 13 and len({(u.job_id, u.attempt) for u in rows}) == 13  # one bill per attempt
+    assert len(rows) == attempts and len({(u.job_id, u.attempt) for u in rows}) == attempts  # one bill an attempt
 
     # Registered as `mf order run` registers: running the same order in-process is all cache hits and lands on
     # the same model version.

@@ -668,7 +668,7 @@ def _as_nobody(tmp: Path, cases: dict, env: dict) -> dict:
                 "modelfactory/compute/__init__.py", "modelfactory/compute/sandbox.py"):
         (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / rel, pkg / rel)
-    for p in [tmp, *pkg.rglob("*")]:
+    for p in [tmp, pkg, *pkg.rglob("*")]:  # the test process's umask may be the platform's 077
         p.chmod(0o755 if p.is_dir() else 0o644)
 
     def drop():
@@ -791,8 +791,10 @@ def test_cancelling_a_running_command_job_leaves_nothing_of_it(mode, monkeypatch
         wait_for(lambda: not survivors(tag, timeout=0), "every process of the cancelled job to be gone", timeout=120)
         assert state() == "cancelled"
         assert "killing attempt 1" in (tmp_path / "worker.log").read_text()
-        leftover = [p for p in Path("/sys/fs/cgroup").rglob(f"mf-acme-{job_id}-*") if p.is_dir()]
-        assert not leftover, leftover
+        def leftover():
+            return [p for p in Path("/sys/fs/cgroup").rglob(f"mf-acme-{job_id}-*") if p.is_dir()]
+
+        wait_for(lambda: not leftover(), "the cancelled job's cgroups to be removed", timeout=120)
     finally:
         worker.terminate()
         try:

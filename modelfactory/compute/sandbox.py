@@ -583,7 +583,8 @@ def _kill_cgroup_dirs(dirs: list[Path], kill_file: Path | None, freezer: Path | 
 
 
 def _remove_cgroup_dirs(dirs: list[Path], kill_file: Path | None, freezer: Path | None) -> None:
-    deadline = time.monotonic() + 5
+    # A cgroup stays busy until the kernel has reaped its last process: seconds on a loaded machine, not ms.
+    deadline = time.monotonic() + 30
     for d in dirs:
         while True:
             try:
