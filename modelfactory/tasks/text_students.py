@@ -148,7 +148,7 @@ def teacher_output_vectors(encoder: nn.Module, vocab_size: int, dim: int, batch:
     """model2vec's static embeddings (Tulkens & van Dongen 2024): every token of the teacher's vocabulary passed
     through the (fine-tuned) encoder alone, between its special tokens, mean-pooled, then PCA to `dim`. The
     encoder's outputs are kept per process, so a search's trials pay for them once."""
-    weights = encoder.get_input_embeddings().weight
+    weights = encoder.get_input_embeddings().weight.detach()
     key = (vocab_size, tuple(weights.shape), float(weights[:4].double().sum()), float(weights[-4:].double().sum()))
     if key not in _OUTPUTS:
         _OUTPUTS.clear()
