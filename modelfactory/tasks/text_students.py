@@ -132,11 +132,17 @@ def teacher_word_vectors(words: Sequence[str], teacher_embeddings: torch.Tensor,
     pieces = teacher_tokenizer(list(words), add_special_tokens=False)["input_ids"]
     emb = teacher_embeddings.detach().float()
     vecs = torch.stack([emb[ids].mean(0) if ids else torch.zeros(emb.shape[1]) for ids in pieces])
+    return _principal_projection(vecs, dim)
+
+
+def _principal_projection(vecs: torch.Tensor, dim: int) -> torch.Tensor:
+    """`vecs` projected on their top-`dim` principal directions (zero-padded if fewer exist), scaled to unit
+    average norm."""
     q = min(dim, vecs.shape[0], vecs.shape[1])
     with torch.random.fork_rng():  # pca_lowrank is randomised: the same teacher gives the same student
         torch.manual_seed(0)
         _, _, v = torch.pca_lowrank(vecs, q=q, center=True)
-    out = torch.zeros(len(words), dim)
+    out = torch.zeros(vecs.shape[0], dim)
     out[:, :q] = (vecs - vecs.mean(0)) @ v
     return out / out.norm(dim=1).mean().clamp(min=1e-6)
 
@@ -153,14 +159,7 @@ def teacher_output_vectors(encoder: nn.Module, vocab_size: int, dim: int, batch:
     if key not in _OUTPUTS:
         _OUTPUTS.clear()
         _OUTPUTS[key] = _token_outputs(encoder, vocab_size, batch)
-    vecs = _OUTPUTS[key]
-    q = min(dim, vecs.shape[0], vecs.shape[1])
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        _, _, v = torch.pca_lowrank(vecs, q=q, center=True)
-    proj = torch.zeros(vocab_size, dim)
-    proj[:, :q] = (vecs - vecs.mean(0)) @ v
-    return proj / proj.norm(dim=1).mean().clamp(min=1e-6)
+    return _principal_projection(_OUTPUTS[key], dim)
 
 
 def _token_outputs(encoder: nn.Module, vocab_size: int, batch: int) -> torch.Tensor:
