@@ -1,30 +1,6 @@
-"""A discrete-event simulator that replays a job trace through the same `Policy` objects the live scheduler uses.
-
-Events are job arrivals and completions (plus a wake-up when a policy asks for one with `Decision.retry_at`);
-after each batch of simultaneous events the policy is asked what to do, and asked again at once after it preempts
-(the live scheduler's next round does the same a second later), so the job it preempted for can start. A
-preempted job is requeued keeping its completed work, less what it did since its last checkpoint: checkpoints are
-taken every `checkpoint_interval` seconds of running (0 models a job that checkpoints on the preemption signal,
-losing nothing), and waits anew (`JobView.queued_since`). Policies see each job's remaining work as its
-`expected_duration` (estimates="exact") or nothing (estimates="none", so backfilling can only use what the blocked
-head cannot).
-
-Metrics (`SimResult`):
-- JCT = finish - submit (average and 99th percentile, nearest rank); queueing delay = JCT - time spent running
-  (so it includes the time a preempted job waits again).
-- utilisation = busy GPU-seconds / pool GPU-seconds over the arrival window (first to last submission), the
-  figure comparable to the trace's offered load; utilisation_makespan uses first submission to last finish.
-- Fairness: at every instant each tenant has an *entitlement*, its weighted max-min fair share of the pool given
-  all tenants' current demand (`policies.entitlements` over dominant shares of running + queued work), and a
-  *share*, the dominant share it holds. Integrated over the run, share_ratio = held / entitled per tenant (1.0:
-  it got exactly its fair share of the time it wanted the pool; 0.5: half). Jain's index is taken over these
-  ratios, (sum x)^2 / (n sum x^2): 1.0 when every tenant got the same fraction of its entitlement.
-  The pool can never be handed out whole (gangs leave holes, and nothing runs that is not asked for), so these
-  ratios mix fairness with packing: a pool 80% busy under excess demand gives 0.8 on average. alloc_ratio
-  separates the two: the same, with entitlements split from what was allocated at each instant rather than the
-  whole pool (jain_alloc, min_alloc_ratio). gang_shortfall says how much of a tenant's unmet entitlement fell
-  while it had a gang (multi-slot) job queued.
-- Work conservation: busy GPU-seconds = sum of GPU-seconds of the trace + GPU-seconds lost to preemption.
+"""A discrete-event simulator that replays a job trace through the same `Policy` objects the live scheduler uses,
+so a policy's JCT, utilisation and fairness can be measured before it runs a pool. How preemption, checkpoints
+and estimates are modelled, and what each metric in `SimResult` means, is in docs/scheduling.md ("Replay").
 """
 
 from __future__ import annotations
