@@ -102,8 +102,9 @@ def test_mixed_adapter_batch_equals_each_request_alone(arch, tiny_llama, tiny_gp
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from modelfactory.serve.llm.engine import BASE as BARE
-    from modelfactory.serve.llm.engine import AdapterHost, Engine, SamplingParams
+    from modelfactory.serve.llm.engine import Engine, SamplingParams
+    from modelfactory.serve.llm.host import BASE as BARE
+    from modelfactory.serve.llm.host import AdapterHost
 
     base_dir = tiny_llama if arch == "llama" else tiny_gpt2
     paths = dict(llama_adapters)
@@ -151,7 +152,7 @@ def test_mixed_adapter_batch_equals_each_request_alone(arch, tiny_llama, tiny_gp
 def test_incremental_detokenizer_never_splits_a_character(lm_tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from modelfactory.serve.llm.engine import IncrementalDetokenizer
+    from modelfactory.serve.llm.text import IncrementalDetokenizer
 
     tok = AutoTokenizer.from_pretrained(lm_tokenizer_dir)
     text = " naïve café — 日本語 😀🎬 ß ✓"

@@ -36,7 +36,8 @@ from ...tasks.pretrained import load_error, resolve
 from ..auth import Forbidden, RateLimited, Unauthorized, billed_to, caller_tenant, require_admin
 from ..metering import Meter
 from .adapters import AdapterLoadError, AdapterPool, IncompatibleModel, UnknownModel
-from .engine import BASE, AdapterHost, Engine, EngineClosed, Generation, QueueFull, SamplingParams, StepStats
+from .engine import Engine, EngineClosed, Generation, QueueFull, SamplingParams, StepStats
+from .host import BASE, AdapterHost
 from .metrics import LLMMetrics
 from .openai_api import APIError, router
 

@@ -1,27 +1,7 @@
 """Continuous (iteration-level) batching of generation requests on ONE copy of a base model, each row with its own
-LoRA adapter.
-
-One engine thread owns the model. Each iteration it
-
-1. admits waiting requests (up to `max_batch` active sequences): their prompts run through the model together
-   (one prefill forward, left-padded, each row with its adapter), which gives each its first token;
-2. runs ONE decode forward for every active sequence (one new token each, each row with its adapter: peft's
-   mixed-batch `adapter_names`), samples each row's next token (greedy, or temperature / top-p with the request's
-   own seeded `torch.Generator`), detokenises it incrementally, checks the stop conditions, and hands the new text
-   to the request's asyncio queue (one thread-safe call per event loop per step);
-3. drops the sequences that finished (or whose client went away), so the next step is smaller.
-
-A request that arrives while others are decoding joins at the next step instead of waiting for the batch to end,
-and a short answer leaves without holding the long ones back: that is what makes many concurrent requests, even
-for different adapters, cost little more than one.
-
-The KV cache of the batch is one transformers `DynamicCache` whose per-layer key/value tensors
-(`[batch, kv_heads, columns, head_dim]`) the engine edits itself between forwards: sequences are left-padded to a
-common number of columns, an attention mask marks the real ones, and explicit `position_ids` give every row its
-own positions (so padding changes nothing a row computes). Joining pads the shorter side on the left and
-concatenates along the batch; leaving selects the remaining rows and cuts the columns that have become padding
-for everyone. This works for every decoder whose layers use a plain `DynamicLayer` (Llama-, Mistral-without-
-sliding-window-, Qwen-, GPT-2-style models); the warm-up forward refuses others with a clear message.
+LoRA adapter: a request joins the running batch at the next decode step and a short answer leaves without holding
+the long ones back, so many concurrent requests, even for different adapters, cost little more than one.
+docs/serve-llm.md describes one engine step; `kvcache.py` how the batch's KV cache is spliced.
 """
 
 from __future__ import annotations
@@ -38,9 +18,11 @@ from typing import Any
 
 import torch
 
-log = logging.getLogger("modelfactory.serve.llm")
+from .host import BASE, AdapterHost
+from .kvcache import BatchCache, check, new_cache
+from .text import IncrementalDetokenizer, find_stop, held_back
 
-BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+log = logging.getLogger("modelfactory.serve.llm")
 
 
 class QueueFull(Exception):
@@ -63,116 +45,6 @@ class SamplingParams:
     stop_token_ids: frozenset[int] = frozenset()
     seed: int | None = None
     ignore_eos: bool = False
-
-
-class AdapterHost:
-    """One base model and the LoRA adapters loaded onto it, run with a per-row adapter choice.
-
-    The base is wrapped into a peft `PeftModel` when the first adapter is loaded (until then rows can only use the
-    bare base); adapters come and go with `load` / `delete` (peft's `load_adapter` / `delete_adapter`). A forward
-    passes each row's adapter to peft's LoRA layers as their `adapter_names` argument, peft's mixed-batch
-    inference. peft's own `PeftModel.forward(adapter_names=...)` walks every module of the model twice per call to
-    set that up, which on CPU costs as much as the base's forward itself at batch 1; so the host hooks the LoRA
-    layers once (again after each load, which may wrap more layers) and hands them the list per forward.
-    Only the engine thread, or a caller holding `Engine.lock`, may touch it.
-    """
-
-    def __init__(self, model: torch.nn.Module):
-        self.base = model
-        self.peft: Any = None
-        self._rows: list[str] | None = None
-        self._hooked: set[int] = set()
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.peft.peft_config) if self.peft is not None else []
-
-    @property
-    def config(self) -> Any:
-        return self.base.config
-
-    @property
-    def device(self) -> torch.device:
-        """Where the base's weights are: every tensor fed to it is built there (CPU, or a GPU)."""
-        return next(self.base.parameters()).device
-
-    def load(self, name: str, path: str) -> None:
-        from peft import PeftModel
-        from peft.tuners.lora import LoraLayer
-        from peft.utils.other import AuxiliaryTrainingWrapper
-
-        if self.peft is None:
-            self.peft = PeftModel.from_pretrained(self.base, path, adapter_name=name, is_trainable=False)
-        else:
-            self.peft.load_adapter(path, adapter_name=name, is_trainable=False)
-        self.peft.eval()
-        for module in self.peft.modules():
-            if isinstance(module, LoraLayer | AuxiliaryTrainingWrapper) and id(module) not in self._hooked:
-                module.register_forward_pre_hook(self._inject, with_kwargs=True)
-                self._hooked.add(id(module))
-
-    def _inject(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        if self._rows is None:
-            return None
-        kwargs["adapter_names"] = self._rows
-        return args, kwargs
-
-    def delete(self, name: str) -> None:
-        if self.peft is None or name not in self.peft.peft_config:
-            return
-        others = [n for n in self.peft.peft_config if n != name]
-        if others and name in self.peft.active_adapters:
-            self.peft.set_adapter(others[-1])  # rows choose their adapter by name; this only keeps peft quiet
-        self.peft.delete_adapter(name)
-
-    def forward(self, adapters: list[str], **kwargs: Any) -> Any:
-        """The model's forward with row i using adapter `adapters[i]` (BASE: the bare base)."""
-        if self.peft is None:
-            if any(a != BASE for a in adapters):
-                raise RuntimeError(f"adapters {sorted(set(adapters) - {BASE})} are not loaded")
-            return self.base(**kwargs)
-        missing = set(adapters) - {BASE} - set(self.peft.peft_config)
-        if missing:
-            raise RuntimeError(f"adapters {sorted(missing)} are not loaded")
-        self._rows = adapters
-        try:
-            return self.peft.get_base_model()(**kwargs)
-        finally:
-            self._rows = None
-
-
-class IncrementalDetokenizer:
-    """Text from a growing list of token ids, one stable piece at a time.
-
-    A token may end in the middle of a multi-byte character (byte-level BPE), and some tokenizers only know whether
-    a piece starts with a space from the token before it (SentencePiece), so each step decodes a short window of
-    ids and hands out only the part that is new and not a dangling partial character (U+FFFD at its end); the rest
-    waits for the next token. `flush` gives whatever is left when the sequence ends.
-    """
-
-    def __init__(self, tokenizer: Any, context: list[int]):
-        self.tokenizer = tokenizer
-        self.ids = list(context[-5:])  # a few prompt ids give the first generated piece its leading space right
-        self.prefix = 0
-        self.read = len(self.ids)
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def step(self, token: int) -> str:
-        self.ids.append(token)
-        before = self._decode(self.ids[self.prefix:self.read])
-        now = self._decode(self.ids[self.prefix:])
-        if len(now) > len(before) and not now.endswith("\ufffd"):
-            self.prefix, self.read = self.read, len(self.ids)
-            return now[len(before):]
-        return ""
-
-    def flush(self) -> str:
-        before = self._decode(self.ids[self.prefix:self.read])
-        now = self._decode(self.ids[self.prefix:])
-        self.prefix = self.read = len(self.ids)
-        return now[len(before):] if len(now) > len(before) else ""
 
 
 class Generation:
@@ -276,10 +148,9 @@ class Engine:
         self._cv = threading.Condition()
         self._waiting: deque[Generation] = deque()
         self._closed = False
-        # the running batch: rows, their cache (None when empty) and its attention mask [rows, columns]
+        # the running batch: its rows and their KV cache
         self._rows: list[_Seq] = []
-        self._cache: Any = None
-        self._mask: torch.Tensor | None = None
+        self._batch = BatchCache()
         self._thread = threading.Thread(target=self._serve, name="mf-llm-engine", daemon=True)
         self._started = False
 
@@ -287,17 +158,12 @@ class Engine:
     def start(self) -> None:
         """Check the model works this way (one tiny forward), then start the engine thread."""
         with self.lock, torch.inference_mode():
-            cache = self._new_cache()
+            cache = new_cache(self.host.config)
             dev = self.host.device
             self.host.forward([BASE], input_ids=torch.tensor([[0, 0]], device=dev),
                               attention_mask=torch.ones(1, 2, dtype=torch.long, device=dev),
                               position_ids=torch.tensor([[0, 1]], device=dev), cache=cache, use_cache=True)
-            from transformers.cache_utils import DynamicLayer
-
-            kinds = {type(layer).__name__ for layer in cache.layers}
-            if not all(type(layer) is DynamicLayer for layer in cache.layers):
-                raise ValueError(f"unsupported model for continuous batching: its KV cache layers are {kinds} "
-                                 f"(only full-attention DynamicLayer models: Llama-, Qwen-, GPT-2-style)")
+            check(cache)
         self._thread.start()
         self._started = True
 
@@ -361,17 +227,13 @@ class Engine:
                     except Exception as e:  # never lose the thread: the requests in flight get the error
                         log.exception("decode step failed")
                         _post([(s.gen, ("error", e)) for s in self._rows if s.gen.finish_reason is None])
-                        self._rows, self._cache, self._mask = [], None, None
+                        self._rows = []
+                        self._batch.clear()
         closed = EngineClosed("the server is shutting down")
         with self._cv:
             left = list(self._waiting)
             self._waiting.clear()
         _post([(g, ("error", closed)) for g in left] + [(s.gen, ("error", closed)) for s in self._rows])
-
-    def _new_cache(self) -> Any:
-        from transformers import DynamicCache
-
-        return DynamicCache(config=self.host.config)
 
     def _prefill(self, gens: list[Generation]) -> None:
         """One forward over the new prompts (left-padded to the longest), then their first tokens; the rows join
@@ -385,7 +247,7 @@ class Engine:
             mask[i, width - lengths[i]:] = 1
         ids, mask = ids.to(self.host.device), mask.to(self.host.device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        cache = self._new_cache()
+        cache = new_cache(self.host.config)
         start = time.perf_counter()
         out = self.host.forward([g.adapter for g in gens], input_ids=ids, attention_mask=mask,
                                 position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
@@ -405,22 +267,22 @@ class Engine:
                              position=n))
         if self.on_step:
             self.on_step(StepStats("prefill", len(gens), seconds))
-        self._join(rows, cache, mask)
+        self._batch.join(cache, mask)
+        self._rows.extend(rows)
         self._advance(rows, logits)
 
     def _decode(self) -> None:
         rows = self._rows
-        assert self._mask is not None
-        dev = self._mask.device
+        mask = self._batch.grow()
+        dev = mask.device
         ids = torch.tensor([[s.pending] for s in rows], dtype=torch.long, device=dev)
-        mask = torch.cat([self._mask, torch.ones(len(rows), 1, dtype=torch.long, device=dev)], dim=1)
         positions = torch.tensor([[s.position] for s in rows], dtype=torch.long, device=dev)
         start = time.perf_counter()
         out = self.host.forward([s.gen.adapter for s in rows], input_ids=ids, attention_mask=mask,
-                                position_ids=positions, cache=self._cache, use_cache=True)
+                                position_ids=positions, cache=self._batch.cache, use_cache=True)
         logits = out.logits[:, -1, :].float().cpu()
         seconds = time.perf_counter() - start
-        self._mask = mask
+        self._batch.commit(mask)
         for s in rows:
             s.position += 1
             s.gen.compute_seconds += seconds / len(rows)
@@ -454,7 +316,9 @@ class Engine:
             s.events.clear()
         _post(events)
         if any(s.done for s in rows):
-            self._leave()
+            keep = [i for i, s in enumerate(self._rows) if not s.done]
+            self._batch.keep(keep)
+            self._rows = [self._rows[i] for i in keep]
 
     def _sample(self, rows: list[_Seq], logits: torch.Tensor) -> list[int]:
         banned = [i for i, s in enumerate(rows) if s.gen.params.ignore_eos]
@@ -477,18 +341,12 @@ class Engine:
     def _emit(self, s: _Seq) -> bool:
         """Hand out the text that is now certain; True when a stop string ended the row."""
         stops = s.gen.params.stop
-        if stops:
-            longest = max(len(x) for x in stops)
-            search_from = max(0, s.emitted - longest + 1)
-            hits = [i for i in (s.text.find(x, search_from) for x in stops) if i >= 0]
-            if hits:
-                s.text = s.text[:min(hits)]
-                self._close(s, "stop")
-                return True
-            hold = max((k for x in stops for k in range(1, len(x)) if s.text.endswith(x[:k])), default=0)
-            end = len(s.text) - hold
-        else:
-            end = len(s.text)
+        cut = find_stop(s.text, s.emitted, stops)
+        if cut is not None:
+            s.text = s.text[:cut]
+            self._close(s, "stop")
+            return True
+        end = len(s.text) - held_back(s.text, stops)
         if end > s.emitted:
             s.events.append(("text", s.text[s.emitted:end]))
             s.emitted = end
@@ -498,12 +356,9 @@ class Engine:
         """End a row (EOS, a stop token or max_tokens): what the detokenizer still held is text too, unless a
         stop string turns up in it."""
         s.text += s.detok.flush()
-        stops = s.gen.params.stop
-        if stops:
-            search_from = max(0, s.emitted - max(len(x) for x in stops) + 1)
-            hits = [i for i in (s.text.find(x, search_from) for x in stops) if i >= 0]
-            if hits:
-                s.text, reason = s.text[:min(hits)], "stop"
+        cut = find_stop(s.text, s.emitted, s.gen.params.stop)
+        if cut is not None:
+            s.text, reason = s.text[:cut], "stop"
         self._close(s, reason)
 
     def _close(self, s: _Seq, reason: str) -> None:
@@ -513,44 +368,6 @@ class Engine:
         s.done = True
         s.gen.finish_reason = reason
         s.events.append(("done", None))
-
-    # --- the batch's KV cache ---------------------------------------------------------------------------
-    def _join(self, rows: list[_Seq], cache: Any, mask: torch.Tensor) -> None:
-        if not self._rows:
-            self._rows, self._cache, self._mask = list(rows), cache, mask
-            return
-        assert self._mask is not None
-        width = max(self._mask.shape[1], mask.shape[1])
-        for old, new in zip(self._cache.layers, cache.layers):
-            old.keys = torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)], dim=0)
-            old.values = torch.cat([_left_pad(old.values, width, 2), _left_pad(new.values, width, 2)], dim=0)
-        self._mask = torch.cat([_left_pad(self._mask, width, 1), _left_pad(mask, width, 1)], dim=0)
-        self._rows.extend(rows)
-
-    def _leave(self) -> None:
-        keep = [i for i, s in enumerate(self._rows) if not s.done]
-        if not keep:
-            self._rows, self._cache, self._mask = [], None, None
-            return
-        assert self._mask is not None
-        index = torch.tensor(keep, dtype=torch.long, device=self._mask.device)
-        mask = self._mask.index_select(0, index)
-        used = mask.any(dim=0).nonzero()
-        cut = int(used[0]) if len(used) else 0  # columns that are padding for every remaining row
-        for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, cut:].contiguous()
-            layer.values = layer.values.index_select(0, index)[:, :, cut:].contiguous()
-        self._mask = mask[:, cut:].contiguous()
-        self._rows = [self._rows[i] for i in keep]
-
-
-def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    missing = width - t.shape[dim]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
 
 
 def _post(items: list[tuple[Generation, tuple[str, Any]]]) -> None:
