@@ -1,20 +1,6 @@
-"""The usage ledger and invoices.
-
-One `Usage` row per attempt, written in the same transaction that ends the attempt (jobs.end_attempt), so an
-attempt is billed exactly once whoever ends it: the worker (succeeded, failed, preempted), the scheduler (lost),
-or a cancel. An attempt is billed from its lease (when its resources were reserved for it) to its end; a lost
-attempt ends at its worker's last heartbeat, the last moment it is known to have been working. Preempted work is
-billed: the resources were used, and the checkpoint it left is what the next attempt resumes from.
-
-Resource-seconds are what was requested, times wall time (cpu x slots x seconds): a reservation is a reservation,
-whether the job kept every core busy or not. Cost is priced when the row is written (`prices()`, or the pool's
-`PoolConfig`), so an invoice does not change when prices do. A row belongs to the (UTC) month in which its attempt
-ended.
-
-Inference is metered into the same ledger: `mf serve` writes one `InferenceUsage` row per model version per
-metering window (requests, rows, CPU-seconds = model wall time x the session's threads, each request billed its
-rows' share of its batch), priced at the CPU-hour price. Invoices show it beside the attempts, one line per model
-version, and it counts toward the tenant's monthly CPU quota like training does.
+"""The usage ledger and invoices: one `Usage` row per attempt, written in the transaction that ends the attempt,
+so an attempt is billed exactly once whoever ends it, priced when written, so an invoice does not change when
+prices do; inference is metered into the same ledger. What is billed, from when to when, is in docs/accounts.md.
 """
 
 from __future__ import annotations

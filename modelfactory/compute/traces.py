@@ -1,36 +1,9 @@
 """Job traces for the scheduler simulator: readers for the public Helios and Philly logs, and a synthetic
 Helios-like generator (neither real trace can be fetched here, so the benchmark's default trace is synthetic).
 
-A trace is a list of `TraceJob`s: who submitted what, when, needing how much for how long. Times are seconds from
-the trace's first submission; resources are per slot (a job spread over `slots` nodes is a gang of that many).
-
-**Synthetic Helios-like trace** (`synthetic_helios`). Figures used, all for GPU jobs over the four public Helios
-clusters (Venus, Earth, Saturn, Uranus; April-September 2020), from the authors' summary table
-`analysis/1_compare with Philly trace/helios_cluster_summary.csv` in github.com/S-Lab-System-Group/HeliosArtifact,
-the artifact of Hu et al., "Characterization and Prediction of Deep Learning Workloads in Large-Scale GPU
-Datacenters", SC '21 (row `total`, 1,580,464 GPU jobs):
-
-- run time: median 206 s, mean 6,652 s (per cluster: medians 124-280 s, means 5,131-13,041 s);
-- GPUs per job: median 1, mean 3.72 (per cluster means 2.10-6.74);
-- (not used, for scale) queueing: median 0 s, mean 862 s.
-
-How the generator follows them, and where it approximates:
-
-- Duration: log-normal with median 206 s, capped at 3 days (`DURATION_CAP`) so that a 2,000-job trace is not
-  dominated by one job longer than the whole trace; sigma = 2.94 makes the capped mean 6,652 s. About 0.75% of
-  jobs reach the cap. The paper's duration CDF is not a log-normal exactly; only the median and mean are matched.
-- GPUs: {1: 60%, 2: 12%, 4: 10%, 8: 12%, 16: 3.5%, 32: 2.5%} (`GPU_MIX`), median 1, mean 3.56. The published
-  summary gives only the median and mean, so the split is ours; it is capped at 32 GPUs (half of the default
-  64-GPU pool, since Helios' biggest jobs are far larger than a 64-GPU pool), which puts the mean a little under
-  3.72. Jobs up to 8 GPUs run on one node; 16 and 32 GPUs are gangs of 2 and 4 whole 8-GPU nodes.
-- Size and duration are drawn independently (an approximation; we have no published joint distribution).
-- CPUs: 4 per GPU (the Helios README's example rows range from 1 to 4 CPUs per GPU); CPU-only jobs (53% of
-  Helios jobs, median run time 2 s) are left out, since they barely load a GPU pool.
-- Arrivals: Poisson, at the rate that makes the offered load (GPU-seconds submitted / pool GPU-seconds over the
-  arrival window) equal `target_utilisation`; Helios' diurnal pattern is not modelled.
-- Tenants: a job belongs to tenant i with probability proportional to 1/(i+1) (Zipf), so demand is unequal (with
-  4 tenants: 48%, 24%, 16%, 12% of jobs). Helios reports heavily skewed per-user demand; this split is ours.
-- Priority classes: all `standard` (Helios has none) unless `priority_mix` says otherwise.
+A trace is a list of `TraceJob`s: who submitted what, when, needing how much for how long (seconds from the
+trace's first submission; resources per slot). The published figures the generator follows, and where it
+approximates them, are in docs/scheduling.md ("Traces").
 """
 
 from __future__ import annotations

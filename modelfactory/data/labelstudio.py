@@ -1,22 +1,6 @@
-"""Label Studio's formats, both ways, and plain CSV/JSONL corrections.
-
-Export (what `mf label export --format label-studio` writes) is Label Studio's JSON *import* format for
-pre-annotated tasks (https://labelstud.io/guide/predictions): a JSON list of
-
-    {"data": {"text": "...", "mf_id": 17},                       # or {"image": "data:image/png;base64,..."}
-     "predictions": [{"model_version": "teacher@1", "score": 0.62,
-                      "result": [{"id": "mf17", "from_name": "label", "to_name": "text", "type": "choices",
-                                  "value": {"choices": ["fresh"]}}]}]}
-
-beside a labeling config (`<View><Text name="text" value="$text"/><Choices name="label" toName="text">...`) that
-names the same `from_name`/`to_name`. Images travel inside the task as PNG/JPEG data URIs, so the file needs no
-storage Label Studio can reach. `mf_id` is the dataset's stable row id; Label Studio keeps `data` as it is.
-
-Import reads Label Studio's JSON *export* (https://labelstud.io/guide/task_format): a list of tasks, each with
-`data` (our `mf_id` back) and `annotations: [{"result": [...same shape...], "was_cancelled": false, ...}]`; the
-newest annotation that was not cancelled and holds a `choices` result wins. Label Studio's JSON-MIN export
-(flat `{"mf_id": ..., "label": ...}` objects) and plain CSV/JSONL files with `mf_id` and `label` columns are read
-too. Every problem is reported per row (`file: task #3 (id 41): ...`, `file:7: ...`); nothing is unpickled.
+"""Label Studio's formats, both ways, and plain CSV/JSONL corrections: the teacher's labels go out for review
+and the reviewed labels come back. The file shapes read and written are in docs/labelling.md; every problem is
+reported per row, and nothing is unpickled.
 """
 
 from __future__ import annotations

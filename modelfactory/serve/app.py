@@ -1,22 +1,5 @@
-"""The inference server: Open Inference Protocol v2 REST routes over the model repository (FastAPI).
-
-| route | |
-|---|---|
-| `GET /v2/health/live`, `GET /v2/health/ready` | 200 when live / when the preloaded models are loaded |
-| `GET /v2` | server metadata |
-| `GET /v2/models/{name}[/versions/{v}]` | model metadata: inputs and outputs with datatypes and shapes (-1: any) |
-| `GET /v2/models/{name}[/versions/{v}]/ready` | 200 when that version is loaded, 400 when not |
-| `GET /v2/models/{name}[/versions/{v}]/config` | the model's configuration in Triton's terms (batching knobs) |
-| `POST /v2/models/{name}[/versions/{v}]/infer` | inference (JSON, or JSON + binary tensor data) |
-| `POST /v2/repository/index` | every registry version with its state (READY / UNAVAILABLE) |
-| `POST /v2/repository/models/{name}/load`, `.../unload` | load (optionally with a Triton `config`) / unload |
-| `GET /metrics` | Prometheus metrics |
-
-`{name}` is a registry name (its `prod` alias, else its latest version) and may carry `@version` or `@alias`;
-`/versions/{v}` takes a version number or an alias. Every error is JSON `{"error": "..."}`: 400 for a bad
-request (the message names the input, datatype, shape or JSON problem), 401 without a valid API key (with auth),
-404 for a model that does not exist (or is another tenant's), 503 when a model's queue is full, and 500 only for
-a bug, which is logged.
+"""The inference server: Open Inference Protocol v2 REST routes over the model repository (FastAPI), so a client
+written for OIP v2 calls a registry model unchanged. The routes and their error codes are in docs/serving.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,7 @@
-"""Per-model dynamic batching with Triton's knobs.
-
-Requests wait in a bounded FIFO queue; each model's own thread takes a batch from its head, runs it, and hands each
-caller its rows back, then takes the next batch at once (the event loop keeps parsing and answering HTTP meanwhile).
-
-- `max_batch_size`: a batch never has more rows than this. A request is never split: one with more rows is
-  refused before it is queued, and a request that does not fit beside the batch formed so far waits for the next.
-- `max_queue_delay_microseconds`: how long the oldest queued request may wait for the batch to grow. A batch is
-  dispatched at once when it is full (`max_batch_size` rows, or the next request does not fit), when its rows
-  reach a `preferred_batch_size`, or when the oldest request has waited the delay.
-- Requests arriving while a batch runs queue up and form the next batch, so under load batches fill without any
-  delay; and a request that finds the model idle right after a batch of one request runs at once (`eager_idle`):
-  nothing suggests company is coming, so a lone client pays no queue delay.
-- `max_queue_size`: requests waiting beyond this are refused (`QueueFull`, the app's 503): memory stays bounded
-  by max_queue_size x max_batch_size rows.
-- `enabled=False`: no dynamic batching, every request runs alone, in arrival order.
-
-A batch that fails with ValueError (one request's bad row) is re-run request by request, so only the requests at
-fault get the error.
+"""Per-model dynamic batching with Triton's knobs: a bounded FIFO queue per model, batches formed from its head
+by the model's own thread while the event loop keeps answering HTTP. What each knob does is in docs/serving.md.
+A batch that fails with ValueError (one request's bad row) is re-run request by request, so only the requests
+at fault get the error.
 """
 
 from __future__ import annotations

@@ -1,23 +1,6 @@
-"""The OpenAI API's generation routes, shapes and errors, as the official clients expect them.
-
-| route | |
-|---|---|
-| `GET /v1/models`, `GET /v1/models/{model}` | the base and the adapters the caller may use (loaded or loadable) |
-| `POST /v1/chat/completions` | chat (messages through the base tokenizer's chat template) |
-| `POST /v1/completions` | plain text completion |
-
-`model` is the base's name or an adapter's registry name (`name`, `name@3`, `name@alias`). Supported parameters:
-`max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `stop` (string or up to 4; never part of the
-output), `seed`, `n` (1 only), `stream` with `stream_options.include_usage`, and `ignore_eos` (an extension, as
-vLLM names it: keep generating past EOS, for benchmarks). Parameters the API defines but this server cannot honour
-(`logprobs`, `tools`, non-zero penalties, ...) are refused with 400 naming them rather than silently ignored;
-unknown ones are ignored, as OpenAI-compatible servers do.
-
-Streams are Server-Sent Events exactly as OpenAI sends them: `data: {json}\\n\\n` chunks (`chat.completion.chunk`,
-whose first chunk carries `delta.role`; or `text_completion`), the last with `finish_reason`, an optional usage
-chunk (empty `choices`), then `data: [DONE]\\n\\n`. Errors are `{"error": {"message", "type", "param", "code"}}`:
-400 for a bad request (the message names the field), 401 without a valid key (with auth), 404 for a model that
-does not exist or is another tenant's, 503 when the queue is full; 500 only for a server fault.
+"""The OpenAI API's generation routes, shapes and errors, as the official clients expect them. Parameters this
+server cannot honour are refused with 400 naming them rather than silently ignored; unknown ones are ignored,
+as OpenAI-compatible servers do. Routes, parameters and stream format: docs/serve-llm.md.
 """
 
 from __future__ import annotations
