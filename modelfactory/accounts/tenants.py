@@ -1,19 +1,6 @@
-"""Tenants: who may submit, with which API keys, weight and quotas.
-
-API keys are random, shown once at creation and stored only as their sha256 (table `api_keys`), so a leaked
-database does not leak keys. A tenant may hold several keys (rotation: add the new one, revoke the old);
-a key with no tenant is an admin key (`mf server --init`), as is the `MF_ADMIN_KEY` environment variable when
-set. Revocation takes effect on the next request: keys are looked up every time, never cached here.
-
-Quotas come in two kinds:
-
-- hard, per UTC calendar month: CPU-hours and GPU-hours. A submit is refused (MFError) when the tenant has already
-  used its quota this month, or when this month's usage, plus what its queued and running jobs with a time limit
-  may still use (requested resources x time limit), plus what the new jobs may use (likewise) exceeds the quota.
-  Jobs without a time limit cannot be priced ahead, so they count only through the "already used" test; the
-  ledger bills what they actually use. A job asking no GPU is never refused by the GPU quota.
-- soft: `max_slots`, concurrent slots. Never refused; jobs beyond it wait in the queue (the policy sees it as
-  `TenantView.max_slots`).
+"""Tenants: who may submit, with which API keys, weight and quotas. Keys are stored only as their sha256, so a
+leaked database does not leak keys; hard monthly quotas refuse a submit that could exceed them, the soft
+`max_slots` only makes jobs wait. The quota rules are in docs/accounts.md.
 """
 
 from __future__ import annotations
