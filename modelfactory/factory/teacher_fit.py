@@ -11,6 +11,9 @@ to report plainly (the classical baseline beside it still gives the user a model
 
 Every attempt checkpoints under the stage's work dir, so a preempted or killed teacher resumes inside the
 attempt it was in, with the attempts before it already decided.
+
+In a data-parallel gang (train/distributed.py) every rank runs this same code; rank 0 alone evaluates, keeps the
+best weights, decides whether an attempt collapsed (its account is broadcast to the others) and writes.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 from .. import tasks
 from ..artifacts import Artifact
 from ..tasks.metrics import classification_metrics
+from ..train import distributed
 from ..train.loop import Checkpoint, config_from, fit
 
 LR_FACTORS = (1.0, 0.3, 3.0)  # attempt k trains at lr * LR_FACTORS[k % 3] with seed + k
@@ -68,14 +72,21 @@ class TeacherFit:
                                              self.labels)
         self.log_path = Path(ctx.work) / "attempts.json"
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> dict[str, Any] | None:
+        """The stage's result; in a data-parallel gang, only rank 0's (the others return None: they trained
+        beside it, rank 0 evaluates and writes)."""
+        gang = distributed.world()
         attempts: list[dict[str, Any]] = json.loads(self.log_path.read_text()) if self.log_path.exists() else []
+        attempts = distributed.broadcast_json(attempts)  # every rank resumes at rank 0's attempt
         n_attempts = 1 + int(self.params.get("retries", 0))
         for k in range(len(attempts), n_attempts):
             if attempts and not attempts[-1]["collapsed"]:
                 break
-            attempts.append(self._attempt(k))
-            _atomic_write(self.log_path, json.dumps(attempts))
+            attempts.append(distributed.broadcast_json(self._attempt(k)))  # rank 0 decides (collapsed or not)
+            if gang.lead:
+                _atomic_write(self.log_path, json.dumps(attempts))
+        if not gang.lead:
+            return None
         best = max(attempts, key=lambda a: a["val_macro_f1"])
         bundle = self.task.load(Path(best["dir"]))
         self.task.save(bundle, self.ctx.out)
@@ -116,9 +127,11 @@ class TeacherFit:
             # Seeded by the batch's rows: the same batch gets the same perturbations after a resume.
             return task.augment(batch, torch.Generator().manual_seed(hash((cfg.seed, *idx)) & 0x7FFFFFFF))
 
+        lead = distributed.world().lead
+
         def on_step(step: int, steps: int, loss: float) -> None:
             self.ctx.progress(step, steps, f"attempt {k + 1} loss {loss:.3f}")
-            if step % every and step != steps:
+            if (step % every and step != steps) or not lead:  # in a gang, rank 0 evaluates
                 return
             scores = self._validate(bundle)
             bundle.model.train()
@@ -129,6 +142,8 @@ class TeacherFit:
 
         result = fit(bundle.model, len(train), make_batch, loss_fn, cfg, Checkpoint(folder / "checkpoint"),
                      on_step=on_step, should_stop=self.ctx.should_stop)
+        if not lead:
+            return {}  # rank 0's account of the attempt is broadcast to every rank
         if best["val_macro_f1"] < 0:  # resumed after the last evaluation point: evaluate the final weights
             on_step(result.steps, result.steps, result.final_loss)
         shutil.rmtree(folder / "checkpoint", ignore_errors=True)

@@ -1,7 +1,9 @@
 """One short, plain training loop (nanoGPT spirit): shuffle, step, checkpoint every N steps, resume.
 
 The caller supplies the model, a loss function over a batch, and how to build a batch from indices; the loop
-owns order, optimiser, schedule and checkpoints. Checkpoints are written atomically (temp file + rename) so a
+owns order, optimiser, schedule and checkpoints. Inside a gang's process group (train/distributed.py) the same
+loop trains data-parallel: each rank takes its share of every batch, gradients are summed over the ranks, and
+rank 0 writes the checkpoints. Checkpoints are written atomically (temp file + rename) so a
 kill -9 at any moment leaves either the previous checkpoint or the new one, never half of one.
 """
 
@@ -20,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import StopRequested  # raised here; callers may still import it from this module
+from . import distributed
 
 Batch = dict[str, torch.Tensor]
 
@@ -127,25 +130,36 @@ def fit(
         step = checkpoint.load(model, opt, sched)
     resumed_from = step
     loss_value = float("nan")
+    gang = distributed.world()  # alone (rank 0 of 1) unless a gang's process group is up: see distributed.py
+    distributed.broadcast_parameters(params)
     model.train()
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
         order = epoch_order(n_examples, cfg.seed, epoch)
         idx = order[offset * cfg.batch_size:(offset + 1) * cfg.batch_size]
-        loss = loss_fn(model, make_batch(idx), idx)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if gang.size > 1:  # this rank's share of the global batch, its loss weighted by it
+            idx, share = distributed.share(idx)
+            loss = loss_fn(model, make_batch(idx), idx)
+            opt.zero_grad(set_to_none=True)
+            (loss * share).backward()
+            distributed.sync_gradients(params)
+        else:
+            loss = loss_fn(model, make_batch(idx), idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
         step += 1
-        loss_value = float(loss.detach())
+        loss_value = float(loss.detach()) if gang.size == 1 else distributed.mean(float(loss.detach()), share)
         if on_step:
             on_step(step, total, loss_value)
-        stop = should_stop() if should_stop else False
+        stop = distributed.any_true(should_stop() if should_stop else False)  # the whole gang stops together
         if checkpoint is not None and (step % cfg.checkpoint_every == 0 or stop) and step < total:
-            checkpoint.save(model, opt, sched, step, loss_value)
+            if gang.lead:
+                checkpoint.save(model, opt, sched, step, loss_value)
+            distributed.barrier()  # nobody moves on (or stops) before the checkpoint is complete
         if stop and step < total:
             raise StopRequested(f"stopped at step {step}/{total} after a checkpoint")
     model.eval()
