@@ -59,6 +59,8 @@ class Settings:
     currency: str = _var("MF_CURRENCY", "USD", "shown on invoices")
     executor: str = _var("MF_EXECUTOR", "local", "where jobs run: `local` processes, or `ray` tasks (at "
                                                  "`RAY_ADDRESS`, else a local Ray)")
+    gang_addr: str = _var("MF_GANG_ADDR", "", "this worker's address that other workers reach it at, for the "
+                                              "data-parallel gangs it leads (default: 127.0.0.1, one machine)")
     job_kinds: str = _var("MF_JOB_KINDS", "modelfactory.factory.jobkinds", "comma-separated modules that register "
                                                                            "job kinds with the pool")
     # tenants' command jobs (compute/sandbox.py)
@@ -70,6 +72,9 @@ class Settings:
     job_pids_max: float = _var("MF_JOB_PIDS_MAX", 1024.0, "processes a command job may have at once",
                                positive=True)
     job_disk_gb: float = _var("MF_JOB_DISK_GB", 20.0, "disk a command job may fill (GB)", positive=True)
+    stage_time_limit_s: float = _var("MF_STAGE_TIME_LIMIT_S", 86400.0, "wall-clock limit of a stage or order job "
+                                                                       "that sets none (s): killed, failed, not "
+                                                                       "retried", positive=True)
 
     @property
     def max_table_bytes(self) -> int:

@@ -1,5 +1,5 @@
 """Compute leasing sandbox: real processes with their limits enforced and the tenant boundary attacked
-(modelfactory/compute/sandbox.py, the command path of compute/worker.py).
+(modelfactory/compute/sandbox/, the command path of compute/worker.py).
 
 Isolation is tested the way CI runs (as root): each attack runs in both root modes, `uid+bwrap` (per-tenant uid
 inside bubblewrap's namespaces) and `uid` (per-tenant uid and a network namespace, bubblewrap turned off), and in
@@ -29,7 +29,7 @@ from modelfactory.compute import sandbox
 from modelfactory.compute.sandbox import parse_duration, run_command, tenant_workdir
 from modelfactory.errors import MFError
 
-IS_ROOT = sandbox._is_root()
+IS_ROOT = sandbox.dirs.is_root()
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def test_command_not_found_is_failed():
 
 def _cgroup_controllers() -> dict[str, str]:
     """Which limits this machine lets a job's cgroup hold: {controller: how}, and {'problems': why not}."""
-    probe = sandbox._JobCgroup.create(f"mf-probe-{os.getpid()}", cpu=1, cores={min(os.sched_getaffinity(0))},
+    probe = sandbox.JobCgroup.create(f"mf-probe-{os.getpid()}", cpu=1, cores={min(os.sched_getaffinity(0))},
                                       memory_bytes=1 << 30, pids_max=100)
     probe.remove()
     return {**probe.enforcement, "problems": "; ".join(probe.problems)}
@@ -180,7 +180,7 @@ def require_cgroup(controller: str) -> None:
 @pytest.mark.parametrize("mechanism", ["best available", "rlimit fallback"])
 def test_memory_limit(mechanism, monkeypatch):
     if mechanism == "rlimit fallback":
-        monkeypatch.setattr(sandbox, "_cgroup_hierarchies", lambda: (None, {}))  # no writable cgroup at all
+        monkeypatch.setattr(sandbox.cgroups, "_cgroup_hierarchies", lambda: (None, {}))  # no writable cgroup at all
     else:
         require_cgroup("memory")
     r = run([PY, "-c", "x = b'a' * (1 << 30); print('allocated', len(x))"], memory_gb=0.2)
@@ -197,7 +197,7 @@ def test_memory_limit(mechanism, monkeypatch):
 
 
 def test_memory_heuristic():
-    verdict = sandbox._memory_verdict
+    verdict = sandbox.limits.memory_verdict
     base = dict(oom_killed=False, stderr_tail="", max_rss_mb=10, limit_mb=1024)
     assert verdict(**{**base, "oom_killed": True, "code": -9})
     assert not verdict(**{**base, "code": 0, "stderr_tail": "MemoryError\n"})
@@ -221,7 +221,7 @@ def test_time_limit_kills_the_whole_process_group():
 
 @needs_py
 def test_sigterm_ignored_then_sigkill(monkeypatch):
-    monkeypatch.setattr(sandbox, "GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(sandbox.run, "GRACE_SECONDS", 0.5)
     code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(30)"
     t0 = time.monotonic()
     r = run([PY, "-c", code], time_limit_s=1)
@@ -295,7 +295,7 @@ def test_env_is_minimal_and_secrets_do_not_leak(monkeypatch):
 
 def test_job_dir_layout_is_private():
     wd = tenant_workdir("acme", 7)
-    assert wd == sandbox.settings().home / "tenants" / "acme" / "jobs" / "7"
+    assert wd == sandbox.dirs.settings().home / "tenants" / "acme" / "jobs" / "7"
     assert tenant_workdir("acme", 7) == wd  # a requeued attempt gets the same directory back
     for sub in ("work", "outputs", "tmp"):
         st = (wd / sub).stat()
@@ -388,11 +388,11 @@ def test_parse_duration_errors(text, match):
 
 def test_format_duration_round_trips():
     for text in ("30m", "2h", "1h30m", "1s", "1m30s"):
-        assert sandbox._format_duration(parse_duration(text)) == text
+        assert sandbox.dirs.format_duration(parse_duration(text)) == text
 
 
 def test_signal_names():
-    assert sandbox._signal_name(signal.SIGKILL) == "SIGKILL"
+    assert sandbox.limits.signal_name(signal.SIGKILL) == "SIGKILL"
 
 
 # ---------------------------------------------------------------------------------------------------- attacks
@@ -584,7 +584,7 @@ def test_attack_setsid_child_does_not_outlive_the_job(mode, how):
 
 @needs_root
 def test_attack_disk_cap(mode, monkeypatch):
-    monkeypatch.setattr(sandbox, "DISK_CHECK_SECONDS", 0.2)
+    monkeypatch.setattr(sandbox.run, "DISK_CHECK_SECONDS", 0.2)
     many = "i=0; while [ $i -lt 400 ]; do head -c 1048576 /dev/zero > f$i; i=$((i+1)); sleep 0.05; done"
     r = run(["sh", "-c", many], disk_gb=8 / 1024, time_limit_s=120)  # 8 MiB; it would write 400 in 20 s or more
     assert r.reason == "disk limit" and r.message == f"stopped: over its disk limit of {8 / 1024:g} GB", r
@@ -665,7 +665,8 @@ def _as_nobody(tmp: Path, cases: dict, env: dict) -> dict:
     require(python, "no Python that the unprivileged user can run")
     pkg = tmp / "pkg"
     for rel in ("modelfactory/__init__.py", "modelfactory/config.py", "modelfactory/errors.py",
-                "modelfactory/compute/__init__.py", "modelfactory/compute/sandbox.py"):
+                "modelfactory/compute/__init__.py",
+                *(str(f.relative_to(REPO)) for f in sorted((REPO / "modelfactory/compute/sandbox").glob("*.py")))):
         (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / rel, pkg / rel)
     for p in [tmp, pkg, *pkg.rglob("*")]:  # the test process's umask may be the platform's 077
@@ -708,7 +709,7 @@ def test_attack_non_root_worker_isolates_with_bubblewrap(nobody_home):
     it could read as the same uid (its database, artifacts, another job's file, its environment) is absent, the
     network is unreachable, and a setsid child dies with the job."""
     top, home, other = nobody_home
-    path, why = sandbox._bwrap()
+    path, why = sandbox.namespaces.bwrap_path()
     require(path, why)
     py = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else PY
     with Listener() as server:

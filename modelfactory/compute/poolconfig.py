@@ -24,6 +24,7 @@ class PoolConfig:
     price_gpu_hour: float = 2.0
     currency: str = "USD"
     executor: str = "local"
+    stage_time_limit_s: float = 86400.0  # a stage/order job without its own time limit is killed at this (failed)
 
     def with_(self, **changes) -> PoolConfig:
         """A copy with the given fields changed; None values are ignored (unset command-line flags)."""
@@ -36,4 +37,4 @@ def pool_config() -> PoolConfig:
                       schedule_interval_s=s.schedule_interval_s, worker_poll_s=s.worker_poll_s,
                       preempt_grace_s=s.preempt_grace_s, min_runtime_s=s.min_runtime_s,
                       price_cpu_hour=s.price_cpu_hour, price_gpu_hour=s.price_gpu_hour, currency=s.currency,
-                      executor=s.executor)
+                      executor=s.executor, stage_time_limit_s=s.stage_time_limit_s)

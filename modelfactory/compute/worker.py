@@ -35,6 +35,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 
@@ -152,9 +153,15 @@ def _job_process(spec: dict) -> None:
         server._forkserver_alive_fd = None
     die_with_parent()
     os.setpgid(0, 0)  # our own process group: the worker can kill us and anything we start in one go
+    if spec.get("limits"):  # a stage job: into its cgroup (or under its RLIMIT_AS) before it allocates anything
+        from .sandbox.stage import enter
+
+        enter(spec["limits"])
     log = os.open(spec["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
+    for what, how in ((spec.get("limits") or {}).get("enforcement") or {}).items():
+        print(f"limit {what}: {how}", flush=True)
     worker_pid = spec["worker_pid"]
 
     def watchdog() -> None:
@@ -200,6 +207,9 @@ def run_job(spec: dict, stop: threading.Event) -> None:
     except BaseException as e:
         traceback.print_exc()
         out = {"status": "error", "error": "".join(traceback.format_exception_only(e)).strip(), "retry": True}
+        if isinstance(e, MemoryError) and (spec.get("limits") or {}).get("rlimit_as_gb"):  # its own cap: not retried
+            out.update(retry=False, error=f"memory limit: the job went over its memory limit of "
+                                          f"{spec['memory_gb']:g} GB (RLIMIT_AS: an allocation failed)")
     print(f"[{utcnow():%H:%M:%S}] {out['status']}", flush=True)
     tmp = Path(spec["result_path"] + ".tmp")
     tmp.write_text(json.dumps(out, default=str))
@@ -215,6 +225,7 @@ def _run_command(spec: dict, stop: threading.Event) -> dict:
     workdir = sandbox.tenant_workdir(spec["tenant"], spec["job_id"])
     env = {**(p.get("env") or {}), "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
     r = sandbox.run_command(list(p["argv"]), tenant=spec["tenant"], workdir=workdir, cpu=spec["cpu"],
+                            gpu_ids=spec.get("gpu_ids"),
                             memory_gb=spec["memory_gb"], time_limit_s=spec["time_limit_s"], env=env,
                             should_stop=stop.is_set, network=bool(spec.get("network")),
                             allow_unisolated=bool(spec.get("allow_unisolated")), gpus=bool(spec.get("gpu")),
@@ -289,6 +300,7 @@ class _Attempt:
     forced: str | None = None  # we killed it: 'time limit' | 'stop grace'
     discard: bool = False  # the attempt was ended elsewhere (cancelled, lease taken back): write nothing
     gpus: tuple[int, ...] = ()  # the devices it may see (CUDA_VISIBLE_DEVICES)
+    limits: Any = None  # a local stage job's sandbox.stage.StageLimits (its cgroup), removed when it ends
 
 
 class PoolWorker:
@@ -439,6 +451,8 @@ class PoolWorker:
         base = f"{job.id}.{job.attempts}"
         a = _Attempt(job.id, job.attempts, job.kind, None, time.monotonic(),  # type: ignore[arg-type]
                      self.attempts_dir / f"{base}.json", log_path(job.id, job.attempts), job.time_limit_s)
+        if job.kind != "command" and a.time_limit_s is None:  # a stage sets none: the pool's default holds it
+            a.time_limit_s = self.cfg.stage_time_limit_s
         a.result_path.unlink(missing_ok=True)
         spec = {"job_id": job.id, "attempt": job.attempts, "kind": job.kind, "payload": job.payload,
                 "tenant": job.tenant, "order_id": job.order_id, "cpu": job.cpu, "gpu": job.gpu,
@@ -453,6 +467,8 @@ class PoolWorker:
         if not self.ray:  # Ray pins the devices of its own tasks
             a.gpus = self._assign_gpus(job.gpu)
             spec["gpu_ids"] = list(a.gpus)
+            if job.kind != "command":
+                self._limit_stage(a, job, spec)
         if self.ray:
             from .ray_executor import RayTask
 
@@ -463,6 +479,17 @@ class PoolWorker:
         self.running[job.id] = a
         where = "as a Ray task" if self.ray else f"pid {a.process.pid}"
         self.log(f"job {job.id} ({job.name}): attempt {job.attempts} started, {where}")
+
+    def _limit_stage(self, a: _Attempt, job: Job, spec: dict) -> None:
+        """Give a local stage job a cgroup with its memory (for the whole job), processes and GPU devices, as a
+        command job gets (compute/sandbox/stage.py); say in the log when only an rlimit holds its memory."""
+        from .sandbox.stage import stage_limits
+
+        a.limits = stage_limits(f"mf-job-{job.id}.{job.attempts}", memory_gb=job.memory_gb, gpu_ids=a.gpus)
+        a.limits.record(sandbox_state_path(a.result_path))  # so `_kill` kills the whole cgroup, as for commands
+        spec["limits"] = {**a.limits.spec(), "enforcement": a.limits.enforcement}
+        if a.limits.rlimit_fallback:
+            self.log(f"job {job.id}: memory limit by {a.limits.enforcement['memory']}")
 
     def _assign_gpus(self, gpu: float) -> tuple[int, ...]:
         """Device indices for a job asking for `gpu` GPUs: free whole devices first; a fractional request may
@@ -478,10 +505,13 @@ class PoolWorker:
 
     def _finish(self, a: _Attempt) -> None:
         a.process.join()
-        if a.discard:
-            del self.running[a.job_id]
-            return
-        self._record(a)  # if this raises, the attempt stays in `running` and is recorded on a later tick
+        if not a.discard:
+            self._record(a)  # if this raises, the attempt stays in `running` and is recorded on a later tick
+        if a.limits is not None:
+            from .sandbox import kill_recorded
+
+            kill_recorded(sandbox_state_path(a.result_path))  # whatever it left in its cgroup; then the cgroup
+            a.limits.remove()
         del self.running[a.job_id]
 
     def _record(self, a: _Attempt) -> None:
@@ -497,8 +527,13 @@ class PoolWorker:
                 return
             status = out["status"]
             if a.forced == "time limit":
-                end_attempt(s, job, "failed", f"time limit: stopped after {job.time_limit_s:g} s",
-                            error=f"time limit of {job.time_limit_s:g} s exceeded", retry=False, config=self.cfg)
+                end_attempt(s, job, "failed", f"time limit: stopped after {a.time_limit_s:g} s",
+                            error=f"time limit of {a.time_limit_s:g} s exceeded: the job was killed", retry=False,
+                            config=self.cfg)
+            elif a.limits is not None and status != "ok" and a.limits.over_memory():
+                why = (f"memory limit: the job went over its memory limit of {job.memory_gb:g} GB and was killed "
+                       f"({a.limits.enforcement['memory']})")
+                end_attempt(s, job, "failed", "failed", error=why, retry=False, config=self.cfg)
             elif status == "ok":
                 result = out["result"]
                 resumed = result.get("resumed_from_step") if isinstance(result, dict) else None
@@ -543,7 +578,7 @@ def _kill(a: _Attempt) -> None:
                     pass
     elif hasattr(a.process, "kill"):
         a.process.kill()
-    if a.kind == "command":
+    if a.kind == "command" or a.limits is not None:
         from .sandbox import kill_recorded
 
         kill_recorded(sandbox_state_path(a.result_path))
