@@ -349,43 +349,66 @@ def test_each_job_sees_only_the_gpus_it_was_given(tmp_path, monkeypatch, request
     assert seen[3] in ("gpus=[0]", "gpus=[1]")  # ran after one of them freed its device
 
 
-def test_a_search_order_runs_as_one_job_that_survives_preemption(reviews_csv, tiny_teacher, tmp_path, mf_home):
-    """An order with `search:` is one job on the pool (its stages are only known as the search runs): preempted
-    while training its teacher, it checkpoints, is requeued, and the next attempt resumes from the checkpoint and
-    finishes the search; the order ends registered with its Pareto plot, as `mf order run` would leave it."""
+def test_a_search_order_runs_its_trials_as_one_job_after_a_preempted_teacher(reviews_csv, tiny_teacher, tmp_path,
+                                                                            mf_home):
+    """An order with `search:` queues its teacher half as ordinary stage jobs and one job for the trials (which
+    stages those run is only known as the search runs), which waits for them. The teacher, preempted mid-training,
+    checkpoints, is requeued and resumes; the trials' job then runs once, on a cached teacher, and the order ends
+    registered with its Pareto plot, as `mf order run` would leave it."""
     add_tenant("acme")
     spec = parse_spec(tiny_order("searched", reviews_csv, tiny_teacher, teacher=TEACHER,
                                  search={"max_trials": 2, "max_minutes": 10, "space": {"layers": [1, 2],
                                                                                       "vocab": ["train"]}}))
     sub = submit_order(spec, tenant="acme")
-    assert list(sub.jobs) == ["search"]
-    search_job = sub.jobs["search"]
+    search_job, teacher_job = sub.jobs["search"], sub.jobs["teacher"]
+    assert {"split", "teacher", "export_teacher", "evaluate_teacher"} <= set(sub.jobs)
+    assert set(job(search_job).depends_on) == {j for n, j in sub.jobs.items() if n != "search"}
     log = tmp_path / "worker.log"
     worker = mf_process("worker", "--id", "solo", "--cpu", "1", "--memory-gb", "4", log=log)
     try:
         with SchedulerThread():
-            teacher_key = wait_for(lambda: next((n["key"] for n in order_status(sub.order_id)["nodes"]
-                                                 if n["node"] == "teacher" and n["state"] == "running"), None),
-                                   "the teacher stage to start inside the search job")
+            teacher_key = wait_for(lambda: job(teacher_job).state == "running" and job(teacher_job).key,
+                                   "the teacher stage job to start")
             wait_for(lambda: checkpoint_step(mf_home, teacher_key) >= 5, "the teacher's first checkpoint")
             with pool_tx() as s:  # what a policy does when it preempts
-                s.get(Job, search_job).preempt_requested = True
-            wait_for(lambda: job(search_job).attempts == 2, "the search job's second attempt", timeout=600)
+                s.get(Job, teacher_job).preempt_requested = True
+            wait_for(lambda: job(teacher_job).attempts == 2, "the teacher's second attempt", timeout=600)
             done = wait_for(lambda: job(search_job).state in ("succeeded", "failed") and job(search_job),
-                            "the search job", timeout=300)
+                            "the search job", timeout=600)
             wait_for(lambda: _order_state(sub.order_id) != "running", "the order to close")
     finally:
         stop_all([worker])
     assert done.state == "succeeded", done.last_error
-    assert [(a, o) for a, o, _ in ledger(search_job)] == [(1, "preempted"), (2, "succeeded")]
+    assert [(a, o) for a, o, _ in ledger(teacher_job)] == [(1, "preempted"), (2, "succeeded")]
+    assert job(teacher_job).result["resumed_from_step"] >= 5
+    assert [(a, o) for a, o, _ in ledger(search_job)] == [(1, "succeeded")]
     status = order_status(sub.order_id)
     assert status["state"] in ("done", "missed_targets")
-    teacher_runs = [n for n in status["nodes"] if n["node"] == "teacher"]
-    assert teacher_runs[-1]["state"] == "done" and teacher_runs[-1]["resumed_from_step"] >= 5
+    assert [n["node"] for n in status["nodes"]].count("teacher") == 1  # its job's row, not a second run's
     assert any(n["node"].startswith("trial1/") for n in status["nodes"])  # the search's second trial ran
     report = Path(status["report"])
     assert "## Recipe search" in report.read_text() and (report.parent / "pareto.png").is_file()
     assert registry.by_order([sub.order_id]) == {sub.order_id: "searched@1"}
+
+
+@pytest.mark.parametrize("search_first", [False, True])
+def test_a_search_order_and_a_recipe_order_on_one_teacher_queue_one_teacher_job(reviews_csv, tiny_teacher,
+                                                                                 search_first, mf_home):
+    """Submitted together, a search order and a fixed-recipe order on the same data and teacher share one
+    fine-tune, whichever comes first (before, the search job trained its own copy inside its process)."""
+    add_tenant("acme")
+    search = parse_spec(tiny_order("searched", reviews_csv, tiny_teacher,
+                                   search={"max_trials": 1, "max_minutes": 5, "space": {"layers": [1]}}))
+    recipe = parse_spec(tiny_order("fixed", reviews_csv, tiny_teacher))
+    first, second = (search, recipe) if search_first else (recipe, search)
+    a, b = submit_order(first, tenant="acme"), submit_order(second, tenant="acme")
+    assert {"split", "teacher", "export_teacher"} <= set(b.shared)
+    assert a.jobs["teacher"] == b.jobs["teacher"]
+    with pool_read() as s:
+        teacher_key = s.get(Job, a.jobs["teacher"]).key
+        assert len(list(s.scalars(select(Job).where(Job.key == teacher_key)))) == 1
+        search_job = s.get(Job, (a if search_first else b).jobs["search"])
+        assert a.jobs["teacher"] in search_job.depends_on
 
 
 def test_a_causal_lm_order_runs_on_the_pool_like_any_other(corpus_df, tmp_path, mf_home):

@@ -9,7 +9,7 @@ from typing import Any
 from .. import tasks
 from ..compress.search import SearchResult, Targets, Trial, plot_front, search
 from ..errors import MFError
-from .planner import Plan, student_chain, transfer_node
+from .planner import Plan, student_chain, teacher_plan, transfer_node
 from .runner import NodeResult, Reporter, run_plan
 from .spec import OrderSpec, PruneSpec, QuantizeSpec, RecipeStep, RecoverSpec
 
@@ -43,14 +43,28 @@ def search_space(spec: OrderSpec) -> dict[str, list[Any]]:
     return space
 
 
+def wants_transfer_set(spec: OrderSpec) -> bool:
+    """Whether a student in the search space distils over the transfer set."""
+    family, space = tasks.get(spec.task), search_space(spec)
+    archs = space.get("arch", [spec.student.arch])
+    return any(space.get("transfer", [])) or any(
+        family.student_defaults(family.student_params({"arch": a})).get("transfer") for a in archs)
+
+
+def search_prefix(spec: OrderSpec, dataset_artifact: str) -> Plan:
+    """What a search order computes before its first trial: the teacher half, and the transfer set if wanted.
+    On the pool these are ordinary stage jobs (shared with the tenant's other orders on the same data and teacher),
+    and the search job waits for them, so it never fine-tunes a teacher another job is already training."""
+    the_plan = teacher_plan(spec, dataset_artifact)
+    if wants_transfer_set(spec):
+        the_plan.nodes.append(transfer_node(spec))
+    return the_plan
+
+
 def _with_transfer_set(spec: OrderSpec, teacher: dict[str, NodeResult], **run) -> dict[str, NodeResult]:
     """The transfer set, before the search's clock starts, when a student in the space distils over it: it is
     the teacher's work (labeling thousands of texts), shared by every trial, not one trial's cost."""
-    family, space = tasks.get(spec.task), search_space(spec)
-    archs = space.get("arch", [spec.student.arch])
-    wanted = any(space.get("transfer", [])) or any(
-        family.student_defaults(family.student_params({"arch": a})).get("transfer") for a in archs)
-    if not wanted:
+    if not wants_transfer_set(spec):
         return teacher
     return run_plan(Plan([transfer_node(spec)], {}, "transfer"), produced=teacher, **run)
 
