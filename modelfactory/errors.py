@@ -22,3 +22,10 @@ class NotFound(MFError):
 class StopRequested(Exception):  # noqa: N818 (a request, not an error)
     """Raised after a checkpoint when the caller asked work to stop (preemption, Ctrl-C): the training loop raises
     it, the pool's worker reports the attempt as stopped, and the next attempt resumes from the checkpoint."""
+
+
+class QuotaExceeded(MFError):
+    """Work refused because its estimated cost exceeds what is left of the tenant's quota. The control plane
+    answers it with 402 (its `status`), the CLI like any MFError."""
+
+    status = 402
