@@ -36,6 +36,7 @@ from .order import execute_order, fail_order, finish_order, ingest, open_order
 from .planner import Node, Plan, plan
 from .runner import NodeResult, Reporter, node_key, run_plan
 from .spec import OrderSpec
+from .trials import search_prefix
 
 REGISTER_RETRY_S = 120  # an order left 'registering' this long (its registrar died) is registered again
 
@@ -82,33 +83,13 @@ def submit_order(spec: OrderSpec, *, tenant: str | None = None, priority: str = 
             return sub
         the_plan = plan(spec, dataset.artifact_id)
         keys = plan_keys(the_plan)
-        store = ArtifactStore()
         out = Submitted(order_id, dataset)
         nodes: dict[str, dict] = {}
         now = utcnow()
         with pool_tx() as s:
             admit(s, spec.tenant, [probe], now=now)
-            for node in the_plan.nodes:
-                key, ids = keys[node.name]
-                nodes[node.name] = {"stage": node.stage, "key": key, "job": None}
-                if store.exists(key):
-                    out.cached.append(node.name)
-                    continue
-                active = s.scalar(select(Job).where(Job.key == key, Job.tenant == spec.tenant,
-                                                    Job.state.in_(("queued", "running"))).limit(1))
-                if active is not None:  # the same stage of another order of this tenant, still in flight
-                    nodes[node.name]["job"] = out.jobs[node.name] = active.id
-                    out.shared.append(node.name)
-                    continue
-                deps = sorted({nodes[ref]["job"] for ref in node.inputs.values()
-                               if not ref.startswith("@") and nodes[ref]["job"] is not None})
-                payload = {"node": node.name, "stage": node.stage, "params": node.params, "inputs": ids, "key": key}
-                job = create(s, spec.tenant, Spec(kind="stage", payload=payload, name=f"{spec.name}/{node.name}",
-                                                  key=key, priority=priority, cpu=cpu, memory_gb=memory_gb,
-                                                  max_attempts=max_attempts, order_id=order_id,
-                                                  depends_on=tuple(deps)), now=now,
-                             reason=f"submitted with order {order_id}")
-                nodes[node.name]["job"] = out.jobs[node.name] = job.id
+            _queue_nodes(s, spec, the_plan, keys, out, nodes, order_id=order_id, now=now, priority=priority,
+                         cpu=cpu, memory_gb=memory_gb, max_attempts=max_attempts)
             cost.check_order(s, spec, the_plan, dataset, out.jobs, order_id=order_id, now=now)  # refused: rollback
             s.add(PoolOrder(order_id=order_id, tenant=spec.tenant, priority=priority, dataset=str(dataset),
                             dataset_artifact=dataset.artifact_id, nodes=nodes, state="running", updated=now))
@@ -123,16 +104,52 @@ def submit_order(spec: OrderSpec, *, tenant: str | None = None, priority: str = 
 SEARCH_NODE = "search"  # the one node of a pool order with a recipe search: its job runs the whole order
 
 
+def _queue_nodes(s, spec: OrderSpec, the_plan: Plan, keys: dict[str, tuple[str, dict[str, str]]], out: Submitted,
+                 nodes: dict[str, dict], *, order_id: int, now: dt.datetime, **resources) -> None:
+    """A stage job per node of `the_plan` (into `nodes` and `out`), except cache hits and nodes the same stage
+    of another of the tenant's orders is still computing (shared: that job is the node's job)."""
+    store = ArtifactStore()
+    for node in the_plan.nodes:
+        key, ids = keys[node.name]
+        nodes[node.name] = {"stage": node.stage, "key": key, "job": None}
+        if store.exists(key):
+            out.cached.append(node.name)
+            continue
+        active = s.scalar(select(Job).where(Job.key == key, Job.tenant == spec.tenant,
+                                            Job.state.in_(("queued", "running"))).limit(1))
+        if active is not None:  # the same stage of another order of this tenant, still in flight
+            nodes[node.name]["job"] = out.jobs[node.name] = active.id
+            out.shared.append(node.name)
+            continue
+        deps = sorted({nodes[ref]["job"] for ref in node.inputs.values()
+                       if not ref.startswith("@") and nodes[ref]["job"] is not None})
+        payload = {"node": node.name, "stage": node.stage, "params": node.params, "inputs": ids, "key": key}
+        job = create(s, spec.tenant, Spec(kind="stage", payload=payload, name=f"{spec.name}/{node.name}", key=key,
+                                          order_id=order_id, depends_on=tuple(deps), **resources), now=now,
+                     reason=f"submitted with order {order_id}")
+        nodes[node.name]["job"] = out.jobs[node.name] = job.id
+
+
 def _submit_search(spec: OrderSpec, order_id: int, dataset: DatasetRef, **resources) -> Submitted:
+    """The search's prefix (teacher half, transfer set) as stage jobs, shared like any order's, and one `order`
+    job for the rest that waits for them: a search never trains a teacher another job is already training."""
+    prefix = search_prefix(spec, dataset.artifact_id)
+    keys = plan_keys(prefix)
+    out = Submitted(order_id, dataset)
+    nodes: dict[str, dict] = {}
+    now = utcnow()
     with pool_tx() as s:
+        _queue_nodes(s, spec, prefix, keys, out, nodes, order_id=order_id, now=now, **resources)
+        deps = tuple(sorted({n["job"] for n in nodes.values() if n["job"] is not None}))
         job = create(s, spec.tenant, Spec(kind="order", payload={"dataset": str(dataset)},
-                                          name=f"{spec.name}/{SEARCH_NODE}", **resources, order_id=order_id),
-                     reason=f"submitted with order {order_id} (recipe search: one job runs the whole order)")
+                                          name=f"{spec.name}/{SEARCH_NODE}", **resources, order_id=order_id,
+                                          depends_on=deps), now=now,
+                     reason=f"submitted with order {order_id} (recipe search: one job runs the trials)")
+        nodes[SEARCH_NODE] = {"stage": SEARCH_NODE, "key": None, "job": job.id}
+        out.jobs[SEARCH_NODE] = job.id
         s.add(PoolOrder(order_id=order_id, tenant=spec.tenant, priority=resources["priority"], dataset=str(dataset),
-                        dataset_artifact=dataset.artifact_id,
-                        nodes={SEARCH_NODE: {"stage": SEARCH_NODE, "key": None, "job": job.id}}, state="running",
-                        updated=utcnow()))
-        return Submitted(order_id, dataset, jobs={SEARCH_NODE: job.id})
+                        dataset_artifact=dataset.artifact_id, nodes=nodes, state="running", updated=now))
+    return out
 
 
 def run_order_job(payload: dict, *, order_id: int, should_stop: Callable[[], bool],
@@ -303,8 +320,8 @@ def order_status(order_id: int) -> dict:
                 row["resumed_from_step"] = (job.result or {}).get("resumed_from_step")
                 row["artifact"] = (job.result or {}).get("artifact")
             out["nodes"].append(row)
-        if SEARCH_NODE in po.nodes:  # the stages its job has run so far (teacher, each trial's chain)
-            out["nodes"] += _stage_runs(s, order_id)
+        if SEARCH_NODE in po.nodes:  # the stages its job has run so far (each trial's chain)
+            out["nodes"] += [r for r in _stage_runs(s, order_id) if r["node"] not in po.nodes]
         return out
 
 
