@@ -23,6 +23,22 @@ def test_same_bytes_same_version(tmp_path):
         versions.resolve("tickets@9")
 
 
+def test_concurrent_adds_of_one_name_get_distinct_versions():
+    """Uploads of one dataset name at once (the control plane runs them in threads) each get their own version;
+    none fails on the (name, version) unique constraint (it did under bench/load.py: a 500)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from modelfactory.data.ingest import Table
+
+    def add(i: int) -> int:
+        return versions.add_table("busy", Table(rows=[{"text": f"row {i}", "label": "a"}], source="t")).version
+
+    got = [add(0)]  # the database and its tables exist before the rush, as in a running server
+    with ThreadPoolExecutor(8) as pool:
+        got += pool.map(add, range(1, 24))
+    assert sorted(got) == list(range(1, 25))
+
+
 def test_bad_rows_stop_unless_skipped(tmp_path):
     f = tmp_path / "a.csv"
     f.write_text("text,label\nx,1\n,2\ny,2\n")

@@ -14,11 +14,12 @@ from sqlalchemy import func, select
 
 from ..artifacts import ArtifactStore, content_hash
 from ..errors import MFError, NotFound
-from ..store import DatasetLineage, DatasetVersion, check_name, session
+from ..store import DatasetLineage, DatasetVersion, check_name, locked_tx, session
 from . import images, labels
 from .ingest import RowCheck, RowError, Table, peek_columns, raise_on_errors, read_table
 
 ROWS_FILE = "rows.parquet"
+VERSION_TABLES = (DatasetVersion.__tablename__, DatasetLineage.__tablename__)
 
 
 @dataclass
@@ -79,7 +80,9 @@ def add_table(name: str, table: Table, *, tenant: str = "default", source: str |
     rows = table.rows
     stats = stats_of(rows)
     artifact_id = store_rows(rows, producer="ingest", params={"source": source or table.source}, stats=stats)
-    with session() as s:
+    # Serialised: two uploads of one name at once would both read the same latest version and one would fail the
+    # (name, version) unique constraint (a 500 under load, bench/load.py).
+    with locked_tx(VERSION_TABLES) as s:
         other = s.scalar(select(DatasetVersion.tenant).where(DatasetVersion.name == name).limit(1))
         if other is not None and other != tenant:
             raise MFError(f"dataset name '{name}' belongs to another tenant; choose another name")
