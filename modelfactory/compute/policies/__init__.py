@@ -13,31 +13,24 @@ import dataclasses
 from .fair import Fair
 from .model import (
     EPS,
-    NEVER,
     PRIORITIES,
     Decision,
     JobView,
     Policy,
     Resources,
-    Running,
     TenantView,
     WorkerView,
-    describe,
     dominant_share,
     duration,
     entitlements,
-    expected_end,
     place,
-    release,
-    reservation,
     total,
 )
 from .ordered import Fifo, Priority
 
 __all__ = [
-    "EPS", "NEVER", "POLICIES", "PRIORITIES", "Decision", "Fair", "Fifo", "JobView", "Policy", "Priority",
-    "Resources", "Running", "TenantView", "WorkerView", "describe", "dominant_share", "duration", "entitlements",
-    "expected_end", "get", "place", "release", "reservation", "total",
+    "EPS", "POLICIES", "PRIORITIES", "Decision", "Fair", "Fifo", "JobView", "Policy", "Priority", "Resources",
+    "TenantView", "WorkerView", "dominant_share", "duration", "entitlements", "get", "place", "total",
 ]
 
 POLICIES: dict[str, type] = {Fifo.name: Fifo, Priority.name: Priority, Fair.name: Fair}
