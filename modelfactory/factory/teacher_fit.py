@@ -1,19 +1,7 @@
-"""Teacher fine-tuning that holds up on a few hundred rows.
-
-Small-data fine-tuning of a pretrained encoder fails in known ways (Mosbach et al. 2021, "On the Stability of
-Fine-tuning BERT"): too few optimisation steps, a bad seed or learning rate that sends the run to predicting one
-class, and the last epoch's weights kept when an earlier one was better. So: epochs are raised until the run
-makes `min_steps` steps; warmup + linear decay (the training loop's schedule); classes weighed inversely to their
-frequency; validation macro-F1 measured a few times per run and the best weights kept; and a run whose best
-validation macro-F1 is no better than always answering the majority class is *collapsed*, retried with a new seed
-and another learning rate. If every attempt collapses the best one is kept and its metrics say so, for the order
-to report plainly (the classical baseline beside it still gives the user a model).
-
-Every attempt checkpoints under the stage's work dir, so a preempted or killed teacher resumes inside the
-attempt it was in, with the attempts before it already decided.
-
-In a data-parallel gang (train/distributed.py) every rank runs this same code; rank 0 alone evaluates, keeps the
-best weights, decides whether an attempt collapsed (its account is broadcast to the others) and writes.
+"""Teacher fine-tuning that holds up on a few hundred rows, where fine-tuning a pretrained encoder fails in known
+ways (Mosbach et al. 2021): too few steps, a run collapsed to one class, the wrong epoch's weights kept. What is
+done against each, how attempts resume after preemption, and what a data-parallel gang's ranks do, is in
+docs/training.md.
 """
 
 from __future__ import annotations
