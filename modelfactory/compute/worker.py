@@ -21,6 +21,7 @@ releases that incarnation's leases at once (billed as lost) instead of waiting f
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -42,7 +43,7 @@ from sqlalchemy import and_, or_, select, update
 from ..config import settings
 from ..errors import MFError, StopRequested
 from ..store import utcnow
-from . import kinds
+from . import gang, kinds
 from .jobs import end_attempt, log_path
 from .pool import die_with_parent
 from .poolconfig import PoolConfig, pool_config
@@ -198,7 +199,8 @@ def run_job(spec: dict, stop: threading.Event) -> None:
             kind = kinds.get(spec["kind"])
             ctx = kinds.JobContext(spec["job_id"], spec["attempt"], spec["tenant"], spec["order_id"],
                                    spec["payload"], stop.is_set)
-            out = {"status": "ok", "result": kind.run(ctx)}
+            with gang.environment(spec.get("gang")):  # a gang's rank: its torch.distributed rendezvous
+                out = {"status": "ok", "result": kind.run(ctx)}
     except MFError as e:
         out = {"status": "error", "error": str(e), "retry": False}
     except StopRequested as e:
@@ -316,6 +318,8 @@ class PoolWorker:
         self.log = log or (lambda msg: print(f"[{utcnow():%H:%M:%S}] {self.id}: {msg}", file=sys.stderr,
                                              flush=True))
         self.running: dict[int, _Attempt] = {}
+        self.gang = gang.Members(self.id, self._start_member, _kill_process, self._signal_stop,
+                                 lambda job: self.attempts_dir / f"{job.id}.{job.attempts}.json", self.log)
         self.stopping = False
         self._hb_stop = threading.Event()
         self.ctx = multiprocessing.get_context("forkserver")
@@ -371,6 +375,7 @@ class PoolWorker:
             hb.join(timeout=5)
             for a in self.running.values():  # only on an unexpected error: leave nothing behind
                 _kill(a)
+            self.gang.kill_all()
             set_state(self.id, "stopped")
             for sig, handler in old.items():
                 signal.signal(sig, handler)
@@ -391,8 +396,10 @@ class PoolWorker:
         set_state(self.id, "stopping")  # no new leases meanwhile
         for a in self.running.values():
             self._ask_stop(a, reason)
+        self.gang.stop_all()  # ranks of gangs led elsewhere: the whole gang checkpoints and stops together
         deadline = time.monotonic() + self.cfg.preempt_grace_s + 30
-        while self.running and time.monotonic() < deadline:  # past it, leases expire and the jobs are requeued
+        # past the deadline, leases expire and the jobs are requeued
+        while (self.running or self.gang.running()) and time.monotonic() < deadline:
             try:
                 self.tick(accept_new=False)
             except Exception as e:
@@ -422,6 +429,10 @@ class PoolWorker:
                 _kill(a)
             elif job.preempt_requested and a.stop_sent is None:
                 self._ask_stop(a, "preempted")
+        if not self.ray:  # on Ray the lead starts every rank of its gangs itself
+            with pool_read() as s:
+                gangs = list(s.scalars(select(Job).where(Job.state == "running", Job.slots > 1)))
+            self.gang.tick(gangs, accept_new and not self.stopping)
         now = time.monotonic()
         for a in self.running.values():
             if a.discard or a.forced or a.process.exitcode is not None:
@@ -469,6 +480,11 @@ class PoolWorker:
             spec["gpu_ids"] = list(a.gpus)
             if job.kind != "command":
                 self._limit_stage(a, job, spec)
+        if job.slots > 1:  # a gang: this is rank 0; on Ray it starts the others too (compute/gang.py)
+            if self.ray:
+                spec["slots"] = job.slots
+            else:
+                spec["gang"] = gang.publish(a.result_path, job.slots)
         if self.ray:
             from .ray_executor import RayTask
 
@@ -490,6 +506,27 @@ class PoolWorker:
         spec["limits"] = {**a.limits.spec(), "enforcement": a.limits.enforcement}
         if a.limits.rlimit_fallback:
             self.log(f"job {job.id}: memory limit by {a.limits.enforcement['memory']}")
+
+    def _start_member(self, job: Job, rank: int, rendezvous: dict) -> multiprocessing.process.BaseProcess:
+        """Rank `rank` (> 0) of a gang: a job process like the lead's, with its own result and log files (the
+        lead records the attempt; a member's result is never read)."""
+        base = f"{job.id}.{job.attempts}.rank{rank}"
+        spec = {"job_id": job.id, "attempt": job.attempts, "kind": job.kind, "payload": job.payload,
+                "tenant": job.tenant, "order_id": job.order_id, "cpu": job.cpu, "gpu": job.gpu,
+                "memory_gb": job.memory_gb, "time_limit_s": job.time_limit_s, "worker": self.id,
+                "worker_pid": os.getpid(), "result_path": str(self.attempts_dir / f"{base}.json"),
+                "log_path": str(self.logs_dir / f"{base}.log"), "gang": rendezvous,
+                "gpu_ids": list(self._assign_gpus(job.gpu))}
+        p = self.ctx.Process(target=_job_process, args=(spec,), name=f"mf-job-{job.id}-rank{rank}")
+        p.start()
+        return p
+
+    @staticmethod
+    def _signal_stop(process: multiprocessing.process.BaseProcess) -> None:
+        try:
+            os.kill(process.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
 
     def _assign_gpus(self, gpu: float) -> tuple[int, ...]:
         """Device indices for a job asking for `gpu` GPUs: free whole devices first; a fractional request may
@@ -556,6 +593,16 @@ class PoolWorker:
 
 def _noop() -> None:
     pass
+
+
+def _kill_process(process: multiprocessing.process.BaseProcess) -> None:
+    """SIGKILL a job process and its process group (a gang member's)."""
+    if process.pid is not None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
 
 
 def _kill(a: _Attempt) -> None:

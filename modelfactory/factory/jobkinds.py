@@ -20,6 +20,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import select, update
 
@@ -31,11 +32,13 @@ from ..config import settings
 from ..data.versions import DatasetRef, resolve
 from ..errors import MFError, NotFound
 from ..store import Order, StageRun, session, utcnow
+from ..train import distributed
 from . import cost
 from .order import execute_order, fail_order, finish_order, ingest, open_order
 from .planner import Node, Plan, plan
 from .runner import NodeResult, Reporter, node_key, run_plan
 from .spec import OrderSpec
+from .stages import STAGES, StageContext
 from .trials import search_prefix
 
 REGISTER_RETRY_S = 120  # an order left 'registering' this long (its registrar died) is registered again
@@ -125,7 +128,8 @@ def _queue_nodes(s, spec: OrderSpec, the_plan: Plan, keys: dict[str, tuple[str, 
                        if not ref.startswith("@") and nodes[ref]["job"] is not None})
         payload = {"node": node.name, "stage": node.stage, "params": node.params, "inputs": ids, "key": key}
         job = create(s, spec.tenant, Spec(kind="stage", payload=payload, name=f"{spec.name}/{node.name}", key=key,
-                                          order_id=order_id, depends_on=tuple(deps), **resources), now=now,
+                                          order_id=order_id, depends_on=tuple(deps),
+                                          slots=int(node.params.get("_workers") or 1), **resources), now=now,
                      reason=f"submitted with order {order_id}")
         nodes[node.name]["job"] = out.jobs[node.name] = job.id
 
@@ -177,9 +181,30 @@ def run_stage(payload: dict, *, order_id: int | None, should_stop: Callable[[], 
     missing = [aid for aid in payload["inputs"].values() if not ArtifactStore().exists(aid)]
     if missing:
         raise MFError(f"input artifact(s) {', '.join(a[:12] for a in missing)} missing: was MF_HOME shared?")
-    results = run_plan(Plan([node], {}, node.name), order_id=order_id, should_stop=should_stop, reporter=reporter)
+    with distributed.joined() as gang:  # a gang job's process group, set up by the pool (or Ray); else alone
+        if not gang.lead:
+            return _follow_stage(node, payload, should_stop)
+        results = run_plan(Plan([node], {}, node.name), order_id=order_id, should_stop=should_stop,
+                           reporter=reporter)
     r = results[node.name]
-    return {"artifact": r.artifact.id, "cached": r.cached, "resumed_from_step": r.resumed_from_step}
+    return {"artifact": r.artifact.id, "cached": r.cached, "resumed_from_step": r.resumed_from_step,
+            **({"world_size": gang.size} if gang.size > 1 else {})}
+
+
+def _follow_stage(node: Node, payload: dict, should_stop: Callable[[], bool]) -> dict:
+    """A gang's rank > 0: train beside rank 0 (same work dir, so the same checkpoints to resume from) into a
+    scratch folder; rank 0 alone writes the artifact, its StageRun row and the job's result."""
+    import tempfile
+
+    store = ArtifactStore()
+    if store.exists(payload["key"]):  # rank 0 finds it cached and trains nothing: neither do we
+        return {"rank": distributed.world().rank, "cached": True}
+    stage = STAGES[node.stage]
+    inputs = {role: store.get(aid) for role, aid in payload["inputs"].items()}
+    with tempfile.TemporaryDirectory(prefix="mf-rank-") as scratch:
+        stage.fn(StageContext(out=Path(scratch), work=settings().work / payload["key"], should_stop=should_stop),
+                 inputs, node.params)
+    return {"rank": distributed.world().rank}
 
 
 def checkpoint_step(key: str) -> int | None:

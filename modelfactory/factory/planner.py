@@ -71,7 +71,8 @@ def teacher_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
               "min_steps": tasks.get(task).teacher_min_steps if t.min_steps is None else t.min_steps,
               "retries": tasks.get(task).teacher_retries if t.retries is None else t.retries,
               **({"image_size": t.image_size} if t.image_size else {}),  # absent by default: cache keys unchanged
-              **({"augment": True} if t.augment else {})},
+              **({"augment": True} if t.augment else {}),
+              **({"_workers": t.workers} if t.workers > 1 else {})},  # how it runs, not what: not in the key
              {"split": "split"}),
         Node("export_teacher", "export_onnx", {"task": task}, {"model": "teacher", "split": "split"}),
     ]

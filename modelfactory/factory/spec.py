@@ -98,6 +98,9 @@ class TeacherSpec(Strict):
                                 "training collapses to no better than the majority class; default: the family's "
                                 "(text: 2)")
     lora: LoraSpec | None = Field(None, description="generative tasks: the adapter trained on the frozen base")
+    workers: int = Field(1, ge=1, le=64, description="on the pool: fine-tune data-parallel on this many workers "
+                                                     "at once (a gang; torch.distributed), each with the order's "
+                                                     "CPUs; the teacher it produces is the same cached artifact")
 
 
 class StudentSpec(Strict):

@@ -2,8 +2,9 @@
 
 Who sets it up: whoever starts the gang's processes (the pool's workers, or Ray) gives each one the torchrun
 environment (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE) plus MF_GANG=1; `joined()` turns that into a process
-group (gloo on CPU, nccl where the process sees a GPU) for the duration of a stage, and does nothing without it,
-so the single-process path is the one it always was. The training loop asks `world()` whether it trains alone.
+group (gloo on CPU, plus nccl for CUDA tensors where the process sees a GPU) for the duration of a stage, and
+does nothing without it, so the single-process path is the one it always was. The training loop asks
+`world()` whether it trains alone.
 
 What the loop does with it (train/loop.py): every rank walks the same global batch order and takes its share of
 each batch (rows rank, rank + world, ...), its loss weighted by that share; the gradients are summed over the
@@ -28,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 GANG_ENV = "MF_GANG"
-RENDEZVOUS_TIMEOUT_S = 120.0  # a member that never arrives fails the gang's attempt (which the pool retries)
+TIMEOUT_S = 600.0  # a member that never arrives (or stops answering) fails the gang's attempt; the pool retries it
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,9 @@ def world() -> World:
 
 
 def backend() -> str:
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    """gloo for CPU tensors; where the process sees a GPU, nccl for CUDA tensors (and gloo for the CPU ones: the
+    stop flag, broadcasts, and a model that trains on the CPU)."""
+    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
 
 
 @contextlib.contextmanager
@@ -62,10 +65,10 @@ def joined() -> Iterator[World]:
         yield world()
         return
     be = backend()
-    if be == "nccl":
+    if "nccl" in be:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     dist.init_process_group(be, init_method="env://", rank=int(os.environ["RANK"]), world_size=size,
-                            timeout=dt.timedelta(seconds=RENDEZVOUS_TIMEOUT_S))
+                            timeout=dt.timedelta(seconds=TIMEOUT_S))
     try:
         yield world()
     finally:
@@ -147,4 +150,4 @@ def sync_gradients(params: list[torch.Tensor]) -> None:
 
 
 def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if backend() == "nccl" else torch.device("cpu")
+    return torch.device("cpu")  # the small values this module exchanges itself go through gloo
