@@ -40,7 +40,7 @@ from modelfactory.compute.poolconfig import pool_config
 from modelfactory.compute.scheduler import schedule_once
 from modelfactory.compute.tables import Job, pool_read, pool_tx
 from modelfactory.compute.worker import pid_alive
-from modelfactory.factory.jobkinds import finalize_orders, order_status, plan_keys, submit_order
+from modelfactory.factory.jobkinds import finalize_orders, order_status, plan_keys, run_order_job, submit_order
 from modelfactory.factory.order import run_order
 from modelfactory.factory.planner import Node, Plan
 from modelfactory.factory.spec import parse_spec
@@ -409,6 +409,30 @@ def test_a_search_order_and_a_recipe_order_on_one_teacher_queue_one_teacher_job(
         assert len(list(s.scalars(select(Job).where(Job.key == teacher_key)))) == 1
         search_job = s.get(Job, (a if search_first else b).jobs["search"])
         assert a.jobs["teacher"] in search_job.depends_on
+
+
+def test_a_failed_search_attempt_leaves_the_order_open_for_the_retry(reviews_csv, tiny_teacher, tmp_path, mf_home):
+    """One failed attempt of a search job does not close its order as failed (the pool retries the job, and
+    closes the order only when the job fails for good); before, the order read 'failed' while its retry ran, and
+    a retry that finished it left the first attempt's error on a 'done' order."""
+    add_tenant("acme")
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_teacher, teacher)
+    spec = parse_spec(tiny_order("searched", reviews_csv, teacher,
+                                 search={"max_trials": 1, "max_minutes": 5, "space": {"layers": [1]}}))
+    sub = submit_order(spec, tenant="acme")
+    shutil.rmtree(teacher)  # this attempt cannot fine-tune its teacher: it fails
+    with pytest.raises(Exception):  # noqa: B017 (whatever a missing model dir raises)
+        run_order_job(job(sub.jobs["search"]).payload, order_id=sub.order_id, should_stop=lambda: False)
+    assert _order_state(sub.order_id) == "running"
+    with pool_tx() as s:  # the job's last attempt failed: the pool closes the order with the job's error
+        j = s.get(Job, sub.jobs["search"])
+        j.state, j.last_error = "failed", "the teacher dir is gone"
+    assert finalize_orders(order_ids=[sub.order_id]) == [sub.order_id]
+    with session() as s:
+        order = s.get(Order, sub.order_id)
+        assert order.state == "failed"
+        assert order.error == f"job {sub.jobs['search']} (searched/search) failed: the teacher dir is gone"
 
 
 def test_a_causal_lm_order_runs_on_the_pool_like_any_other(corpus_df, tmp_path, mf_home):

@@ -163,7 +163,7 @@ def run_order_job(payload: dict, *, order_id: int, should_stop: Callable[[], boo
     with session() as s:
         spec = OrderSpec.model_validate(s.get(Order, order_id).spec)
     result = execute_order(spec, order_id, resolve(payload["dataset"]), reporter=reporter,
-                           should_stop=should_stop)
+                           should_stop=should_stop, retried=True)
     return {"model": str(result.model) if result.model else None, "missed": result.missed}
 
 

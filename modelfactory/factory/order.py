@@ -97,10 +97,12 @@ def run_order(spec: OrderSpec, *, reporter: Reporter | None = None, skip_bad_row
 
 
 def execute_order(spec: OrderSpec, order_id: int, dataset: DatasetRef, *, reporter: Reporter | None = None,
-                  should_stop=lambda: False) -> OrderResult:
+                  should_stop=lambda: False, retried: bool = False) -> OrderResult:
     """Run an opened order's stages (its fixed recipe, or the teacher then the recipe search) and register it.
-    An error closes the order as failed; StopRequested (preemption on the pool) leaves it open, and the next
-    attempt finds every finished stage in the cache and the interrupted one's checkpoint."""
+    An error closes the order as failed, unless `retried` (a pool job, whose next attempt may still finish it:
+    the pool closes the order when the job fails for good), except a search that met no target, which no retry
+    changes; StopRequested (preemption on the pool) leaves it open, and the next attempt finds every finished
+    stage in the cache and the interrupted one's checkpoint."""
     from ..train.loop import StopRequested
 
     try:
@@ -122,7 +124,8 @@ def execute_order(spec: OrderSpec, order_id: int, dataset: DatasetRef, *, report
     except StopRequested:
         raise
     except BaseException as e:
-        fail_order(order_id, e)
+        if not retried or getattr(e, "exit_code", 0) == 3:
+            fail_order(order_id, e)
         raise
     return finish_order(spec, order_id, dataset, the_plan, results, searched)
 
