@@ -145,6 +145,7 @@ def _from_json(text: str, name: str) -> tuple[list[Correction], list[str]]:
     if not isinstance(obj, list):
         return [], [f"{name}: expected a JSON list of Label Studio tasks"]
     out, errors = [], []
+    newest: dict[int, tuple[tuple, Correction]] = {}  # JSON-MIN: mf_id -> (its newest annotation's time, choice)
     for i, task in enumerate(obj, start=1):
         where = f"{name}: task #{i}" + (f" (id {task.get('id')})" if isinstance(task, dict) and "id" in task else "")
         if not isinstance(task, dict):
@@ -152,13 +153,19 @@ def _from_json(text: str, name: str) -> tuple[list[Correction], list[str]]:
             continue
         if "data" not in task:  # JSON-MIN: the data fields and the choice at the top level
             c, e = _flat(task, where)
+            if c is not None:  # one object per annotation (Label Studio lists the newest first): newest wins
+                when = (str(task.get("updated_at") or task.get("created_at") or ""),
+                        _row_id(task.get("annotation_id")) or 0)
+                if c.mf_id not in newest or when >= newest[c.mf_id][0]:
+                    newest[c.mf_id] = (when, c)
+                continue
         else:
             c, e = _from_task(task, where)
         if e:
             errors.append(e)
         elif c is not None:
             out.append(c)
-    return out, errors
+    return out + [c for _, c in newest.values()], errors
 
 
 def _from_task(task: dict, where: str) -> tuple[Correction | None, str | None]:
