@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,19 @@ from typing import Any
 from .config import settings
 
 MANIFEST = "manifest.json"
+TMP_PREFIX = ".tmp-"  # + <id[:12]>-<host>-<pid>-<random>: a folder being written
+_HOST = socket.gethostname().replace("/", "_")
+
+
+def _pid_exists(pid: int) -> bool:
+    """Whether a process with this pid exists here (a zombie too: its folder is swept once it is reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def content_hash(obj: Any) -> str:
@@ -91,6 +105,20 @@ class ArtifactStore:
         manifest = json.loads((p / MANIFEST).read_text())
         return Artifact(artifact_id, p, manifest)
 
+    def sweep_stale_tmp(self) -> list[str]:
+        """Remove the temporary folders of writers on this host that died before they finished (a job process
+        killed with its worker leaves its half-written artifact behind; bench/chaos.py counted them). A folder
+        is its writer's while that pid lives: one on another host sharing MF_HOME, or a live one, is left alone."""
+        removed = []
+        for entry in os.scandir(self.root):
+            if not entry.name.startswith(TMP_PREFIX):
+                continue
+            owner = entry.name[len(TMP_PREFIX):].partition("-")[2].rsplit("-", 2)  # [host, pid, random]
+            if len(owner) == 3 and owner[0] == _HOST and owner[1].isdigit() and not _pid_exists(int(owner[1])):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.name)
+        return removed
+
     @contextmanager
     def create(self, artifact_id: str, *, kind: str, producer: str, params: dict | None = None,
                inputs: dict[str, str] | None = None) -> Iterator[tuple[Path, dict[str, Any]]]:
@@ -98,7 +126,8 @@ class ArtifactStore:
 
         Whatever the caller puts in manifest_extra (metrics, files) lands in manifest.json.
         """
-        tmp = self.root / f".tmp-{artifact_id[:12]}-{uuid.uuid4().hex[:8]}"
+        self.sweep_stale_tmp()
+        tmp = self.root / f"{TMP_PREFIX}{artifact_id[:12]}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         extra: dict[str, Any] = {}
         try:

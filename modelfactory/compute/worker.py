@@ -57,7 +57,8 @@ LAZY_IMPORTS = ["torch.onnx", "torch._dynamo", "onnx", "onnxruntime", "onnxrunti
 
 
 def preload() -> list[str]:
-    return [*kinds.modules(), *LAZY_IMPORTS]
+    # forkserver_guard first: the forkserver dies with the worker even while it imports the rest
+    return [f"{__package__}.forkserver_guard", *kinds.modules(), *LAZY_IMPORTS]
 EXIT_STOPPED = 75  # the job process stopped on request, after a checkpoint
 
 

@@ -1,0 +1,78 @@
+"""What a process killed with `kill -9` leaves behind, found by bench/chaos.py and cleaned up since:
+
+- a job process killed mid-stage left its half-written artifact folder (`.tmp-*` in the artifact store) forever;
+  the next writer on the same host now removes the folders of writers that no longer exist;
+- a worker killed while its forkserver was still importing its preload list (a minute or more on a loaded box)
+  left the forkserver running alone; it now dies with the worker (compute/forkserver_guard.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from modelfactory.artifacts import ArtifactStore
+from modelfactory.compute.worker import pid_alive
+
+from .conftest import REPO
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_a_killed_writers_half_written_artifact_is_swept_by_the_next_writer(mf_home):
+    store = ArtifactStore()
+    # A writer killed inside create(): its folder is all that is left of it.
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal\n"
+        "from modelfactory.artifacts import ArtifactStore\n"
+        "with ArtifactStore().create('ab' * 32, kind='model', producer='test') as (tmp, extra):\n"
+        "    (tmp / 'weights.bin').write_bytes(b'x' * 1000)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")], cwd=REPO, env=os.environ.copy())
+    assert killed.returncode == -signal.SIGKILL
+    left = [p.name for p in store.root.iterdir() if p.name.startswith(".tmp-")]
+    assert len(left) == 1
+    # A live writer's folder (this process) and one of another host sharing MF_HOME are not touched.
+    mine = store.root / f".tmp-{'cd' * 6}-{left[0].split('-')[2]}-{os.getpid()}-00000000"
+    mine.mkdir()
+    elsewhere = store.root / f".tmp-{'ef' * 6}-some-other-host-{_dead_pid()}-00000000"
+    elsewhere.mkdir()
+
+    with store.create("12" * 32, kind="model", producer="test") as (tmp, extra):
+        (tmp / "ok").write_text("ok")
+    assert store.exists("12" * 32)
+    assert sorted(p.name for p in store.root.iterdir() if p.name.startswith(".tmp-")) == sorted(
+        [mine.name, elsewhere.name])
+
+
+def test_a_forkserver_still_importing_dies_with_its_killed_worker(tmp_path):
+    """The worker's preload list, with a module that takes a minute to import standing in for torch on a loaded
+    machine: the worker is killed while the forkserver imports it, and the forkserver must not outlive it."""
+    (tmp_path / "slow_import.py").write_text("import time\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import multiprocessing, sys, time\n"
+        "from multiprocessing import forkserver\n"
+        "from modelfactory.compute.worker import preload\n"
+        "multiprocessing.set_forkserver_preload([preload()[0], 'slow_import'])\n"
+        "forkserver.ensure_running()\n"
+        "print(forkserver._forkserver._forkserver_pid, flush=True)\n"
+        "time.sleep(120)\n")], cwd=REPO, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])})
+    try:
+        server = int(parent.stdout.readline())
+        assert pid_alive(server)
+        time.sleep(2)  # it is inside the slow import now
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while pid_alive(server) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not pid_alive(server), "the forkserver outlived its killed worker"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
