@@ -439,8 +439,9 @@ def outcome(db, submitted: dict[int, str], home: Path, tmp: Path) -> dict:
         for i, state, error in c.execute(text("SELECT id, state, error FROM orders")):
             if i in orders:
                 orders[i].update(state=state, error=error)
-        models = {name: metrics if isinstance(metrics, dict) else json.loads(metrics)
-                  for name, metrics in c.execute(text("SELECT name, metrics FROM model_versions"))}
+        rows = c.execute(text("SELECT name, metrics, artifact_id FROM model_versions")).all()
+        models = {name: metrics if isinstance(metrics, dict) else json.loads(metrics) for name, metrics, _ in rows}
+        files = {name: _files_hash(home / "artifacts" / artifact) for name, _, artifact in rows}
         jobs = {i: (attempts, state, name) for i, attempts, state, name in
                 c.execute(text("SELECT id, attempts, state, name FROM jobs"))}
         billed: dict[tuple[int, int], list[str]] = {}
@@ -459,12 +460,27 @@ def outcome(db, submitted: dict[int, str], home: Path, tmp: Path) -> dict:
     leftovers += [str(p.relative_to(home)) for p in home.rglob("*.tmp")]
     work = home / "work"
     stale_work = [p.name for p in work.iterdir() if (artifacts / p.name).exists()] if work.exists() else []
-    return {"orders": orders, "models": models, "jobs": len(jobs), "job_states": _count(s for _, s, _ in jobs.values()),
+    return {"orders": orders, "models": models, "model_files": files, "jobs": len(jobs),
+            "job_states": _count(s for _, s, _ in jobs.values()),
             "retried": {n: a for a, _, n in jobs.values() if a > 1},
             "attempts": len(expected), "ledger_rows": sum(len(v) for v in billed.values()),
             "ledger_outcomes": outcomes, "double_billed": double, "unbilled": lost, "billed_unknown": unknown,
             "temp_leftovers": {"TMPDIR": sorted(os.listdir(tmp)), "MF_HOME": sorted(leftovers),
                                "work dirs of finished stages": sorted(stale_work)}}
+
+
+def _files_hash(path: Path) -> str:
+    """A registered model's files (the manifest aside, which records when it was made) as one hash."""
+    from modelfactory.artifacts import file_hash
+
+    return file_hash_list([(p.relative_to(path).as_posix(), file_hash(p)) for p in sorted(path.rglob("*"))
+                           if p.is_file() and p.name != "manifest.json"])
+
+
+def file_hash_list(items: list[tuple[str, str]]) -> str:
+    from modelfactory.artifacts import content_hash
+
+    return content_hash(items)
 
 
 def _count(items) -> dict[str, int]:
@@ -522,6 +538,7 @@ def summary(db: str, ref: dict, cha: dict, tolerance: float) -> dict:
         "reference_completed": sum(o.get("state") in ("done", "missed_targets") for o in ref["orders"].values()),
         "models_equal": sum(1 for v in cmp.values() if not v.get("missing") and not v["differ"]),
         "models_compared": len(cmp), "model_diffs": {k: v for k, v in cmp.items() if v.get("missing") or v["differ"]},
+        "model_files_identical": sum(cha["model_files"].get(k) == h for k, h in ref["model_files"].items()),
         "attempts": cha["attempts"], "ledger_rows": cha["ledger_rows"],
         "billed_once": cha["attempts"] - len(cha["unbilled"]) - len(cha["double_billed"]),
         "unbilled": cha["unbilled"], "double_billed": cha["double_billed"], "billed_unknown": cha["billed_unknown"],
@@ -559,7 +576,8 @@ def write(results: dict, out: Path) -> None:
         "server (workers, forkservers, job processes) still alive 10 s after the pass ended. Temp leftovers: "
         "entries in the pass's TMPDIR, `.tmp-*` artifact dirs and `*.tmp` files under MF_HOME, and checkpoint "
         "dirs (MF_HOME/work/<key>) of stages whose artifact exists.", "",
-        "| database | faults (worker kill / server kill / pause) | orders completed | models equal to undisturbed "
+        "| database | faults (worker kill / server kill / pause) | orders completed | models whose metrics equal "
+        "the undisturbed run's (whose files are identical) "
         "| attempts billed exactly once | lost / double bills | orphans after the run (during it, > 30 s) "
         "| temp leftovers | wall (undisturbed / chaos) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -569,6 +587,7 @@ def write(results: dict, out: Path) -> None:
         lines.append(
             f"| {s['database']} | {s['faults']} ({k['worker_kill']} / {k['server_kill']} / {k['worker_pause']}) "
             f"| {s['orders_completed']}/{s['orders']} | {s['models_equal']}/{s['models_compared']} "
+            f"({s['model_files_identical']}/{s['models_compared']}) "
             f"| {s['billed_once']}/{s['attempts']} | {len(s['unbilled'])} / {len(s['double_billed'])} "
             f"| {len(s['orphans'])} ({len(s['orphans_during_run'])}) | {s['temp_leftover_count']} "
             f"| {s['reference_wall_s']:.0f} s / {s['chaos_wall_s']:.0f} s |")
