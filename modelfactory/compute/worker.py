@@ -615,15 +615,7 @@ def _kill(a: _Attempt) -> None:
     them, even though the job process that ran it is gone by then. Under bubblewrap the command also dies with
     its parent. A Ray task is cancelled through Ray (its command dies with the Ray worker under bubblewrap)."""
     if isinstance(a.process, multiprocessing.process.BaseProcess):
-        pid = a.process.pid
-        if pid is not None:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        _kill_process(a.process)
     elif hasattr(a.process, "kill"):
         a.process.kill()
     if a.kind == "command" or a.limits is not None:
