@@ -21,7 +21,6 @@ import dataclasses
 import io
 import json
 import os
-import resource
 import secrets
 import shutil
 import signal
@@ -183,7 +182,6 @@ def run(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="mf-factory-bench-"))
     home = work / "home"  # empty: nothing cached, no tenants, no datasets
     specs = factory_orders.orders(args.quick)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     stack = start_stack(home, args)
     os.environ.update({k: v for k, v in stack.env.items() if k.startswith("MF_")})  # for reading the tables after
     try:
@@ -224,10 +222,8 @@ def run(args: argparse.Namespace) -> dict:
         stack.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # server, workers and the job processes they reaped
-    measured = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     data = factory_report.Collected(specs=specs, submitted=submitted, states=states, usage=usage, models=models,
-                                    tables=tables, measured_cpu_s=round(measured, 1),
+                                    tables=tables,
                                     uploads=uploads, t0=t0, wall_s=wall, submit_s=submit_s, load=load.summary(),
                                     weights=factory_orders.TENANTS)
     dump = Path(tempfile.gettempdir()) / f"mf-factory-bench-{int(t0)}.json"  # to re-analyse (--from-collected)

@@ -107,7 +107,6 @@ class Collected:
     load: dict[str, Any]
     weights: dict[str, float]
     tables: dict[str, list[dict]] = field(default_factory=dict)
-    measured_cpu_s: float | None = None  # user+sys of every process the stack ran (getrusage of reaped children)
 
 
 def asdict_sizes(quick: bool) -> dict[str, Any]:
@@ -164,7 +163,7 @@ def analyse(d: Collected) -> dict[str, Any]:
         "orders_done": sum(o["state"] == "done" for o in per_order),
         "orders_missed_targets": sum(o["state"] == "missed_targets" for o in per_order),
         "orders_failed": sum(o["state"] in ("failed", "infeasible", "cancelled") for o in per_order),
-        "cpu_s_total": round(total, 1), "measured_cpu_s": d.measured_cpu_s,
+        "cpu_s_total": round(total, 1),
         "cpu_s_by_stage_kind": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
         "cpu_s_by_outcome": _sum_by(lines, "outcome"),
         "teacher_finetunes": {"runs": len(teacher_runs), "distinct_keys": len(teacher_keys),
@@ -308,8 +307,6 @@ def markdown(r: dict[str, Any], name: str) -> str:
            f"| machine load (1-min average) during the run: mean / max | {load['load1_mean']} / {load['load1_max']} "
            f"on {load['cpus']} CPUs; all CPUs busy {_fmt(load['machine_busy_share'], '.0%')} of the time |",
            f"| ledger CPU-seconds, all attempts | {r['cpu_s_total']:.0f} (by outcome: {r['cpu_s_by_outcome']}) |",
-           f"| CPU time (user + sys) the server, workers and jobs really used | "
-           f"{_fmt(r.get('measured_cpu_s'), '.0f') or 'not measured in this run'} |",
            f"| teacher fine-tunes run / distinct (dataset, teacher, split) | {tf['runs']} runs over "
            f"{tf['distinct_keys']} keys ({tf['resumed_runs']} resumed) / {tf['expected_pairs']} expected; "
            f"repeated: {tf['repeated']} |",
@@ -347,15 +344,18 @@ def markdown(r: dict[str, Any], name: str) -> str:
                    f"{_fmt(o.get('latency_ms'))} | {targets} | {met_s} | {o['student_cpu_s']:.0f} |")
     import factory_orders
 
-    out += ["", f"![timeline]({name}_timeline.png)", "", "## Definitions", "",
+    out += ["", f"![timeline]({name}_timeline.png)", "", "Each bar is one stage run; a stage shared by several "
+            "orders (a teacher, a transfer set) is drawn on the order whose submission queued it, and the others "
+            "wait for it.", "", "## Definitions", "",
             __doc__.split("\n\n", 1)[1].strip(), "", "## How the orders were sized", "",
             " ".join(factory_orders.__doc__.split("\n\n", 1)[1].split()), "", SIZING, ""]
     return "\n".join(out)
 
 
-SIZING = """The budget: two one-CPU workers for an hour is 7,200 CPU-seconds. A MiniLM fine-tune step (batch 32, 64
-tokens) costs about 1.2 CPU-seconds on one core here (the demo's 235 steps took 3 min on two), so each text teacher
-gets about 150 steps on a 3,000-row sample (~4 min with its evaluations); its transfer set is 3 x 2,250 texts labeled
+SIZING = """The full run's sizes, estimated beforehand (not measured on a quiet machine): two one-CPU workers for an
+hour is 7,200 CPU-seconds. A MiniLM fine-tune step (batch 32, 64 tokens) costs about 1.6 CPU-seconds (the demo's 235
+steps took 3m04s on two quiet cores), so each text teacher gets 150 steps on a 3,000-row sample (~4-5 CPU-minutes
+with its evaluations); its transfer set is 3 x 2,250 texts labeled
 once (~1 min); the image teacher (ResNet-S from scratch, 6 epochs over 2,250 digits) ~2 min; each fixed student
 chain (distil or fit, export, quantize, evaluations) ~1-3 min; each search 4 trials within 4 minutes. That is
 roughly 60-70 CPU-minutes for all 20 orders: about 35 minutes of makespan on a quiet machine, half the hour, to
