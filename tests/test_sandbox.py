@@ -755,6 +755,17 @@ _WORKER = ("import sys\n"
            "worker.PoolWorker(sys.argv[1], worker.Capacity(cpu=2, gpu=0, memory_gb=2)).run()\n")
 
 
+def stop_worker(worker: subprocess.Popen, log) -> None:
+    """Stop a worker process the way an operator does (SIGTERM: it drains), killing it if it hangs."""
+    worker.terminate()
+    try:
+        worker.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+    log.close()
+
+
 @needs_root
 def test_cancelling_a_running_command_job_leaves_nothing_of_it(mode, monkeypatch, tmp_path):
     """A command job on a real worker starts a child that escapes with setsid; the job is cancelled while it runs:
@@ -797,13 +808,7 @@ def test_cancelling_a_running_command_job_leaves_nothing_of_it(mode, monkeypatch
 
         wait_for(lambda: not leftover(), "the cancelled job's cgroups to be removed", timeout=120)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-        log.close()
+        stop_worker(worker, log)
         for pid in survivors(tag, timeout=0):
             os.kill(pid, signal.SIGKILL)
 
@@ -811,7 +816,7 @@ def test_cancelling_a_running_command_job_leaves_nothing_of_it(mode, monkeypatch
 _RAY_BODY = ("import inspect, json, sys\n"
              "from modelfactory.compute import ray_executor, worker\n"
              "spec = json.loads(sys.argv[1])\n"
-             "if len(inspect.signature(ray_executor._run_remote).parameters) == 2:\n"
+             "if 'run_job' in inspect.signature(ray_executor._run_remote).parameters:\n"
              "    ray_executor._run_remote(spec, worker.run_job)\n"
              "else:\n"
              "    ray_executor._run_remote(spec)\n")

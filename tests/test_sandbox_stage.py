@@ -21,6 +21,8 @@ import pytest
 
 from modelfactory.compute import sandbox
 
+from .test_sandbox import stop_worker
+
 REPO = Path(__file__).resolve().parents[1]
 
 KINDS = textwrap.dedent("""
@@ -138,10 +140,4 @@ def test_stage_jobs_over_memory_or_time_fail_once_and_the_worker_goes_on(mechani
             assert not [p for p in Path("/sys/fs/cgroup").rglob(f"mf-job-{hog}.1-*") if p.is_dir()], \
                 "the hog's cgroup was left behind"
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-        log.close()
+        stop_worker(worker, log)

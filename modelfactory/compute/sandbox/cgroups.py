@@ -7,9 +7,11 @@ tenant's command (compute/worker.py), through this same code."""
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -283,6 +285,15 @@ class JobCgroup:
         if kills is not None:
             return kills > 0
         return (_read_int_field(d / "memory.oom_control", "under_oom") or 0) > 0  # old kernels
+
+    def record(self, state_path: Path) -> None:
+        """Write what `kill_recorded` needs to kill the whole job from another process (before the job starts:
+        a job process killed right after still leaves its record); the runner adds the pid once it has one."""
+        tmp = state_path.with_name(state_path.name + ".tmp")
+        tmp.write_text(json.dumps({"host": socket.gethostname(), "cgroups": [str(d) for d in self.dirs],
+                                   "kill_file": str(self.kill_file or "") or None,
+                                   "freezer": str(self.freezer or "") or None, "pid": None}))
+        os.replace(tmp, state_path)
 
     def remove(self) -> None:
         remove_cgroup_dirs(self.dirs, self.kill_file, self.freezer)

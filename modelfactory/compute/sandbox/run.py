@@ -292,11 +292,7 @@ def run_command(argv: list[str], *, tenant: str, workdir: Path, cpu: float, memo
                 resource.setrlimit(res, value)
 
         if state is not None:  # before the start: a job process killed right after still leaves its record
-            tmp_state = state.with_name(state.name + ".tmp")
-            tmp_state.write_text(json.dumps({"host": socket.gethostname(), "cgroups": [str(d) for d in cgroup.dirs],
-                                             "kill_file": str(cgroup.kill_file or "") or None,
-                                             "freezer": str(cgroup.freezer or "") or None, "pid": None}))
-            os.replace(tmp_state, state)
+            cgroup.record(state)
         stderr_start = stderr_path.stat().st_size if stderr_path.exists() else 0
         fds = [_open_log(stdout_path, gid), _open_log(stderr_path, gid)]
         start = time.monotonic()

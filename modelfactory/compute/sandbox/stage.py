@@ -10,11 +10,9 @@ only learns the pid once the fork is done."""
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import secrets
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +42,8 @@ class StageLimits:
         return {"procs": self.cgroup.procs_files, "rlimit_as_gb": self.memory_gb if self.rlimit_fallback else None}
 
     def record(self, state_path: Path) -> None:
-        """Write what `kill_recorded` needs to kill the whole job later (the format `run_command` writes)."""
-        tmp = state_path.with_name(state_path.name + ".tmp")
-        tmp.write_text(json.dumps({"host": socket.gethostname(), "cgroups": [str(d) for d in self.cgroup.dirs],
-                                   "kill_file": str(self.cgroup.kill_file or "") or None,
-                                   "freezer": str(self.cgroup.freezer or "") or None, "pid": None}))
-        os.replace(tmp, state_path)
+        """Write what `kill_recorded` needs to kill the whole job later (as `run_command` does)."""
+        self.cgroup.record(state_path)
 
     def over_memory(self) -> bool:
         """Did the kernel OOM-kill something of the job in its cgroup?"""
