@@ -90,7 +90,7 @@ class Artifact:
 class ArtifactStore:
     def __init__(self, root: Path | None = None):
         self.root = root or settings().artifacts
-        # Private to the platform: tenants' commands run under their own uids (compute/sandbox.py) and must not
+        # Private to the platform: tenants' commands run under their own uids (compute/sandbox/) and must not
         # read other tenants' models or outputs; they get their artifacts through the platform.
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
 

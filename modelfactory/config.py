@@ -63,7 +63,7 @@ class Settings:
                                               "data-parallel gangs it leads (default: 127.0.0.1, one machine)")
     job_kinds: str = _var("MF_JOB_KINDS", "modelfactory.factory.jobkinds", "comma-separated modules that register "
                                                                            "job kinds with the pool")
-    # tenants' command jobs (compute/sandbox.py)
+    # tenants' command jobs (compute/sandbox/) and stage jobs' limits
     allow_unisolated: bool = _var("MF_ALLOW_UNISOLATED", False, "run tenants' commands unisolated where isolation "
                                                                 "is impossible (as `--allow-unisolated`)")
     sandbox_bwrap: str = _var("MF_SANDBOX_BWRAP", "", "bubblewrap to use (a path), or `off`; default: `bwrap` on "

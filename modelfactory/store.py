@@ -180,7 +180,7 @@ def _engine(url: str) -> Engine:
 
         db_file = Path(url.removeprefix("sqlite:///"))
         db_file.parent.mkdir(parents=True, exist_ok=True)
-        if not db_file.exists():  # private to the platform: tenants' commands run under other uids (sandbox.py)
+        if not db_file.exists():  # private to the platform: tenants' commands run under other uids (compute/sandbox/)
             db_file.touch(mode=0o600)
         engine = create_engine(url, connect_args={"timeout": 30})
 

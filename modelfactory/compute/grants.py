@@ -1,6 +1,6 @@
 """What an operator lets a tenant's commands do beyond the default sandbox: today, use the network.
 
-By default a tenant's command job runs in a fresh network namespace (sandbox.py): it can reach nothing, not the
+By default a tenant's command job runs in a fresh network namespace (compute/sandbox/): it can reach nothing, not the
 control plane, not Ray, not the database. `mf tenants set T --network` grants it the machine's network; the worker
 reads the grant when it starts each attempt, so a revoked grant holds from the next attempt on.
 

@@ -180,7 +180,7 @@ def submit(tenant: str, spec: Spec) -> int:
 
 
 def command_spec(argv: list[str], **kw) -> Spec:
-    """A `command` job: run `argv` in the tenant's sandbox (compute/sandbox.py). Not preemptible by default:
+    """A `command` job: run `argv` in the tenant's sandbox (compute/sandbox/). Not preemptible by default:
     an arbitrary command cannot be assumed to checkpoint."""
     if not argv:
         raise MFError("no command given: put it after `--`, e.g. mf jobs submit --tenant acme -- python train.py")
