@@ -256,7 +256,7 @@ def run_text(name: str, cut: int | None, trials: int, minutes: float) -> tuple[d
     except MFError as e:  # no recipe met the targets: measure what there is, and say so
         error = str(e)
         with session() as s:
-            order_id = max(o.id for o in s.query(Order).all())
+            order_id = max(o.id for o in s.query(Order).filter(Order.name == spec.name))
         result = None
     wall = (dt.datetime.now(dt.UTC) - t0).total_seconds()
     store = ArtifactStore()
