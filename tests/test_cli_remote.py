@@ -111,7 +111,9 @@ def test_tenants_datasets_orders_and_jobs_over_http(server, elsewhere, corpus_df
     assert lines[2].startswith("broken.csv:4: ") and len(lines) == 3
     up = acme.json("data", "add", "reviews", str(broken), "--skip-bad-rows")
     assert up["version"] == 2 and up["skipped"] == 2
-    assert acme.json("data", "ls") == acme.api("/datasets")
+    listed = acme.json("data", "ls")  # every version, the same document as on the server's own machine
+    assert listed == json.loads(local("data", "ls", "--json"))
+    assert [(d["name"], d["version"]) for d in listed] == [("reviews", 1), ("reviews", 2)]
     table = acme.ok("data", "ls")
     assert "reviews@1" in table and "reviews@2" in table and sorted(corpus_df["label"].unique())[0] in table
     assert table == local("data", "ls")

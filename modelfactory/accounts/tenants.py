@@ -181,6 +181,14 @@ def create_key(tenant: str | None, label: str = "") -> tuple[KeyInfo, str]:
         return KeyInfo.of(row), key
 
 
+def init_admin_key(label: str = "mf server --init") -> tuple[KeyInfo, str, int]:
+    """A new admin key (`mf server --init`): the key's info, the key itself (shown this once), and how many
+    earlier admin keys are still valid (the operator may want to revoke them)."""
+    earlier = sum(k.revoked is None for k in list_keys(None))
+    info, key = create_key(None, label)
+    return info, key, earlier
+
+
 def list_keys(tenant: str | None) -> list[KeyInfo]:
     """A tenant's keys (tenant None: the admin keys), revoked ones included; never the keys themselves."""
     with accounts_read() as s:

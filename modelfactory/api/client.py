@@ -1,6 +1,7 @@
 """A small client of the control plane's REST API (`mf server`), for the CLI's `--server URL` / `MF_SERVER`.
 
-One method per route the CLI uses; each returns the API's JSON as it came (so `--json` output is the API's). Every
+One method per route the CLI uses; each returns the API's JSON as it came (the CLI's remote backend validates it
+into the same typed models the local backend returns, so `--json` is the same document either way). Every
 failure is an MFError with one line a person can act on: the server's `{"error"}` message (a 422's `fields` and a
 400's bad `rows` are named too), or why the server could not be reached."""
 
@@ -44,7 +45,7 @@ def error_message(r: httpx.Response) -> str:
                 "control plane (`mf server`)?")
     message = body["error"]
     fields = [f for f in body.get("fields") or [] if isinstance(f, dict)]
-    unnamed = [f for f in fields if f"{f.get('loc')}:" not in message]
+    unnamed = [f for f in fields if str(f.get('loc') or '(top level)') not in message]
     if unnamed:
         message += " (also: " + "; ".join(f"{f.get('loc') or '(top level)'}: {f.get('msg')}" for f in unnamed) + ")"
     rows = [row for row in body.get("rows") or [] if isinstance(row, dict)]
@@ -183,7 +184,7 @@ class ControlPlane:
 
     # --- usage ---------------------------------------------------------------------------------------------------
     def usage(self, tenant: str | None = None, month: str | None = None) -> dict:
-        """`GET /usage`: the invoice (`accounts.ledger.Invoice.as_dict`)."""
+        """`GET /usage`: the invoice (`accounts.schemas.InvoiceOut`)."""
         return self.json("GET", "/usage", params={"tenant": tenant, "month": month})
 
     def usage_csv(self, tenant: str | None = None, month: str | None = None) -> str:
@@ -195,10 +196,3 @@ def _seg(value: str) -> str:
     """A path segment, escaped ('@' stays readable)."""
     return quote(value, safe="@")
 
-
-def invoice(d: dict):
-    """The API's invoice JSON back as a `accounts.ledger.Invoice` (for the CLI's table)."""
-    from ..accounts.ledger import InferenceLine, Invoice, InvoiceLine
-
-    return Invoice(d["tenant"], d["month"], d["currency"], [InvoiceLine(**line) for line in d.get("lines", [])],
-                   [InferenceLine(**line) for line in d.get("inference", [])])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import reprlib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -320,17 +321,38 @@ def excerpt(value: Any, limit: int = MAX_EXCERPT) -> str:
     return text if len(text) <= limit else f"{text[:limit]}..."
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    parts = []
+class SpecInvalid(MFError):
+    """An order spec that fails validation; `fields` = [{"loc", "msg"}], one per problem (HTTP 422)."""
+
+    status = 422
+
+    def __init__(self, message: str, fields: list[dict[str, str]]):
+        super().__init__(message)
+        self.fields = fields
+
+
+def spec_errors(err: ValidationError) -> list[dict[str, str]]:
+    """Each problem of a spec as {"loc": "targets.max_size_mb", "msg": ...}, quoting only an excerpt of what it
+    rejects."""
+    out = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            parts.append(f"unknown field '{loc}'")
+            msg = "unknown field"
         elif e["type"] == "missing":
-            parts.append(f"missing field '{loc}'")
+            msg = "missing field"
         else:
-            msg = e["msg"].removeprefix("Value error, ")
-            parts.append(f"field '{loc}': {msg} (got {excerpt(e.get('input'))})")
+            msg = f"{e['msg'].removeprefix('Value error, ')} (got {excerpt(e.get('input'))})"
+        out.append({"loc": ".".join(str(x) for x in e["loc"]), "msg": msg})
+    return out
+
+
+def format_spec_errors(fields: list[dict[str, str]], source: str) -> str:
+    """The one message a bad spec gets, from `mf order run|submit` and from `POST /api/v1/orders` alike."""
+    parts = []
+    for f in fields:
+        loc = f["loc"] or "(top level)"
+        parts.append(f"{f['msg']} '{loc}'" if f["msg"] in ("unknown field", "missing field")
+                     else f"field '{loc}': {f['msg']}")
     return f"{source}: " + "; ".join(parts)
 
 
@@ -340,7 +362,26 @@ def parse_spec(obj: Any, source: str = "order") -> OrderSpec:
     try:
         return OrderSpec.model_validate(obj)
     except ValidationError as e:
-        raise MFError(format_validation_error(e, source)) from None
+        fields = spec_errors(e)
+        raise SpecInvalid(format_spec_errors(fields, source), fields) from None
+
+
+def parse_spec_bytes(raw: bytes, source: str, fmt: Literal["yaml", "json"] = "yaml") -> OrderSpec:
+    """A spec from a file's or a request body's bytes (YAML, which reads JSON too, or strict JSON): bounded in
+    size, depth and aliases before anything is built; every problem is an MFError that starts with `source`."""
+    if len(raw) > safeyaml.MAX_BYTES:
+        raise MFError(f"{source}: an order spec is at most {safeyaml.MAX_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MFError(f"{source}: not a text file (expected UTF-8 YAML or JSON)") from None
+    try:
+        obj = json.loads(text) if fmt == "json" else safeyaml.load(text)
+    except RecursionError:
+        raise MFError(f"{source}: the order spec is nested too deeply") from None
+    except (ValueError, yaml.YAMLError) as e:
+        raise MFError(f"{source}: not valid {fmt.upper()} ({str(e).splitlines()[0]})") from None
+    return parse_spec(obj, source)
 
 
 def load_spec(path: str | Path) -> OrderSpec:
@@ -349,13 +390,7 @@ def load_spec(path: str | Path) -> OrderSpec:
         raise MFError(f"{p}: no such order file")
     if p.stat().st_size > safeyaml.MAX_BYTES:
         raise MFError(f"{p}: an order spec is at most {safeyaml.MAX_BYTES} bytes")
-    try:
-        obj = safeyaml.load(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise MFError(f"{p}: not a text file (expected UTF-8 YAML or JSON)") from None
-    except yaml.YAMLError as e:
-        raise MFError(f"{p}: not valid YAML/JSON ({str(e).splitlines()[0]})") from None
-    spec = parse_spec(obj, str(p))
+    spec = parse_spec_bytes(p.read_bytes(), str(p))
     if spec.data.path and not Path(spec.data.path).is_absolute():  # data paths are relative to the spec file
         rel = (p.parent / spec.data.path)
         if rel.exists():

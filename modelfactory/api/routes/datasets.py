@@ -3,19 +3,18 @@ rows listed one by one in the response), list, and show versions with their stat
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import shutil
 import uuid
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
-from pydantic import BaseModel
 
 from ...accounts.tenants import Principal
 from ...config import settings
 from ...data import versions
 from ...data.ingest import BadRows
+from ...data.schemas import DatasetAdded, DatasetOut, DatasetSummary, added, summaries, version_out
 from ...errors import MFError, NotFound
 from ..auth import principal, tenant_filter, visible
 from ..errors import Forbidden, HTTPError
@@ -27,38 +26,6 @@ router = APIRouter(tags=["datasets"])
 def upload_limit() -> int:
     """MF_UPLOAD_MAX_MB (default 512): the largest upload accepted, multipart overhead included."""
     return int(settings().upload_max_mb * 1e6)
-
-
-class DatasetSummary(BaseModel):
-    name: str
-    tenant: str
-    versions: int
-    latest: int
-    rows: int
-    created: dt.datetime
-
-
-class DatasetVersionOut(BaseModel):
-    version: int
-    rows: int
-    stats: dict
-    source: str
-    artifact: str
-    created: dt.datetime
-
-
-class DatasetOut(BaseModel):
-    name: str
-    tenant: str
-    versions: list[DatasetVersionOut]
-
-
-class Uploaded(BaseModel):
-    name: str
-    version: int
-    rows: int
-    skipped: int
-    stats: dict
 
 
 MAX_ROWS_LISTED = 100
@@ -79,14 +46,14 @@ def _safe_filename(name: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base).lstrip(".") or "upload"
 
 
-@router.post("/datasets", response_model=Uploaded, status_code=201,
+@router.post("/datasets", response_model=DatasetAdded, status_code=201,
              responses={400: {"description": "bad rows, listed in `rows`"}, 413: {"description": "too large"}})
 def upload(name: str = Form(pattern=NAME, description="dataset name; a new version if it exists"),
            file: UploadFile = File(description="CSV, JSONL or Parquet table, or a .zip/.tar.gz of class folders "
                                                "of images"),
            text: str = Form("text", max_length=200), label: str = Form("label", max_length=200),
            image: str | None = Form(None, max_length=200, description="image-path column: an image table"),
-           skip_bad_rows: bool = Form(False), p: Principal = Depends(principal)) -> Uploaded:
+           skip_bad_rows: bool = Form(False), p: Principal = Depends(principal)) -> DatasetAdded:
     """Add an uploaded file as the next version of dataset `name` (the caller's tenant owns it)."""
     if p.tenant is None:
         raise Forbidden("datasets belong to tenants: upload with a tenant's key")
@@ -108,21 +75,14 @@ def upload(name: str = Form(pattern=NAME, description="dataset name; a new versi
             raise bad_rows(e, path.name) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return Uploaded(name=ref.name, version=ref.version, rows=ref.n_rows, skipped=ref.skipped, stats=ref.stats)
+    return added(ref)
 
 
 @router.get("/datasets", response_model=list[DatasetSummary])
 def datasets(tenant: TenantQuery = None, p: Principal = Depends(principal)) -> list[DatasetSummary]:
     """Datasets (latest version of each) of the caller's tenant, or every tenant's for an admin."""
     only = tenant_filter(p, tenant)
-    out: dict[str, DatasetSummary] = {}
-    for r in versions.list_versions():
-        if only is not None and r.tenant != only:
-            continue
-        prev = out.get(r.name)
-        out[r.name] = DatasetSummary(name=r.name, tenant=r.tenant, versions=(prev.versions if prev else 0) + 1,
-                                     latest=r.version, rows=r.n_rows, created=r.created)
-    return list(out.values())
+    return summaries([r for r in versions.list_versions() if only is None or r.tenant == only])
 
 
 @router.get("/datasets/{name}", response_model=DatasetOut)
@@ -132,6 +92,4 @@ def show(name: str, p: Principal = Depends(principal)) -> DatasetOut:
     if not rows:
         raise NotFound(f"no dataset '{name}'")
     visible(p, rows[0].tenant, f"dataset '{name}'")
-    return DatasetOut(name=name, tenant=rows[0].tenant, versions=[
-        DatasetVersionOut(version=r.version, rows=r.n_rows, stats=r.stats, source=Path(r.source).name,
-                          artifact=r.artifact_id, created=r.created) for r in rows])
+    return DatasetOut(name=name, tenant=rows[0].tenant, versions=[version_out(r) for r in rows])

@@ -3,9 +3,6 @@ restart), download the ONNX file."""
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Any
-
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,37 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from ... import registry
 from ...accounts.tenants import Principal
 from ...errors import NotFound
+from ...registry.schemas import ModelDetail, ModelSummary, model_detail, model_summary
 from ..auth import principal, tenant_filter, visible
 from ..params import MAX_ID, TenantQuery
 
 router = APIRouter(tags=["models"])
-
-
-class ModelSummary(BaseModel):
-    name: str
-    version: int
-    tenant: str
-    task: str
-    aliases: list[str]
-    metrics: dict[str, Any] = Field(description="teacher, teacher_int8, and student = the deployed model")
-    deployed: str | None = Field(description="which of the order's candidates was deployed")
-    ratios: dict[str, Any] | None = Field(description="the deployed student against the teacher")
-    created: dt.datetime
-    baselines: dict[str, Any] | None = Field(None, description="classification: the majority class and the "
-                                                               "classical model, on the same test split")
-
-
-class VersionOut(BaseModel):
-    version: int
-    aliases: list[str]
-    created: dt.datetime
-
-
-class ModelDetail(ModelSummary):
-    lineage: dict[str, Any]
-    card: str
-    onnx_bytes: int | None
-    versions: list[VersionOut]
 
 
 class AliasSet(BaseModel):
@@ -58,13 +29,6 @@ class AliasOut(BaseModel):
     alias: str
 
 
-def _summary(r: registry.ModelRef) -> dict:
-    return {"name": r.name, "version": r.version, "tenant": r.tenant, "task": r.task, "aliases": r.aliases,
-            "metrics": registry.contract_metrics(r.metrics), "deployed": r.metrics.get("deployed"),
-            "ratios": r.metrics.get("ratios"), "created": r.created,
-            "baselines": r.metrics.get("baselines")}  # what a practitioner tries first, on the same test split
-
-
 def _model(ref: str, p: Principal) -> registry.ModelRef:
     m = registry.resolve(ref)
     visible(p, m.tenant, f"model '{ref}'")
@@ -75,19 +39,14 @@ def _model(ref: str, p: Principal) -> registry.ModelRef:
 def models(tenant: TenantQuery = None, p: Principal = Depends(principal)) -> list[ModelSummary]:
     """Every model version the caller may see."""
     only = tenant_filter(p, tenant)
-    return [ModelSummary(**_summary(r)) for r in registry.list_models() if only is None or r.tenant == only]
+    return [model_summary(r) for r in registry.list_models() if only is None or r.tenant == only]
 
 
 @router.get("/models/{ref}", response_model=ModelDetail)
 def show(ref: str, p: Principal = Depends(principal)) -> ModelDetail:
     """A version (`name`: prod or latest, `name@3`, `name@alias`) with metrics of teacher and student side by side,
     lineage and model card, and the model's other versions."""
-    m = _model(ref, p)
-    onnx = m.onnx_path
-    return ModelDetail(**_summary(m), lineage=m.lineage, card=m.card,
-                       onnx_bytes=onnx.stat().st_size if onnx.is_file() else None,
-                       versions=[VersionOut(version=v.version, aliases=v.aliases, created=v.created)
-                                 for v in registry.list_models(m.name)])
+    return model_detail(_model(ref, p))
 
 
 @router.post("/models/{name}/aliases", response_model=AliasOut)

@@ -9,9 +9,11 @@ from dataclasses import asdict
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...accounts.schemas import TenantCreated
 from ...accounts.tenants import (
     UNSET,
     Principal,
+    TenantInfo,
     add_tenant,
     create_key,
     get_key,
@@ -54,21 +56,6 @@ class TenantUpdate(BaseModel):
     urgent: bool | None = None
 
 
-class TenantOut(BaseModel):
-    name: str
-    weight: float
-    cpu_hours_month: float | None
-    gpu_hours_month: float | None
-    max_slots: int | None
-    created: dt.datetime
-    urgent: bool = False
-
-
-class TenantCreated(BaseModel):
-    tenant: TenantOut
-    api_key: str = Field(description="shown this once; only its hash is stored")
-
-
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # true or "1.5" is refused, not coerced to a number
     label: str = Field("", max_length=200)
@@ -86,11 +73,11 @@ class KeyCreated(KeyOut):
     key: str = Field(description="shown this once; only its hash is stored")
 
 
-def _tenant(name: str) -> TenantOut:
+def _tenant(name: str) -> TenantInfo:
     t = next((t for t in list_tenants() if t.name == name), None)
     if t is None:
         raise NotFound(f"no tenant '{name}'")
-    return TenantOut(**asdict(t))
+    return t
 
 
 @router.get("/me", response_model=Me)
@@ -99,10 +86,10 @@ def me(p: Principal = Depends(principal)) -> Me:
     return Me(tenant=p.tenant, admin=p.admin)
 
 
-@router.get("/tenants", response_model=list[TenantOut])
-def tenants(p: Principal = Depends(principal)) -> list[TenantOut]:
+@router.get("/tenants", response_model=list[TenantInfo])
+def tenants(p: Principal = Depends(principal)) -> list[TenantInfo]:
     """All tenants (admin), or the caller's own."""
-    return [TenantOut(**asdict(t)) for t in list_tenants() if p.may_see(t.name)]
+    return [t for t in list_tenants() if p.may_see(t.name)]
 
 
 @router.post("/tenants", response_model=TenantCreated, status_code=201)
@@ -111,24 +98,24 @@ def create_tenant(body: TenantCreate, p: Principal = Depends(principal)) -> Tena
     admin_only(p)
     t, key = add_tenant(body.name, weight=body.weight, cpu_hours_month=body.cpu_hours_month,
                         gpu_hours_month=body.gpu_hours_month, max_slots=body.max_slots, urgent=body.urgent)
-    return TenantCreated(tenant=TenantOut(**asdict(t)), api_key=key)
+    return TenantCreated(tenant=t, api_key=key)
 
 
-@router.get("/tenants/{name}", response_model=TenantOut)
-def show_tenant(name: str, p: Principal = Depends(principal)) -> TenantOut:
+@router.get("/tenants/{name}", response_model=TenantInfo)
+def show_tenant(name: str, p: Principal = Depends(principal)) -> TenantInfo:
     visible(p, name, f"tenant '{name}'")
     return _tenant(name)
 
 
-@router.patch("/tenants/{name}", response_model=TenantOut)
-def update_tenant(name: str, body: TenantUpdate, p: Principal = Depends(principal)) -> TenantOut:
+@router.patch("/tenants/{name}", response_model=TenantInfo)
+def update_tenant(name: str, body: TenantUpdate, p: Principal = Depends(principal)) -> TenantInfo:
     """Change a tenant's weight or quotas (admin)."""
     admin_only(p)
     given = body.model_fields_set
     t = set_tenant(name, weight=body.weight, urgent=body.urgent,
                    **{k: getattr(body, k) if k in given else UNSET
                       for k in ("cpu_hours_month", "gpu_hours_month", "max_slots")})
-    return TenantOut(**asdict(t))
+    return t
 
 
 @router.get("/tenants/{name}/keys", response_model=list[KeyOut])

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse
 
 from ...accounts.ledger import invoice
+from ...accounts.schemas import InvoiceOut, invoice_out
 from ...accounts.tenants import Principal
 from ...compute.jobs import names
 from ...store import utcnow
@@ -19,7 +20,7 @@ from ..params import TenantQuery
 router = APIRouter(tags=["usage"])
 
 
-@router.get("/usage", response_model=dict[str, Any], responses={200: {"content": {"text/csv": {}}}})
+@router.get("/usage", response_model=InvoiceOut, responses={200: {"content": {"text/csv": {}}}})
 def usage(tenant: TenantQuery = None, month: str | None = Query(None, pattern=r"^\d{4}-\d{2}$"),
           format: Literal["json", "csv"] = "json", p: Principal = Depends(principal)):
     """The invoice of `tenant` (admins: any tenant, which they must name; tenants: their own) for `month`
@@ -34,4 +35,4 @@ def usage(tenant: TenantQuery = None, month: str | None = Query(None, pattern=r"
     if format == "csv":
         return PlainTextResponse(inv.csv_text(), media_type="text/csv",
                                  headers={"Content-Disposition": f'attachment; filename="usage-{who}-{month}.csv"'})
-    return inv.as_dict()
+    return invoice_out(inv)

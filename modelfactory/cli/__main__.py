@@ -1,0 +1,5 @@
+"""`python -m modelfactory.cli`: the same as `mf`."""
+
+from . import main
+
+main()
