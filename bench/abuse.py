@@ -1,4 +1,4 @@
-"""Abuse bench (issue 17, items 5-10): attacks against live servers, each with the answer it must get.
+"""Abuse bench (issue 17): attacks against live servers, each with the answer it must get.
 
 Three servers run as their own processes, as an operator starts them, on a throwaway MF_HOME:
 - the control plane (`mf server --workers 0`): order specs (billion laughs, deep JSON, absurd numbers), uploads
@@ -11,14 +11,20 @@ Three servers run as their own processes, as an operator starts them, on a throw
 - `mf serve-llm --auth` on a tiny random Llama with two look-alike adapters (`acme.bot` of acme, `acme_bot` of
   globex): each tenant must be answered by its own adapter; a chunked body; /metrics with a tenant key.
 Plus the start-up refusal: `mf serve` / `mf serve-llm` on 0.0.0.0 without --auth.
+- a worker (`mf server --workers 1`, started with the platform's secrets in its environment) running tenant
+  commands that look for MF_ADMIN_KEY and those secrets, read the database, the artifact store and another
+  tenant's job dir, connect to the control plane's port, fork-bomb, allocate and write past their limits, leave a
+  setsid child and get cancelled; and stage jobs (a bench job kind) over their memory and time limits, then one
+  more job on the same worker.
 
 After every attack: is the server process still the same one, does a follow-up request succeed (health), and
 its memory high-water mark (VmHWM from /proc). Key guessing comes from its own loopback address (127.0.0.2/3),
 so the rate limit it trips does not lock the bench's other requests out.
 
-    python bench/abuse.py          # writes bench/results/abuse.md and abuse.json
+    python bench/abuse.py                 # writes bench/results/abuse.md and abuse.json
+    python bench/abuse.py --only worker   # one server's attacks (a trial run: writes nothing)
 
-Not covered here: the worker / tenant-command isolation (items 1-4), benched by its own tests (tests/test_sandbox.py).
+The same attacks, and more of each, are tests: tests/test_sandbox.py, tests/test_sandbox_stage.py.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ def proc_kb(pid: int, field: str) -> int | None:
 class Server:
     def __init__(self, name: str, args: list[str], health: str, env: dict, log: Path):
         self.name, self.health, self.log = name, health, log
+        self.also_healthy = None  # e.g. the control plane's worker is still up
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.logf = open(log, "w")  # noqa: SIM115 - closed in stop()
@@ -89,9 +96,10 @@ class Server:
 
     def healthy(self) -> bool:
         try:
-            return httpx.get(self.url + self.health, timeout=30).status_code == 200
+            ok = httpx.get(self.url + self.health, timeout=30).status_code == 200
         except httpx.HTTPError:
             return False
+        return ok and (self.also_healthy is None or self.also_healthy())
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -381,6 +389,214 @@ def llm(s: Server, keys: dict) -> None:
     globex.close()
 
 
+# --- the worker: a tenant's command jobs and stage jobs on a live worker ----------------------------------------
+WORKER_LIMITS = {"MF_JOB_PIDS_MAX": "64", "MF_JOB_DISK_GB": "0.25", "MF_STAGE_TIME_LIMIT_S": "15"}
+PLATFORM_SECRETS = {"AWS_SECRET_ACCESS_KEY": "platform-cloud-secret-abuse", "MF_BENCH_DB_PASSWORD": "pg-secret-abuse"}
+# What a tenant's command looks for: the platform's secrets, its files, another tenant's job, the control plane.
+SNOOP = r'''
+import json, os, socket, sys
+home, other, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(200).decode("latin-1")
+    except OSError as e:
+        return None
+def listing(path):
+    try:
+        return sorted(os.listdir(path))[:20]
+    except OSError:
+        return None
+try:
+    socket.create_connection(("127.0.0.1", port), timeout=3).close()
+    connected = True
+except OSError:
+    connected = False
+print(json.dumps({"env": {k: v for k, v in os.environ.items() if k.startswith(("MF_", "AWS_"))},
+                  "database": read(os.path.join(home, "mf.db")), "artifacts": listing(os.path.join(home, "artifacts")),
+                  "other_job_file": read(other), "platform_environ": read("/proc/1/environ"),
+                  "uid": os.getuid(), "connected_to_control_plane": connected}))
+'''
+FORK = ("import os, time\nn = 0\ntry:\n    while n < 100000:\n        if os.fork() == 0:\n            time.sleep(60)\n"
+        "            os._exit(0)\n        n += 1\nexcept OSError as e:\n    print('forks', n, e.strerror)\n")
+
+
+def tenant_python() -> str:
+    """A Python the job's unprivileged uid can run (the venv may live under /root)."""
+    return "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
+def wait_job(job_id: int, timeout: float = 300) -> dict:
+    from modelfactory.compute.tables import Job, pool_read
+
+    deadline = time.time() + timeout
+    while True:
+        with pool_read() as s:
+            j = s.get(Job, job_id)
+            row = {"state": j.state, "attempts": j.attempts, "error": j.last_error or "", "result": j.result or {}}
+        if row["state"] in ("succeeded", "failed", "cancelled") or time.time() > deadline:
+            return row
+        time.sleep(0.3)
+
+
+def job_output(row: dict) -> str:
+    try:
+        return Path(row["result"].get("stdout", "")).read_text()[-4000:]
+    except OSError:
+        return ""
+
+
+def survivors(marker: str) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if marker in Path(f"/proc/{entry.name}/cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def worker_up() -> bool:
+    """Some worker registered with this control plane is up and heartbeating."""
+    from modelfactory.compute.tables import Worker, pool_read
+    from modelfactory.store import utcnow
+
+    with pool_read() as s:
+        return any(w.state == "up" and (utcnow() - w.last_heartbeat).total_seconds() < 30
+                   for w in s.query(Worker).all())
+
+
+def worker_attacks(cp: Server, keys: dict) -> None:
+    from modelfactory.compute import jobs
+
+    sys.path.insert(0, str(Path(os.environ["MF_BENCH_KINDS"])))
+    import mftest_kinds  # noqa: F401  (the stage kinds, registered here too for submit's validation)
+
+    home = Path(os.environ["MF_HOME"])
+    py = tenant_python()
+    cp.also_healthy = worker_up
+
+    def command(tenant: str, argv: list[str], **kw) -> dict:
+        kw.setdefault("time_limit_s", 120)
+        kw.setdefault("memory_gb", 0.5)
+        return wait_job(jobs.submit(tenant, jobs.command_spec(argv, **kw)))
+
+    # acme leaves a secret in its own job's work dir: mallory's commands go looking for it
+    secret = command("acme", ["sh", "-c", "echo acme-only-secret > secret.txt"])
+    other = Path(secret["result"].get("workdir") or home / "missing") / "work" / "secret.txt"
+
+    def snoop():
+        r = command("mallory", [py, "-c", SNOOP, str(home), str(other), str(cp.port)])
+        seen = json.loads(job_output(r).strip().splitlines()[-1]) if r["state"] == "succeeded" else {}
+        leaked = [k for k in ("database", "artifacts", "other_job_file") if seen.get(k)]
+        pid1 = seen.get("platform_environ") or ""  # its pid namespace's init: under bubblewrap, itself
+        if "MF_ADMIN_KEY" in pid1 or ADMIN in pid1 or any(s in pid1 for s in PLATFORM_SECRETS.values()):
+            leaked.append("the platform's /proc/1/environ")
+        env = seen.get("env", {})
+        secrets_seen = [k for k in ("MF_ADMIN_KEY", *PLATFORM_SECRETS) if k in env]
+        secrets_seen += [k for k, v in env.items() if ADMIN in v or any(s in v for s in PLATFORM_SECRETS.values())]
+        obs = (f"{r['state']}; uid {seen.get('uid')}; secrets seen: {secrets_seen or 'none'}; platform files read: "
+               f"{leaked or 'none'}; control plane reachable: {seen.get('connected_to_control_plane')}")
+        ok = (r["state"] == "succeeded" and not secrets_seen and not leaked
+              and seen.get("connected_to_control_plane") is False and seen.get("uid") not in (None, 0, os.getuid()))
+        return obs, ok
+
+    attack(cp, "tenant command: read MF_ADMIN_KEY and the platform's env, the database, the artifact store, "
+               "another tenant's job dir; connect to the control plane's port",
+           "runs as its own uid; finds none of them; no network", snoop)
+
+    def fork_bomb():
+        r = command("mallory", [py, "-c", FORK], time_limit_s=60)
+        out = job_output(r).strip()
+        n = int(out.split()[1]) if out.startswith("forks") else None
+        left = survivors("os.fork()")
+        obs = f"{r['state']}; {out or r['error'][:100]}; processes left after the job: {len(left)}"
+        return obs, n is not None and n <= int(WORKER_LIMITS["MF_JOB_PIDS_MAX"]) and not left
+
+    attack(cp, f"tenant command: fork bomb (pids.max {WORKER_LIMITS['MF_JOB_PIDS_MAX']})",
+           "fork fails at the cap; nothing left once the job ends", fork_bomb)
+
+    def memory_bomb():
+        r = command("mallory", [py, "-c", "x = b'a' * (3 << 30)"], memory_gb=0.25)
+        return f"{r['state']}: {r['error'][:160]}", r["state"] == "failed" and "memory limit" in r["error"]
+
+    attack(cp, "tenant command: allocate 3 GiB with memory_gb 0.25", "failed: memory limit", memory_bomb)
+
+    def disk_fill():
+        fill = ("i=0; while [ $i -lt 40 ]; do dd if=/dev/zero of=fill$i bs=1M count=100 2>/dev/null; "
+                "i=$((i+1)); done; sleep 30")  # files under the per-file cap, together far over the job's
+        r = command("mallory", ["sh", "-c", fill])
+        return f"{r['state']}: {r['error'][:160]}", r["state"] == "failed" and "disk limit" in r["error"]
+
+    attack(cp, f"tenant command: write 40 files of 100 MB (MF_JOB_DISK_GB {WORKER_LIMITS['MF_JOB_DISK_GB']})",
+           "failed: disk limit", disk_fill)
+
+    def setsid_escape():
+        from modelfactory.compute.tables import Job, pool_read
+
+        tag = "97.31"
+        job_id = jobs.submit("mallory", jobs.command_spec(
+            ["sh", "-c", f"setsid sh -c 'sleep {tag} & sleep {tag}' & sleep {tag}"], time_limit_s=300,
+            memory_gb=0.5))
+        deadline = time.time() + 120
+        while len(survivors(f"sleep {tag}")) < 3 and time.time() < deadline:
+            time.sleep(0.2)
+        before = len(survivors(f"sleep {tag}"))
+        from modelfactory.accounts.tenants import create_key
+
+        _, key = create_key("mallory", "abuse bench: cancel")  # the control plane's attacks revoked its others
+        with client(cp.url + "/api/v1", key) as c:
+            r = c.post(f"/jobs/{job_id}/cancel")
+        deadline = time.time() + 60
+        while survivors(f"sleep {tag}") and time.time() < deadline:
+            time.sleep(0.2)
+        left = survivors(f"sleep {tag}")
+        with pool_read() as s:
+            state = s.get(Job, job_id).state
+        return (f"cancel {r.status_code}; {before} processes before, {len(left)} after; job {state}",
+                r.status_code == 200 and before >= 3 and not left and state == "cancelled")
+
+    attack(cp, "tenant command: a setsid child, then the job is cancelled through the API",
+           "200; every process of the job gone", setsid_escape)
+
+    def stage(kind: str, expect: str, **kw):
+        def run():
+            r = wait_job(jobs.submit("mallory", jobs.Spec(kind=kind, payload={}, **kw)))
+            return (f"{r['state']} after {r['attempts']} attempt(s): {r['error'][:150]}",
+                    r["state"] == "failed" and r["attempts"] == 1 and r["error"].startswith(expect))
+        return run
+
+    attack(cp, "stage job: allocate 3 GiB with memory_gb 0.25", "failed once: memory limit",
+           stage("mftest_hog", "memory limit", memory_gb=0.25, time_limit_s=300))
+    attack(cp, f"stage job: sleep past the default time limit (MF_STAGE_TIME_LIMIT_S "
+               f"{WORKER_LIMITS['MF_STAGE_TIME_LIMIT_S']})", "failed once: time limit",
+           stage("mftest_sleeper", "time limit", memory_gb=0.25))
+
+    def next_job():
+        r = wait_job(jobs.submit("mallory", jobs.Spec(kind="mftest_fine", payload={"n": 1}, memory_gb=0.25,
+                                                      time_limit_s=300)))
+        return f"{r['state']}: {r['result']}", r["state"] == "succeeded" and r["result"] == {"fine": 1}
+
+    attack(cp, "the worker after all of the above: one more job", "succeeded", next_job)
+
+
+def worker_env(env: dict, work: Path) -> dict:
+    """The platform's environment for the control plane and its worker: secrets a tenant must never see, the
+    bench's limits, and its stage kinds."""
+    kinds_dir = work / "kinds"
+    kinds_dir.mkdir(exist_ok=True)
+    sys.path.insert(0, str(REPO))
+    from tests.test_sandbox_stage import KINDS  # the job kinds the stage-limit test attacks with
+
+    (kinds_dir / "mftest_kinds.py").write_text(KINDS)
+    os.environ["MF_BENCH_KINDS"] = str(kinds_dir)
+    return {**env, **PLATFORM_SECRETS, **WORKER_LIMITS, "MF_HEARTBEAT_S": "1", "MF_WORKER_POLL_S": "0.2",
+            "MF_JOB_KINDS": "modelfactory.factory.jobkinds,mftest_kinds",
+            "PYTHONPATH": os.pathsep.join([str(kinds_dir), str(REPO)])}
+
+
 def refusals(env: dict, base: Path) -> list[dict]:
     out = []
     for cmd in (["serve"], ["serve-llm", "--base", str(base)]):
@@ -400,7 +616,7 @@ def write(meta: dict, servers: dict) -> None:
                                                    indent=2))
     ok = sum(1 for r in RESULTS_ROWS if r["as_expected"] and r["still_healthy"] is not False)
     lines = [
-        "# Abuse bench (issue 17, items 5-10)", "",
+        "# Abuse bench (issue 17)", "",
         f"{meta['when']} · {meta['machine']} · `python bench/abuse.py` · limits {meta['limits']}", "",
         f"**{ok} of {len(RESULTS_ROWS)} attacks answered as expected with the server healthy afterwards.** "
         "Each server is one process for all its attacks (never restarted); `healthy` = the same process answered "
@@ -417,19 +633,31 @@ def write(meta: dict, servers: dict) -> None:
         lines.append(f"| {r['server']} | {r['attack']} | {r['expected']} | {obs} | "
                      f"{'yes' if r['as_expected'] else '**NO**'} | {healthy} | "
                      f"{'' if r['rss_hwm_mb'] is None else r['rss_hwm_mb']} |")
-    lines += ["", "Not covered here: tenant-command isolation on the workers (items 1-4; tests/test_sandbox.py)."]
+    lines += ["", "Worker rows: `healthy after` = the control plane answered and its worker was still up; the "
+              f"worker ran with {', '.join(f'{k}={v}' for k, v in WORKER_LIMITS.items())}."]
     (RESULTS / "abuse.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=["control", "serve", "llm", "worker"], help="run one server's attacks only")
+    only = ap.parse_args().only
     work = Path(tempfile.mkdtemp(prefix="mf-abuse-"))
+    work.chmod(0o711)  # tenants' commands run as their own uids (as root): they must be able to pass through
     home = work / "mfhome"
     env = {**os.environ, "MF_HOME": str(home), "MF_ADMIN_KEY": ADMIN, "HF_HUB_OFFLINE": "1", **LIMITS}
     env.pop("MF_DATABASE_URL", None)
     os.environ.update({k: v for k, v in env.items() if k.startswith(("MF_", "HF_"))})
     os.environ.pop("MF_DATABASE_URL", None)
     print(f"setting up in {work} ...", flush=True)
-    made = setup(home, work)
+    if only == "worker":  # the tenants are all it needs
+        from modelfactory.accounts.tenants import add_tenant
+
+        made = {"keys": {name: add_tenant(name)[1] for name in ("acme", "globex", "mallory")}, "base": None}
+    else:
+        made = setup(home, work)
     keys, servers = made["keys"], {}
     meta = {"when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -437,10 +665,17 @@ def main() -> None:
     plan = [("control plane (mf server)", ["server", "--workers", "0"], "/openapi.json", control_plane),
             ("mf serve --auth", ["serve", "--auth"], "/v2/health/ready", oip),
             ("mf serve-llm --auth", ["serve-llm", "--auth", "--base", str(made["base"]), "--base-name", "tiny"],
-             "/health", llm)]
+             "/health", llm),
+            ("control plane + worker (mf server --workers 1)", ["server", "--workers", "1", "--worker-cpu", "2",
+                                                               "--worker-memory-gb", "4"], "/openapi.json",
+             worker_attacks)]
+    if only:
+        plan = [p for p in plan if {"control": "control plane (mf server)", "serve": "mf serve --auth",
+                                    "llm": "mf serve-llm --auth"}.get(only, "control plane + worker") in p[0]]
     try:
         for name, args, health, run in plan:
-            s = Server(name, args, health, env, work / f"{args[0]}.log")
+            s = Server(name, args, health, worker_env(env, work) if run is worker_attacks else env,
+                       work / f"{name.split()[0]}-{args[0]}.log")
             try:
                 run(s, keys)
             finally:
@@ -448,10 +683,13 @@ def main() -> None:
                                  "final_hwm_mb": (proc_kb(s.pid, "VmHWM") or 0) / 1024,
                                  "restarted": s.proc.poll() is not None}
                 s.stop()
-        RESULTS_ROWS.extend(refusals(env, made["base"]))
+        if not only:
+            RESULTS_ROWS.extend(refusals(env, made["base"]))
     finally:
-        write(meta, servers)
-    print(f"wrote {RESULTS / 'abuse.md'}")
+        if not only:
+            write(meta, servers)
+    if not only:
+        print(f"wrote {RESULTS / 'abuse.md'}")
     shutil.rmtree(work, ignore_errors=True)
 
 
