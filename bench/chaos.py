@@ -82,12 +82,12 @@ def build_orders(work: Path, n: int) -> list[dict]:
     teacher = tiny_teacher(work / "models" / "tiny-bert")
     orders = []
     for i in range(n):
-        if i % 3 != 2:  # two text orders for every image order
+        if i % 2 == 0:  # text and image orders in turn
             per_label = 30 + 5 * (i % 4)
             parts = [g.sample(n=per_label, random_state=i) for _, g in reviews.groupby("label")]
             path = work / f"reviews-{i}.csv"
             pd.concat(parts).sample(frac=1, random_state=i).to_csv(path, index=False)
-            small = {"optimize_onnx": False, "quantize": "none"} if i % 2 else {}
+            small = {"optimize_onnx": False, "quantize": "none"} if i % 4 else {}
             spec = {"name": f"chaos-text-{i}", "task": "text-classification", "data": {"dataset": f"reviews-{i}"},
                     "teacher": {"model": str(teacher), "epochs": 3, "max_length": 32, "lr": 1e-3, "min_steps": 0,
                                 "retries": 0, "batch_size": 4, "checkpoint_every": 5},
@@ -97,7 +97,7 @@ def build_orders(work: Path, n: int) -> list[dict]:
             root = work / f"digits-{i}"
             for label, group in digits.groupby("label"):
                 (root / str(label)).mkdir(parents=True)
-                for j, data in enumerate(group["image"].sample(n=14, random_state=i)):
+                for j, data in enumerate(group["image"].sample(n=10, random_state=i)):
                     (root / str(label) / f"{j:03d}.png").write_bytes(data)
             path = work / f"digits-{i}.tar.gz"
             with tarfile.open(path, "w:gz") as tar:
@@ -376,6 +376,7 @@ def run_pass(name: str, base: Path, orders: list[dict], db_url: str | None, *, c
 
     from modelfactory.store import database_url
 
+    deadline = time.monotonic() + timeout_s
     root = base / name
     home, tmp = root / "home", root / "tmp"
     tmp.mkdir(parents=True)
@@ -399,7 +400,6 @@ def run_pass(name: str, base: Path, orders: list[dict], db_url: str | None, *, c
         monkey = Chaos(server, db, seed, admin, gap) if chaos else None
         if monkey:
             monkey.start()
-        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             server.track()
             try:
@@ -614,11 +614,13 @@ def write(results: dict, out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
-    ap.add_argument("--orders", type=int, default=3)
+    ap.add_argument("--orders", type=int, default=2)
     ap.add_argument("--min-faults", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gap", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN_S", "MAX_S"))
-    ap.add_argument("--pass-timeout", type=float, default=1250, help="seconds a pass may take before it is reported")
+    ap.add_argument("--budget", type=float, default=2250,
+                    help="seconds for the whole run: the undisturbed pass may take 45%% of it, the chaos pass ends "
+                         "(faults stop, what is unfinished is reported as such) 2 min before the end")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--keep", action="store_true", help="keep the working folder (logs, MF_HOMEs) for a post-mortem")
     ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
@@ -632,6 +634,7 @@ def main() -> None:
         write(merged, args.out)
         return
     signal.signal(signal.SIGTERM, _interrupt)  # `timeout`: stop the servers and PostgreSQL on the way out
+    began = time.monotonic()
     base = Path(tempfile.mkdtemp(prefix="mf-chaos-"))
     base.chmod(0o755)
     print(f"working in {base}", flush=True)
@@ -647,14 +650,16 @@ def main() -> None:
 
                 pg = pgmod.start()
                 urls = [pg.create_database(), pg.create_database()]
-            kw = {"seed": args.seed + i, "min_faults": args.min_faults, "timeout_s": args.pass_timeout,
-                  "gap": tuple(args.gap)}
+            share = (args.budget - (time.monotonic() - began)) / (len(dbs) - i)  # this database's time
+            kw = {"seed": args.seed + i, "min_faults": args.min_faults, "gap": tuple(args.gap)}
             print(f"[{dbname}] undisturbed pass", flush=True)
-            ref = run_pass(f"{dbname}-undisturbed", base, orders, urls[0], chaos=False, **kw)
+            ref = run_pass(f"{dbname}-undisturbed", base, orders, urls[0], chaos=False, timeout_s=0.45 * share,
+                           **kw)
             print(f"[{dbname}] undisturbed: {ref['wall_s']} s, orders "
                   f"{[o.get('state') for o in ref['orders'].values()]}", flush=True)
             print(f"[{dbname}] chaos pass", flush=True)
-            cha = run_pass(f"{dbname}-chaos", base, orders, urls[1], chaos=True, **kw)
+            left = args.budget - (time.monotonic() - began) - (len(dbs) - i - 1) * share
+            cha = run_pass(f"{dbname}-chaos", base, orders, urls[1], chaos=True, timeout_s=left - 120, **kw)
             s = summary(dbname, ref, cha, TOLERANCE)
             summaries.append(s)
             raw[dbname] = {"undisturbed": ref, "chaos": cha}
