@@ -137,3 +137,20 @@ def test_api_submit_over_quota_is_402_with_the_message(corpus_df, tiny_teacher, 
             assert r.status_code == 201, r.text
     finally:
         server.stop()
+
+
+def test_search_order_is_bounded_by_its_search_budget(corpus_df, tiny_teacher, tmp_path):
+    """A recipe search's cost is its budget (max_minutes on its cores) plus its teacher: 10 hours of search do not
+    fit in 5 CPU-hours, and the message says the search budget is what costs."""
+    add_tenant("acme", cpu_hours_month=5)
+    data = sample_csv(corpus_df, tmp_path / "reviews.csv", 200)
+    spec = OrderSpec.model_validate({**tiny_order("searching", data, tiny_teacher), "tenant": "acme",
+                                     "search": {"max_trials": 2, "max_minutes": 600}})
+    with pytest.raises(QuotaExceeded, match=r"estimated at 10\.\d\d CPU-hours \(search budget 10\.00;"):
+        submit_order(spec, tenant="acme")
+    assert _jobs() == 0
+    set_tenant("acme", cpu_hours_month=20)
+    sub = submit_order(spec, tenant="acme")
+    with pool_read() as s:
+        search_job = s.get(Job, sub.jobs["search"])
+        assert search_job.payload["estimate_s"] >= 600 * 60
