@@ -95,7 +95,7 @@ def test_cli_submit_over_quota_exits_non_zero_with_the_message(corpus_df, tiny_t
     path = tmp_path / "order.yaml"
     path.write_text(yaml.safe_dump({**spec, "tenant": "acme"}))
     r = run_mf("order", "submit", str(path), "--tenant", "acme")
-    assert r.returncode != 0, r.stdout
+    assert r.returncode == 2, r.stdout + r.stderr  # an MFError: the user can fix it
     out = " ".join((r.stdout + r.stderr).split())
     assert "order 'cli-quota' is estimated at" in out and "0.01 of 0.01 CPU-hours left" in out, out
     assert "Traceback" not in out
