@@ -131,6 +131,35 @@ def test_chunked_bodies_are_held_to_the_body_limit(models, review_texts):
         server.stop()
 
 
+def test_a_client_hanging_up_mid_body_is_no_internal_error(models, caplog):
+    """A client that closes its connection before sending its whole body (locust stopping its users did, in
+    bench/load.py) is counted as 499 and logged as nothing: an 'internal error' with a traceback is for bugs."""
+    import socket
+    import time
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server = LiveServer(ServeSettings(meter_interval_s=3600))
+
+    def counted() -> dict[str, float]:
+        text = httpx.get(server.url + "/metrics").text
+        return {s.labels["status"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "mf_inference_requests_total" and s.labels.get("model") == "reviews"}
+
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"POST /v2/models/reviews/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                         b"\r\nContent-Length: 100000\r\n\r\n" + b'{"inputs": [')
+        deadline = time.monotonic() + 60
+        while not counted() and time.monotonic() < deadline:  # the server sees the hang-up, then counts it
+            time.sleep(0.1)
+        assert counted() == {"499": 1.0}
+        assert not [r for r in caplog.records if "internal error" in r.getMessage()]
+        assert httpx.post(server.url + "/v2/models/reviews/infer", json=infer_doc(["fine"])).status_code == 200
+    finally:
+        server.stop()
+
+
 def test_a_clients_load_config_cannot_exceed_the_operators_maxima(models):
     server = LiveServer(ServeSettings(batch=BatchConfig(max_batch_size=8, max_queue_size=16,
                                                         max_queue_delay_microseconds=1000),

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from .auth import Forbidden, RateLimited, Unauthorized, billed_to, caller_tenant, require_admin
@@ -86,6 +87,8 @@ def _classify(e: BaseException) -> tuple[int, str]:
     if isinstance(e, StarletteHTTPException):  # the body limit, counted while the body streams in
         return e.status_code, ("request body is larger than this server's limit" if e.status_code == 413
                                else str(e.detail))
+    if isinstance(e, ClientDisconnect):  # the client hung up mid-body: nobody to answer and nothing broken
+        return 499, "the client closed the connection before its body was read"
     log.error("internal error", exc_info=e)
     return 500, f"internal error: {type(e).__name__}: {e}"
 
