@@ -1,12 +1,13 @@
 """A real Label Studio round trip (issue 18, item 3): `mf label export` -> Label Studio -> `mf label import`.
 
 Label Studio runs from its own virtualenv (its pins are its own, never in ours), created once with pip from PyPI
-and cached outside the repo (MF_LABEL_STUDIO_VENV, default ~/.cache/modelfactory/label-studio-venv). Each run
-starts it on a free 127.0.0.1 port with its own data dir, creates the reviewer from environment variables with a
-known API token, makes a project with the labeling config `mf label export` wrote, imports the exported tasks (the
-teacher's predictions pre-filled) through its API, annotates them through the API as a reviewer would (one label,
-one label changed by a later annotation, one task skipped), exports JSON and JSON-MIN, and checks that
-`mf label import` turns each export into the labeled dataset version.
+and cached outside the repo (MF_LABEL_STUDIO_VENV, default ~/.cache/modelfactory/label-studio-venv), beside a
+migrated data dir that holds the reviewer (created from environment variables with a known API token). Each run
+starts it on a free 127.0.0.1 port on a copy of that data dir, makes a project with the labeling config
+`mf label export` wrote, imports the exported tasks (the teacher's predictions pre-filled) through its API,
+annotates them through the API as a reviewer would (one label, one label changed by a later annotation, one task
+skipped), exports JSON and JSON-MIN, and checks that `mf label import` turns each export into the labeled dataset
+version; and the same for image rows, which travel as data URIs.
 
 The dataset is the one tests/test_labels.py builds (`pool`, then the same teacher predictions), so the export this
 test reads back is the recorded fixture the fast tests use: run with MF_RECORD_LABEL_STUDIO=1 to re-record it into
@@ -86,10 +87,10 @@ def free_port() -> int:
 class LabelStudio:
     """`label-studio start` on 127.0.0.1 (its Django dev server), a fresh data dir, one user with a known token."""
 
-    def __init__(self, venv: Path, data_dir: Path):
+    def __init__(self, venv: Path, data_dir: Path, token: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.token = secrets.token_hex(20)
+        self.token = token
         self.log_path = data_dir / "label-studio.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MF_", "DJANGO", "LABEL_STUDIO"))}
         env.update({"LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "LATEST_VERSION_CHECK": "false",
@@ -135,9 +136,33 @@ class LabelStudio:
         self.log.close()
 
 
+def data_template(venv: Path) -> tuple[Path, str]:
+    """A data dir whose database is migrated and holds the reviewer (with the API token kept beside it), made once
+    per cached venv: migrating a fresh database takes Label Studio minutes on a busy 2-core machine, and each run
+    starts from a copy of this one instead."""
+    template = venv / f"mf-data-template-{LS_VERSION}"
+    with open(VENV.parent / (VENV.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (template / "token").is_file():
+            shutil.rmtree(template, ignore_errors=True)
+            template.mkdir()
+            token = secrets.token_hex(20)
+            started = time.monotonic()
+            LabelStudio(venv, template, token).stop()
+            (template / "token").write_text(token)
+            print(f"label-studio's data template made in {time.monotonic() - started:.0f} s")
+    return template, (template / "token").read_text()
+
+
 @pytest.fixture(scope="module")
 def label_studio(tmp_path_factory):
-    ls = LabelStudio(label_studio_venv(), tmp_path_factory.mktemp("label-studio-data"))
+    venv = label_studio_venv()
+    template, token = data_template(venv)
+    data = tmp_path_factory.mktemp("label-studio-data")
+    shutil.copytree(template, data, ignore=shutil.ignore_patterns("token", "*.log"), dirs_exist_ok=True)
+    started = time.monotonic()
+    ls = LabelStudio(venv, data, token)
+    print(f"label-studio answered {time.monotonic() - started:.0f} s after its start")
     yield ls
     ls.stop()
 
