@@ -64,3 +64,11 @@ def test_a_gang_resumes_from_its_checkpoint_after_a_member_dies(tmp_path):
     assert resumed["resumed_from_step"] == 4 and resumed["steps"] == 24
     assert run_gang(tmp_path / "one", 1) == [0]
     assert max_diff(tmp_path / "one", out) < TOLERANCE  # and ends where an uninterrupted run does
+
+
+def test_a_stop_asked_of_one_member_stops_the_whole_gang_at_one_checkpoint(tmp_path):
+    out = tmp_path / "gang"
+    assert run_gang(out, 2, DDP_STOP_AT_STEP="6") == [75, 75]  # both ranks stopped, not only the one asked
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 6  # at the stop, not step 4
+    assert run_gang(out, 2) == [0, 0]
+    assert json.loads((out / "result.json").read_text())["resumed_from_step"] == 6
