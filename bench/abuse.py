@@ -192,14 +192,13 @@ def png_header(width: int, height: int) -> bytes:
 
 
 # --- setup: tenants, a tiny image model, a tiny Llama with look-alike adapters --------------------------------
-def setup(home: Path, work: Path) -> dict:
-    from modelfactory import registry, tasks
-    from modelfactory.accounts.tenants import add_tenant
-    from modelfactory.artifacts import ArtifactStore, content_hash
-    from modelfactory.data import builtin
-
-    keys = {name: add_tenant(name)[1] for name in ("acme", "globex", "mallory")}
+def digits_onnx(work: Path) -> Path:
+    """A scratch ResNet on 40 real 8x8 digits, exported to ONNX in `work/digits-onnx` as the serving tests build
+    theirs: a real image model that trains and loads in seconds (bench/load.py serves it too)."""
     import pandas as pd
+
+    from modelfactory import tasks
+    from modelfactory.data import builtin
 
     rows = pd.DataFrame(builtin.corpus("digits").table().rows).head(40).reset_index(drop=True)
     task = tasks.get("image-classification")
@@ -207,6 +206,16 @@ def setup(home: Path, work: Path) -> dict:
     model_dir = work / "digits-onnx"
     model_dir.mkdir(parents=True)
     task.export_onnx(bundle, model_dir, rows)
+    return model_dir
+
+
+def setup(home: Path, work: Path) -> dict:
+    from modelfactory import registry
+    from modelfactory.accounts.tenants import add_tenant
+    from modelfactory.artifacts import ArtifactStore, content_hash
+
+    keys = {name: add_tenant(name)[1] for name in ("acme", "globex", "mallory")}
+    model_dir = digits_onnx(work)
     store = ArtifactStore()
     for name, tenant in (("digits", "acme"), ("rivals", "globex")):
         aid = content_hash({"abuse-bench": name})

@@ -76,20 +76,15 @@ def setup(home: Path, work: Path) -> dict:
     digit PNGs for infer bodies. Runs with MF_HOME=home."""
     import base64
 
-    import pandas as pd
+    from abuse import digits_onnx  # the abuse bench's model (bench/ is on sys.path: this script's folder)
 
-    from modelfactory import registry, tasks
+    from modelfactory import registry
     from modelfactory.accounts.tenants import add_tenant
     from modelfactory.artifacts import ArtifactStore, content_hash
     from modelfactory.data import builtin, versions
 
     keys = {name: add_tenant(name)[1] for name in TENANTS}
-    rows = pd.DataFrame(builtin.corpus("digits").table().rows).head(40).reset_index(drop=True)
-    task = tasks.get("image-classification")
-    bundle = task.load_teacher("scratch:resnet-xs", sorted(rows["label"].unique()), {"seed": 0}, rows)
-    model_dir = work / "digits-onnx"
-    model_dir.mkdir(parents=True)
-    task.export_onnx(bundle, model_dir, rows)
+    model_dir = digits_onnx(work)
     store = ArtifactStore()
     for tenant in TENANTS:  # one artifact per tenant: each model is its own entry in the serving cache
         aid = content_hash({"load-bench": tenant})
@@ -102,7 +97,7 @@ def setup(home: Path, work: Path) -> dict:
         seed.write_text("text,label\n" + "".join(
             f"{' '.join(rng.choices(WORDS, k=6))},{('pos', 'neg')[i % 2]}\n" for i in range(40)))
         versions.add_file(f"reviews-{tenant}", seed, {"text": "text", "label": "label"}, tenant=tenant)
-    images = [row["image"] for row in rows.head(16).to_dict("records")]
+    images = [row["image"] for row in builtin.corpus("digits").table().rows[:16]]
     return {"keys": keys, "images": [base64.b64encode(b).decode() for b in images]}
 
 
