@@ -49,29 +49,22 @@ def label_auto(dataset: Annotated[str, typer.Argument(help="NAME or NAME@VERSION
                        strategy=strategy, teacher_params=params, rounds=rounds,
                        round_params={"epochs": round_epochs} if round_epochs is not None else None,
                        reporter=RichReporter(bar))
-    head = r.queue.head(show) if r.queue is not None else None
-    role = next((c for c in ("text", "image") if head is not None and c in head.columns), None)
-    queue = [] if head is None else [
-        {"mf_id": int(q["mf_id"]), "pred_label": q["pred_label"], "confidence": q["label_confidence"],
-         "margin": q["label_margin"], "uncertainty": q["uncertainty"],
-         **({"text": q["text"]} if role == "text" else {})} for q in head.to_dict("records")]
     if as_json:
-        print_json({"dataset": str(r.dataset), "parent": str(r.parent), "teacher": r.teacher,
-                     "threshold": r.threshold, "threshold_from": r.threshold_from, "predicted": r.predicted,
-                     "pseudo_labeled": r.pseudo_labeled, "queued": r.queued, "calibration": r.calibration,
-                     "rounds": r.details.get("rounds"), "queue_head": queue})
+        print_json(r.as_dict(show))
         return
+    queue = r.queue_head(show)
+    has_text = any("text" in q for q in queue)
     share = r.pseudo_labeled / max(1, r.predicted)
     console.print(f"[bold]{r.dataset}[/] (from {r.parent}) · teacher {r.teacher}", soft_wrap=True)
     console.print(f"threshold {r.threshold:.3f} ({r.threshold_from})", soft_wrap=True)
     console.print(f"{r.predicted} rows predicted · [green]{r.pseudo_labeled} pseudo-labeled ({share:.1%})[/] · "
                   f"[yellow]{r.queued} in the review queue[/] ({strategy})")
     if queue:
-        table = Table("mf_id", "prediction", "confidence", "margin", *(["text"] if role == "text" else []),
+        table = Table("mf_id", "prediction", "confidence", "margin", *(["text"] if has_text else []),
                       title="most uncertain first")
         for q in queue:
             table.add_row(str(q["mf_id"]), str(q["pred_label"]), f"{q['confidence']:.3f}", f"{q['margin']:.3f}",
-                          *([q["text"][:70]] if role == "text" else []))
+                          *([q["text"][:70]] if has_text else []))
         console.print(table)
     console.print(f"review them: mf label export {r.dataset} --format label-studio --out review.json",
                   soft_wrap=True)

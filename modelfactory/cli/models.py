@@ -27,32 +27,20 @@ def predict(model: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or NAM
             as_json: JsonFlag = False) -> None:
     """Classify inputs with a registered model's ONNX graph: texts, or image files for an image model (the
     preprocessing ships with the model, so inputs go in raw)."""
-    from .. import registry, tasks
     from ..data.inputs import read_inputs
+    from ..serve.predict import predict as run
 
-    ref = registry.resolve(model)
-    args = list(texts or [])
-    if file is not None:
-        args += read_inputs(file)
-    if not args:
-        raise MFError("nothing to predict: give inputs as arguments or --file rows.jsonl")
-    task = tasks.get(ref.task)
-    inputs = [task.parse_input(a) for a in args]
-    predictor = task.load_predictor(ref.path)
-    try:
-        preds = predictor.predict(inputs)
-    except ValueError as e:
-        raise MFError(f"cannot predict: {e}") from None
+    out = run(model, list(texts or []) + (read_inputs(file) if file is not None else []))
     if as_json:
-        print_json([{"input": x, "label": lab, "probabilities": p} for x, (lab, p) in zip(args, preds)])
+        print_json([{"input": x, "label": lab, "probabilities": p} for x, lab, p in out.rows])
         return
-    table = Table(title=f"{ref}", show_lines=False)
+    table = Table(title=out.model, show_lines=False)
     table.add_column("input", max_width=60)
     table.add_column("label", style="bold")
-    for lab in predictor.labels:
+    for lab in out.labels:
         table.add_column(lab, justify="right")
-    for x, (lab, p) in zip(args, preds):
-        table.add_row(x, lab, *(f"{p[k]:.3f}" for k in predictor.labels))
+    for x, lab, p in out.rows:
+        table.add_row(x, lab, *(f"{p[k]:.3f}" for k in out.labels))
     console.print(table)
 
 

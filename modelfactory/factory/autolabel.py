@@ -46,6 +46,23 @@ class AutoLabelResult:
     queue: pd.DataFrame | None = None  # the review queue, most uncertain first
     details: dict[str, Any] = field(default_factory=dict)  # what the version's lineage records
 
+    def queue_head(self, n: int) -> list[dict[str, Any]]:
+        """The queue's first `n` rows for people and scripts: id, prediction, confidence, margin, uncertainty,
+        and the text of a text dataset."""
+        if self.queue is None:
+            return []
+        head = self.queue.head(n)
+        return [{"mf_id": int(q["mf_id"]), "pred_label": q["pred_label"], "confidence": q["label_confidence"],
+                 "margin": q["label_margin"], "uncertainty": q["uncertainty"],
+                 **({"text": q["text"]} if "text" in head.columns else {})} for q in head.to_dict("records")]
+
+    def as_dict(self, show: int) -> dict[str, Any]:
+        """`mf label auto --json`: the new version, where its labels came from, and the queue's first rows."""
+        return {"dataset": str(self.dataset), "parent": str(self.parent), "teacher": self.teacher,
+                "threshold": self.threshold, "threshold_from": self.threshold_from, "predicted": self.predicted,
+                "pseudo_labeled": self.pseudo_labeled, "queued": self.queued, "calibration": self.calibration,
+                "rounds": self.details.get("rounds"), "queue_head": self.queue_head(show)}
+
 
 def infer_task(df: pd.DataFrame) -> str:
     """The one discriminative family whose input role the rows have (text -> text, image -> image)."""
