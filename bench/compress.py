@@ -287,7 +287,8 @@ def run_text(name: str, cut: int | None, trials: int, minutes: float) -> tuple[d
         rows[cand] = m
     checks = bar_checks(rows, deployed)
     fit = art["teacher"].metrics
-    entry = {"when": when, "cores": os.cpu_count(), "corpus": name, "cut": cut, "dataset": str(ds),
+    load = os.getloadavg()[0]  # latency is only comparable to another run's on a machine equally busy
+    entry = {"when": when, "cores": os.cpu_count(), "load_1min": load, "corpus": name, "cut": cut, "dataset": str(ds),
              "test_rows": len(test), "train_rows": art["split"].metrics.get("train"), "order_seconds": wall,
              "teacher_fit": {k: v for k, v in fit.items() if k != "confusion"}, "models": rows,
              "deployed": deployed, "checks": checks, "error": error, "trials": tried,
@@ -297,7 +298,8 @@ def run_text(name: str, cut: int | None, trials: int, minutes: float) -> tuple[d
           "", f"Order wall time {wall / 60:.1f} min (teacher, transfer set, baselines and search). Teacher "
           f"fine-tune: {len(fit.get('attempts', []))} attempt(s), best validation macro-F1 "
           f"{fit.get('val_macro_f1', float('nan')):.3f} (majority class {fit.get('majority_val_macro_f1', 0):.3f}), "
-          f"collapsed: {fit.get('collapsed')}.", "", metrics_table(rows), ""]
+          f"collapsed: {fit.get('collapsed')}. Load average when measured: {load:.1f} on {os.cpu_count()} cores "
+          "(batch-1 latencies of the larger models grow with it).", "", metrics_table(rows), ""]
     if error:
         md += [f"The order deployed nothing: {error.split(' (report:')[0]}.", ""]
     md += ["Every trial of the default search (the order's own measurements):", "",
