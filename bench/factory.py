@@ -10,8 +10,8 @@ bench/factory_report.py for what each figure means.
     .venv/bin/python bench/factory.py [--quick] [--database sqlite|postgres] [--executor local|ray] [--workers 2]
 
 `--database postgres` starts a throwaway PostgreSQL cluster the way the tests do (tests/pg.py) and stops it at the
-end. `--executor ray` runs the workers' jobs as Ray tasks (MF_EXECUTOR=ray) on a local two-node Ray cluster it
-starts (`ray start --head` + `ray start --address`, one CPU each) and stops at the end.
+end. `--executor ray` runs the workers' jobs as Ray tasks (MF_EXECUTOR=ray) on a Ray cluster of two 1-CPU nodes on
+this machine (`ray.cluster_utils.Cluster`, as tests/test_ray_cluster.py) and shuts it down at the end.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import factory_orders  # noqa: E402  (bench/ is not a package)
 import factory_report  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-MF = str(ROOT / ".venv" / "bin" / "mf")
+MF = [sys.executable, "-m", "modelfactory.cli"]  # from the code snapshot (see snapshot())
 CLOSED = {"done", "missed_targets", "failed", "infeasible", "cancelled"}
 
 
@@ -59,7 +59,7 @@ class Stack:
     admin_key: str
     logs: Path
     procs: list[subprocess.Popen] = field(default_factory=list)
-    ray: str | None = None  # the `ray` executable when a Ray cluster was started
+    cluster: object | None = None  # a ray.cluster_utils.Cluster this run started
     pg: object | None = None
 
     def stop(self) -> None:
@@ -73,17 +73,30 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
-        if self.ray:
-            subprocess.run([self.ray, "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+        if self.cluster is not None:
+            self.cluster.shutdown()  # its raylets, GCS and their workers (only this cluster's)
         if self.pg is not None:
             self.pg.stop()
 
 
+def snapshot(folder: Path) -> Path:
+    """The committed package (`git archive HEAD`), which the server, workers and job processes import instead of
+    the working tree: a job process started late in an hour-long run must run the same code as the worker that
+    started it, whatever is edited meanwhile (a shared working tree killed a run that way)."""
+    folder.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", "modelfactory"], capture_output=True,
+                             check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    return folder
+
+
 def start_stack(home: Path, args: argparse.Namespace) -> Stack:
     admin = secrets.token_urlsafe(24)
+    code = snapshot(home.parent / "code")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MF_", "RAY_"))}
     env |= {"MF_HOME": str(home), "MF_ADMIN_KEY": admin, "HF_HUB_OFFLINE": "1", "MF_POOL_POLICY": "fair",
-            "PYTHONUNBUFFERED": "1"}
+            "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(code)}
     logs = home.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -95,12 +108,12 @@ def start_stack(home: Path, args: argparse.Namespace) -> Stack:
             stack.pg = pg.start()
             env["MF_DATABASE_URL"] = stack.pg.create_database()
         if args.executor == "ray":
-            start_ray(stack, home)
-        stack.procs.append(spawn([MF, "server", "--workers", "0", "--policy", "fair", "--port", str(port)],
+            start_ray(stack)
+        stack.procs.append(spawn([*MF, "server", "--workers", "0", "--policy", "fair", "--port", str(port)],
                                  env, logs / "server.log"))
         wait_ready(stack)
         for i in range(args.workers):
-            stack.procs.append(spawn([MF, "worker", "--cpu", "1", "--memory-gb", str(args.worker_memory_gb),
+            stack.procs.append(spawn([*MF, "worker", "--cpu", "1", "--memory-gb", str(args.worker_memory_gb),
                                       "--id", f"bench-w{i + 1}"], env, logs / f"worker{i + 1}.log"))
     except BaseException:
         stack.stop()
@@ -111,29 +124,20 @@ def start_stack(home: Path, args: argparse.Namespace) -> Stack:
 def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     out = open(log, "ab")  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=ROOT)
+                            cwd=env["PYTHONPATH"])  # not the working tree: `-m` puts the cwd first on sys.path
 
 
-def start_ray(stack: Stack, home: Path) -> None:
-    """A two-node Ray cluster on this machine: a head and one more node, one CPU each (their own resources)."""
-    ray = shutil.which("ray", path=str(ROOT / ".venv" / "bin"))
-    if ray is None:
-        raise SystemExit("--executor ray: no `ray` in .venv/bin (pip install ray)")
-    stack.ray = ray
-    port = free_port()
-    tmp = Path(tempfile.mkdtemp(prefix="mf-ray-"))
-    run = {"env": stack.env, "capture_output": True, "text": True, "timeout": 180}
-    head = subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                           "--num-cpus", "1", "--resources", '{"bench_head": 1}', "--include-dashboard", "false",
-                           "--temp-dir", str(tmp), "--disable-usage-stats"], **run)
-    if head.returncode != 0:
-        raise SystemExit(f"ray start --head failed: {head.stderr[-500:]}")
-    address = f"127.0.0.1:{port}"
-    node = subprocess.run([ray, "start", "--address", address, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                           "--resources", '{"bench_node2": 1}', "--disable-usage-stats"], **run)
-    if node.returncode != 0:
-        raise SystemExit(f"ray start --address failed: {node.stderr[-500:]}")
-    stack.env |= {"MF_EXECUTOR": "ray", "RAY_ADDRESS": address}
+def start_ray(stack: Stack) -> None:
+    """A Ray cluster of two 1-CPU nodes on this machine (each its own raylet; the head has no CPUs), as
+    tests/test_ray_cluster.py starts it: the workers' jobs run as Ray tasks on those two nodes."""
+    from ray.cluster_utils import Cluster
+
+    stack.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                                                  "object_store_memory": 100 * 2**20})
+    for _ in range(2):
+        stack.cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)
+    stack.cluster.wait_for_nodes()
+    stack.env |= {"MF_EXECUTOR": "ray", "RAY_ADDRESS": stack.cluster.address}
 
 
 def wait_ready(stack: Stack, timeout_s: float = 180) -> None:
@@ -181,7 +185,7 @@ def run(args: argparse.Namespace) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="mf-factory-bench-"))
     home = work / "home"  # empty: nothing cached, no tenants, no datasets
-    specs = factory_orders.orders(args.quick)
+    specs = factory_orders.orders(args.quick, args.sizes)
     stack = start_stack(home, args)
     os.environ.update({k: v for k, v in stack.env.items() if k.startswith("MF_")})  # for reading the tables after
     try:
@@ -234,9 +238,11 @@ def run(args: argparse.Namespace) -> dict:
 
 def report(data: factory_report.Collected, args: argparse.Namespace) -> dict:
     result = factory_report.analyse(data)
+    if args.note:
+        result["note"] = args.note
     result["setup"] = {"quick": args.quick, "database": args.database, "executor": args.executor,
                        "workers": args.workers, "worker_cpu": 1, "policy": "fair", "cpus": os.cpu_count(),
-                       "sizes": factory_report.asdict_sizes(args.quick)}
+                       "sizes": factory_report.asdict_sizes(args.sizes or ("quick" if args.quick else "full"))}
     return result
 
 
@@ -265,6 +271,8 @@ def poll(admin, order_ids: list[int], load, *, deadline: float, every_s: float =
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="three orders on small cuts: checks the script end to end")
+    ap.add_argument("--sizes", choices=["full", "small", "quick"], help="the orders' cuts (default: quick with "
+                    "--quick, else full; small: all 20 orders on smaller cuts)")
     ap.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     ap.add_argument("--executor", choices=["local", "ray"], default="local")
     ap.add_argument("--workers", type=int, default=2, help="`mf worker` processes, one CPU each")
@@ -272,9 +280,11 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for every order to close")
     ap.add_argument("--keep", action="store_true", help="keep MF_HOME (its path goes in the JSON)")
     ap.add_argument("--from-collected", help="write the report again from the figures a run saved (its JSON)")
+    ap.add_argument("--note", help="a paragraph for the top of the report (e.g. why a run is incomplete)")
     ap.add_argument("--name", help="results name (default: factory, factory_quick, factory_pg, factory_ray)")
     args = ap.parse_args()
     name = args.name or "factory" + ("_quick" if args.quick else "") + (
+        f"_{args.sizes}" if args.sizes and not args.quick else "") + (
         "_pg" if args.database == "postgres" else "") + ("_ray" if args.executor == "ray" else "")
     if args.from_collected:
         raw = json.loads(Path(args.from_collected).read_text())

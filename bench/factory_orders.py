@@ -47,6 +47,8 @@ class Sizes:
 
 FULL = Sizes(text_rows=3000, text_min_steps=150, transfer_copies=2, image_rows=3000, image_teacher_epochs=6,
              student_epochs=4, image_student_epochs=8, search_trials=4, search_minutes=4)
+SMALL = Sizes(text_rows=1000, text_min_steps=40, transfer_copies=1, image_rows=1500, image_teacher_epochs=4,
+              student_epochs=2, image_student_epochs=4, search_trials=3, search_minutes=1.5)
 QUICK = Sizes(text_rows=600, text_min_steps=30, transfer_copies=1, image_rows=600, image_teacher_epochs=1,
               student_epochs=1, image_student_epochs=2, search_trials=2, search_minutes=1.5)
 
@@ -118,9 +120,14 @@ def _image_orders(c: Corpus, z: Sizes, short: str) -> list[dict[str, Any]]:
     return [_image_base(c, z) | v for v in variants]
 
 
-def orders(quick: bool) -> list[tuple[dict[str, Any], str]]:
-    """(spec, priority) for each order, in submission order; one `urgent` order (of URGENT_TENANT)."""
-    z = QUICK if quick else FULL
+SIZES = {"full": FULL, "small": SMALL, "quick": QUICK}
+
+
+def orders(quick: bool, sizes: str | None = None) -> list[tuple[dict[str, Any], str]]:
+    """(spec, priority) for each order, in submission order; one `urgent` order (of URGENT_TENANT). `sizes`
+    (default: quick for the 3-order check, else full) picks the cuts: `small` is all 20 orders on smaller cuts, for
+    a machine too busy to run the full sizes in an hour."""
+    z = SIZES[sizes or ("quick" if quick else "full")]
     reviews, speeches, digits = CORPORA
     if quick:  # one search and one fixed recipe on the same corpus (they share a teacher), one image order
         out = [_text_orders(reviews, z, "rt")[i] for i in (1, 0)] + [_image_orders(digits, z, "mn")[2]]
@@ -136,5 +143,5 @@ def orders(quick: bool) -> list[tuple[dict[str, Any], str]]:
 
 def corpora(quick: bool) -> list[Corpus]:
     """The corpora the orders use."""
-    used = {spec["data"]["dataset"] for spec, _ in orders(quick)}
+    used = {spec["data"]["dataset"] for spec, _ in orders(quick, "quick")}
     return [c for c in CORPORA if c.dataset in used]
