@@ -4,6 +4,11 @@ Left = quota - this month's usage (the ledger) - what the tenant's queued and ru
 pool's reservations, which the caller passes: accounts knows nothing of jobs). `tenants.check_quota` prices a job
 by resources x time limit; an order's stage jobs have no time limit, so the factory estimates them
 (factory/cost.py) and asks here whether the estimate fits, before it accepts the order.
+
+Why the check must share a transaction with the reservation: else two orders submitted at once by one tenant
+could both pass it on the same "left". Callers check and reserve inside one pool transaction, which holds the
+pool's write lock from its first statement (SQLite `BEGIN IMMEDIATE`, a PostgreSQL advisory lock); on
+PostgreSQL the tenant's row is also read `FOR UPDATE`, so a check made in any other transaction waits too.
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..errors import QuotaExceeded
 from .ledger import month_usage
+from .tables import Tenant
 from .tenants import tenant_row
 
 
@@ -37,7 +44,8 @@ class Left:
 def quota_left(s: Session, tenant: str, now: dt.datetime, *, reserved_cpu_hours: float = 0.0,
                reserved_gpu_hours: float = 0.0) -> dict[str, Left]:
     """{'CPU': Left, 'GPU': Left} for the quotas `tenant` has (an unlimited resource is absent)."""
-    row = tenant_row(s, tenant)
+    # the row locked until the transaction ends (PostgreSQL; SQLite has no row locks, its writers are serialised)
+    row = s.scalar(select(Tenant).where(Tenant.name == tenant).with_for_update()) or tenant_row(s, tenant)
     used_cpu, used_gpu = month_usage(s, tenant, now)
     out = {}
     for label, quota, used, reserved in (("CPU", row.cpu_hours_month, used_cpu, reserved_cpu_hours),

@@ -8,7 +8,9 @@ BERT-base on one CPU core, scaled by max_length / 128; students, transfer labell
 every row of the dataset (not only the training split), plus a fixed start-up per job. A search order's job is
 bounded by its search budget (max_minutes on its cores) plus its teacher's stages. Stages whose artifact already
 exists (cache hits) and stages another of the tenant's orders is computing cost nothing. A stage job's estimate
-is kept in its payload (`estimate_s`), so later orders count it as reserved while it is queued or running.
+is kept in its payload (`estimate_s`), so later orders count it as reserved while it is queued or running. The
+check runs in the transaction that queues the order's jobs, under the pool's write lock (factory/jobkinds.py), so
+two orders submitted at once cannot both take what is left for one.
 
 Billing is unchanged: the ledger bills what attempts actually use (accounts/ledger.py)."""
 
@@ -23,7 +25,7 @@ from sqlalchemy.orm import Session
 from ..accounts.quota import refuse_over_quota
 from ..artifacts import ArtifactStore
 from ..compute.jobs import outstanding
-from ..compute.tables import Job, pool_tx
+from ..compute.tables import Job
 from ..data.versions import DatasetRef
 from ..store import utcnow
 from .planner import Node, Plan, teacher_plan
@@ -127,9 +129,12 @@ def check_order(s: Session, spec: OrderSpec, the_plan: Plan, dataset: DatasetRef
     return est
 
 
-def check_search_order(spec: OrderSpec, dataset: DatasetRef, *, cpu: float, gpu: float = 0.0) -> OrderEstimate:
-    """A search order, before its one job is queued: its teacher's stages that are not cached, plus its search
-    budget (max_minutes on `cpu` cores). Raises QuotaExceeded when that exceeds what is left."""
+def check_search_order(s: Session, spec: OrderSpec, dataset: DatasetRef, job: Job, *, cpu: float, gpu: float = 0.0,
+                       now: dt.datetime | None = None) -> OrderEstimate:
+    """Inside the transaction that queued a search order's `order` job (`job`): its teacher's stages that are
+    not cached, plus its search budget (max_minutes on `cpu` cores). Raise QuotaExceeded (the transaction rolls
+    back) when that exceeds what is left; else keep the estimate in the job's payload (reserved for later orders
+    while it is queued or running)."""
     from .jobkinds import plan_keys  # the keys the runner will use (jobkinds imports this module)
 
     tplan = teacher_plan(spec, dataset.artifact_id)
@@ -137,17 +142,9 @@ def check_search_order(spec: OrderSpec, dataset: DatasetRef, *, cpu: float, gpu:
     cached = {name for name, (key, _) in plan_keys(tplan).items() if store.exists(key)}
     est = estimate_plan(tplan, dataset.n_rows, cached)
     est.search_s = spec.searched().max_minutes * 60 * cpu  # type: ignore[union-attr]
-    with pool_tx() as s:
-        reserved_cpu, reserved_gpu = _reserved_hours(s, spec.tenant, exclude_order=None)
-        refuse_over_quota(s, spec.tenant, what=f"order '{spec.name}'", cpu_hours=est.cpu_hours,
-                          gpu_hours=est.cpu_hours / max(cpu, 1e-9) * gpu, now=utcnow(),
-                          reserved_cpu_hours=reserved_cpu, reserved_gpu_hours=reserved_gpu, detail=est.detail())
+    reserved_cpu, reserved_gpu = _reserved_hours(s, spec.tenant, exclude_order=job.order_id)
+    refuse_over_quota(s, spec.tenant, what=f"order '{spec.name}'", cpu_hours=est.cpu_hours,
+                      gpu_hours=est.cpu_hours / max(cpu, 1e-9) * gpu, now=now or utcnow(),
+                      reserved_cpu_hours=reserved_cpu, reserved_gpu_hours=reserved_gpu, detail=est.detail())
+    job.payload = {**job.payload, "estimate_s": round(est.cpu_hours * 3600, 1)}
     return est
-
-
-def note_search_estimate(job_id: int, est: OrderEstimate) -> None:
-    """Keep a search order job's estimate in its payload (reserved for later orders while it runs)."""
-    with pool_tx() as s:
-        job = s.get(Job, job_id)
-        if job is not None:
-            job.payload = {**job.payload, "estimate_s": round(est.cpu_hours * 3600, 1)}

@@ -76,26 +76,14 @@ def submit_order(spec: OrderSpec, *, tenant: str | None = None, priority: str = 
     with pool_tx() as s:
         admit(s, spec.tenant, [probe])  # unknown tenant, bad priority/resources, over quota: refuse before ingest
     order_id = open_order(spec)
+    resources = {"priority": priority, "cpu": cpu, "memory_gb": memory_gb, "max_attempts": max_attempts}
     try:
         dataset = ingest(spec, skip_bad_rows)
-        if spec.searched() is not None:
-            estimate = cost.check_search_order(spec, dataset, cpu=cpu)  # over the quota left: refused
-            sub = _submit_search(spec, order_id, dataset, priority=priority, cpu=cpu, memory_gb=memory_gb,
-                                 max_attempts=max_attempts)
-            cost.note_search_estimate(sub.jobs[SEARCH_NODE], estimate)
-            return sub
-        the_plan = plan(spec, dataset.artifact_id)
-        keys = plan_keys(the_plan)
-        out = Submitted(order_id, dataset)
-        nodes: dict[str, dict] = {}
-        now = utcnow()
-        with pool_tx() as s:
-            admit(s, spec.tenant, [probe], now=now)
-            _queue_nodes(s, spec, the_plan, keys, out, nodes, order_id=order_id, now=now, priority=priority,
-                         cpu=cpu, memory_gb=memory_gb, max_attempts=max_attempts)
-            cost.check_order(s, spec, the_plan, dataset, out.jobs, order_id=order_id, now=now)  # refused: rollback
-            s.add(PoolOrder(order_id=order_id, tenant=spec.tenant, priority=priority, dataset=str(dataset),
-                            dataset_artifact=dataset.artifact_id, nodes=nodes, state="running", updated=now))
+        if spec.searched() is not None:  # the search's prefix (teacher half, transfer set), then one `order` job
+            return _queue_order(spec, order_id, dataset, search_prefix(spec, dataset.artifact_id), probe,
+                                search=True, **resources)
+        out = _queue_order(spec, order_id, dataset, plan(spec, dataset.artifact_id), probe, search=False,
+                           **resources)
     except BaseException as e:
         fail_order(order_id, e)
         raise
@@ -105,6 +93,36 @@ def submit_order(spec: OrderSpec, *, tenant: str | None = None, priority: str = 
 
 
 SEARCH_NODE = "search"  # the one node of a pool order with a recipe search: its job runs the whole order
+
+
+def _queue_order(spec: OrderSpec, order_id: int, dataset: DatasetRef, the_plan: Plan, probe: Spec, *,
+                 search: bool, **resources) -> Submitted:
+    """Queue the order's jobs, check its estimate against the tenant's quota and register the pool order, in one
+    transaction. Why one: the pool's write lock is held from its first statement (compute/tables.pool_tx), so the
+    check sees every other order's reservation and this order's own is committed with it; two orders submitted
+    at once by one tenant cannot both fit in what is left for one. Refused: the transaction rolls back, nothing
+    is queued. A search order's one `order` job waits for its prefix's stage jobs (shared like any order's: a
+    search never trains a teacher another job is already training) and carries the whole search's estimate."""
+    out = Submitted(order_id, dataset)
+    nodes: dict[str, dict] = {}
+    now = utcnow()
+    with pool_tx() as s:
+        admit(s, spec.tenant, [probe], now=now)
+        _queue_nodes(s, spec, the_plan, plan_keys(the_plan), out, nodes, order_id=order_id, now=now, **resources)
+        if search:
+            deps = tuple(sorted({n["job"] for n in nodes.values() if n["job"] is not None}))
+            job = create(s, spec.tenant, Spec(kind="order", payload={"dataset": str(dataset)},
+                                              name=f"{spec.name}/{SEARCH_NODE}", **resources, order_id=order_id,
+                                              depends_on=deps), now=now,
+                         reason=f"submitted with order {order_id} (recipe search: one job runs the trials)")
+            nodes[SEARCH_NODE] = {"stage": SEARCH_NODE, "key": None, "job": job.id}
+            out.jobs[SEARCH_NODE] = job.id
+            cost.check_search_order(s, spec, dataset, job, cpu=resources["cpu"], now=now)  # refused: rollback
+        else:
+            cost.check_order(s, spec, the_plan, dataset, out.jobs, order_id=order_id, now=now)  # refused: rollback
+        s.add(PoolOrder(order_id=order_id, tenant=spec.tenant, priority=resources["priority"], dataset=str(dataset),
+                        dataset_artifact=dataset.artifact_id, nodes=nodes, state="running", updated=now))
+    return out
 
 
 def _queue_nodes(s, spec: OrderSpec, the_plan: Plan, keys: dict[str, tuple[str, dict[str, str]]], out: Submitted,
@@ -132,28 +150,6 @@ def _queue_nodes(s, spec: OrderSpec, the_plan: Plan, keys: dict[str, tuple[str, 
                                           slots=int(node.params.get("_workers") or 1), **resources), now=now,
                      reason=f"submitted with order {order_id}")
         nodes[node.name]["job"] = out.jobs[node.name] = job.id
-
-
-def _submit_search(spec: OrderSpec, order_id: int, dataset: DatasetRef, **resources) -> Submitted:
-    """The search's prefix (teacher half, transfer set) as stage jobs, shared like any order's, and one `order`
-    job for the rest that waits for them: a search never trains a teacher another job is already training."""
-    prefix = search_prefix(spec, dataset.artifact_id)
-    keys = plan_keys(prefix)
-    out = Submitted(order_id, dataset)
-    nodes: dict[str, dict] = {}
-    now = utcnow()
-    with pool_tx() as s:
-        _queue_nodes(s, spec, prefix, keys, out, nodes, order_id=order_id, now=now, **resources)
-        deps = tuple(sorted({n["job"] for n in nodes.values() if n["job"] is not None}))
-        job = create(s, spec.tenant, Spec(kind="order", payload={"dataset": str(dataset)},
-                                          name=f"{spec.name}/{SEARCH_NODE}", **resources, order_id=order_id,
-                                          depends_on=deps), now=now,
-                     reason=f"submitted with order {order_id} (recipe search: one job runs the trials)")
-        nodes[SEARCH_NODE] = {"stage": SEARCH_NODE, "key": None, "job": job.id}
-        out.jobs[SEARCH_NODE] = job.id
-        s.add(PoolOrder(order_id=order_id, tenant=spec.tenant, priority=resources["priority"], dataset=str(dataset),
-                        dataset_artifact=dataset.artifact_id, nodes=nodes, state="running", updated=now))
-    return out
 
 
 def run_order_job(payload: dict, *, order_id: int, should_stop: Callable[[], bool],
