@@ -8,10 +8,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from modelfactory.artifacts import ArtifactStore
 from modelfactory.compute.worker import pid_alive
@@ -76,3 +79,36 @@ def test_a_forkserver_still_importing_dies_with_its_killed_worker(tmp_path):
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+@pytest.mark.slow
+def test_sigterm_to_mf_server_stops_its_workers_gracefully(tmp_path):
+    """SIGTERM to `mf server` (what `kill`, systemd and bench/chaos.py send): its worker drains and logs that it
+    stopped. uvicorn re-raised the signal after its own shutdown, which ended the server before it stopped its
+    workers, so they died with SIGKILL (PR_SET_PDEATHSIG), leaving their jobs unchecked and their temp dirs."""
+    log = tmp_path / "server.log"
+    env = {**os.environ, "MF_HOME": str(tmp_path / "home"), "MF_HEARTBEAT_S": "0.5", "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "modelfactory.cli", "server", "--workers", "1", "--port",
+                               str(_free_port())], cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600  # a worker imports torch and friends before it is up: slow on a busy box
+        while " up: " not in log.read_text() and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(0.5)
+        assert " up: " in log.read_text(), log.read_text()[-3000:]
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=120)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.returncode == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert re.search(r"\] \S+-1: stopped$", text, re.M), text[-3000:]  # the worker's last words: it drained
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -4,6 +4,7 @@ workers checkpoint and requeue their jobs."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 
@@ -30,8 +31,15 @@ def run_control_plane(*, host: str, port: int, workers: int, config: PoolConfig,
 
     thread = threading.Thread(target=scheduler, name="mf-scheduler")
     thread.start()
+    # uvicorn re-raises the signal that stopped it once it has shut down (signal.raise_signal). With SIGTERM's
+    # default action that ended this process there and then, before the `finally` below could stop the scheduler:
+    # the workers (bound to it with PR_SET_PDEATHSIG) died with SIGKILL instead of checkpointing their jobs.
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if on_main else None
     try:
         uvicorn.run(create_app(), host=host, port=port, log_level=log_level, access_log=False)
     finally:
         stop.set()
         thread.join()
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
