@@ -52,22 +52,6 @@ TIMING_WORDS = ("latency", "_ms", "ms_", "seconds", "per_s", "throughput", "time
 
 
 # --- inputs ------------------------------------------------------------------------------------------------------
-def tiny_teacher(out: Path) -> Path:
-    """A 2-layer, 64-wide BERT with MiniLM's real tokenizer (as tests/conftest.py's `tiny_teacher`)."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from modelfactory.tasks.pretrained import resolve
-
-    tok = AutoTokenizer.from_pretrained(resolve("sentence-transformers/all-MiniLM-L6-v2"))
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=128, max_position_embeddings=128)
-    BertModel(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def build_orders(work: Path, n: int) -> list[dict]:
     """n orders, alternating text and image ones (small cuts of the shipped corpora): each order's dataset file
     under `work` and its spec."""
@@ -79,7 +63,9 @@ def build_orders(work: Path, n: int) -> list[dict]:
     c = builtin.corpus("rotten-tomatoes")
     reviews = pd.DataFrame(read_table(c.path(), c.roles).rows)
     digits = pd.DataFrame(builtin.corpus("digits").table().rows)
-    teacher = tiny_teacher(work / "models" / "tiny-bert")
+    from tests.conftest import make_tiny_teacher
+
+    teacher = make_tiny_teacher(work / "models" / "tiny-bert")
     orders = []
     for i in range(n):
         if i % 2 == 0:  # text and image orders in turn

@@ -71,12 +71,16 @@ def mf_home(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory) -> Path:
     """A 2-layer, 64-wide BERT with MiniLM's real tokenizer, saved as a Hugging Face model dir."""
+    return make_tiny_teacher(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def make_tiny_teacher(out: Path) -> Path:
+    """The `tiny_teacher` fixture's model, saved in `out` (bench/chaos.py builds its orders' teacher with it)."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from modelfactory.tasks.pretrained import resolve
 
-    out = tmp_path_factory.mktemp("tiny-bert")
     tok = AutoTokenizer.from_pretrained(resolve("sentence-transformers/all-MiniLM-L6-v2"))
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
