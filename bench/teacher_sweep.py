@@ -19,6 +19,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +57,7 @@ def fit_one(split, test, lr: float, min_steps: int, work: Path) -> dict[str, Any
     from modelfactory.tasks.metrics import classification_metrics
 
     ctx = StageContext(out=work / "out", work=work / "work")
+    shutil.rmtree(ctx.out, ignore_errors=True)  # a resumed run rewrites its result
     ctx.out.mkdir(parents=True)
     params = {**TEACHER, "task": "text-classification", "lr": lr, "min_steps": min_steps, "retries": 0, "seed": 0}
     t0 = time.perf_counter()
@@ -70,6 +72,23 @@ def fit_one(split, test, lr: float, min_steps: int, work: Path) -> dict[str, Any
             "val_accuracy": fit["val_accuracy"], "val_macro_f1": fit["val_macro_f1"],
             "majority_val_macro_f1": fit["majority_val_macro_f1"], "collapsed": fit["collapsed"],
             "test_accuracy": m["accuracy"], "test_macro_f1": m["macro_f1"], "seconds": seconds}
+
+
+def reference_rows(cuts: list[tuple[str, int]]) -> list[str]:
+    """The same cuts' teachers as bench/compress.py's orders trained them (lr 1e-4, min_steps 200, retries on),
+    read from its results: the recipe the sweep is compared with, measured on the same split parameters."""
+    out = []
+    for corpus, cut in cuts:
+        f = RESULTS / f"compress_{corpus}.json"
+        entry = json.loads(f.read_text())["cuts"].get(str(cut)) if f.exists() else None
+        if not entry:
+            continue
+        fit, t = entry["teacher_fit"], entry["models"]["teacher"]
+        first = fit["attempts"][0]
+        out.append(f"| {corpus} (compress.py order, {entry['when'][:10]}) | {cut} | {first['lr']:g} | 200 | "
+                   f"{fit['steps']} | {fit['best_step']} | {fit['val_accuracy']:.3f} | {fit['val_macro_f1']:.3f} | "
+                   f"{t['accuracy']:.3f} | {t['macro_f1']:.3f} | {'**yes**' if fit['collapsed'] else 'no'} | – |")
+    return out
 
 
 def write(when: str, runs: list[dict], skipped: list[dict], max_minutes: float) -> None:
@@ -87,6 +106,7 @@ def write(when: str, runs: list[dict], skipped: list[dict], max_minutes: float) 
     md += [f"| {r['corpus']} | {r['cut']} | {r['lr']:g} | {r['min_steps']} | {r['steps']} | {r['best_step']} | "
            f"{r['val_accuracy']:.3f} | {r['val_macro_f1']:.3f} | {r['test_accuracy']:.3f} | {r['test_macro_f1']:.3f} "
            f"| {'**yes**' if r['collapsed'] else 'no'} | {r['seconds'] / 60:.1f} |" for r in runs]
+    md += reference_rows(sorted({(r["corpus"], r["cut"]) for r in runs}))
     if skipped:
         md += ["", f"Not run (past --max-minutes {max_minutes:g}): "
                + "; ".join(f"{s['corpus']}@{s['cut']} lr {s['lr']:g} min_steps {s['min_steps']}" for s in skipped)]
@@ -100,11 +120,13 @@ def main() -> None:
     ap.add_argument("--lrs", default="5e-5,2e-5,1e-4")
     ap.add_argument("--steps", default="200,400")
     ap.add_argument("--max-minutes", type=float, default=30.0)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 trains faster on a busy machine)")
+    ap.add_argument("--work", default=None, help="keep each run's checkpoints here: a restarted sweep resumes")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
     when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     lrs = [float(x) for x in args.lrs.split(",")]
     steps = [int(x) for x in args.steps.split(",")]
@@ -113,14 +135,16 @@ def main() -> None:
             for c in args.corpora.split(",")]
     start, runs, skipped, splits = time.perf_counter(), [], [], {}
     with tempfile.TemporaryDirectory(prefix="teacher-sweep-") as tmp:
-        for i, (corpus, rows, min_steps, lr) in enumerate(grid):
+        work = Path(args.work or tmp)
+        for corpus, rows, min_steps, lr in grid:
             if (time.perf_counter() - start) / 60 > args.max_minutes:
                 skipped.append({"corpus": corpus, "cut": rows, "lr": lr, "min_steps": min_steps})
                 continue
             if (corpus, rows) not in splits:
                 splits[corpus, rows] = make_split(corpus, rows, Path(tmp) / f"{corpus}-{rows}")
+            run_dir = work / f"{corpus}-{rows}-lr{lr:g}-steps{min_steps}"
             split, test = splits[corpus, rows]
-            run = {"corpus": corpus, "cut": rows, **fit_one(split, test, lr, min_steps, Path(tmp) / f"run{i}")}
+            run = {"corpus": corpus, "cut": rows, **fit_one(split, test, lr, min_steps, run_dir)}
             runs.append(run)
             print(json.dumps(run), flush=True)
             write(when, runs, skipped, args.max_minutes)
