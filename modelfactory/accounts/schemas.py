@@ -3,15 +3,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel, Field
 
 from .ledger import InferenceLine, Invoice, InvoiceLine
-from .tenants import TenantInfo
+from .tenants import KeyInfo, TenantInfo
 
 
 class TenantCreated(BaseModel):
     tenant: TenantInfo
     api_key: str = Field(description="shown this once; only its hash is stored")
+
+
+@dataclass
+class KeyCreated(KeyInfo):
+    """A new API key's info, with the key itself: shown this once (only its hash is stored)."""
+
+    key: str
 
 
 class InvoiceOut(BaseModel):

@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import asdict
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...accounts.schemas import TenantCreated
+from ...accounts.schemas import KeyCreated, TenantCreated
 from ...accounts.tenants import (
     UNSET,
+    KeyInfo,
     Principal,
     TenantInfo,
     add_tenant,
@@ -61,18 +61,6 @@ class KeyCreate(BaseModel):
     label: str = Field("", max_length=200)
 
 
-class KeyOut(BaseModel):
-    id: int
-    tenant: str | None
-    label: str
-    created: dt.datetime
-    revoked: dt.datetime | None
-
-
-class KeyCreated(KeyOut):
-    key: str = Field(description="shown this once; only its hash is stored")
-
-
 def _tenant(name: str) -> TenantInfo:
     t = next((t for t in list_tenants() if t.name == name), None)
     if t is None:
@@ -118,12 +106,12 @@ def update_tenant(name: str, body: TenantUpdate, p: Principal = Depends(principa
     return t
 
 
-@router.get("/tenants/{name}/keys", response_model=list[KeyOut])
-def keys(name: str, p: Principal = Depends(principal)) -> list[KeyOut]:
+@router.get("/tenants/{name}/keys", response_model=list[KeyInfo])
+def keys(name: str, p: Principal = Depends(principal)) -> list[KeyInfo]:
     """A tenant's keys (never the keys themselves): id, label, created, revoked."""
     visible(p, name, f"tenant '{name}'")
     _tenant(name)
-    return [KeyOut(**asdict(k)) for k in list_keys(name)]
+    return list_keys(name)
 
 
 @router.post("/tenants/{name}/keys", response_model=KeyCreated, status_code=201)
@@ -134,16 +122,16 @@ def add_key(name: str, body: KeyCreate | None = None, p: Principal = Depends(pri
     return KeyCreated(**asdict(info), key=key)
 
 
-@router.delete("/tenants/{name}/keys", response_model=list[KeyOut])
-def revoke_all(name: str, p: Principal = Depends(principal)) -> list[KeyOut]:
+@router.delete("/tenants/{name}/keys", response_model=list[KeyInfo])
+def revoke_all(name: str, p: Principal = Depends(principal)) -> list[KeyInfo]:
     """Revoke every active key of the tenant at once, the calling one included (admin, or the tenant itself):
     after a leak. An admin then creates a fresh key."""
     visible(p, name, f"tenant '{name}'")
-    return [KeyOut(**asdict(k)) for k in revoke_all_keys(name)]
+    return revoke_all_keys(name)
 
 
-@router.delete("/keys/{key_id}", response_model=KeyOut)
-def revoke(key_id: Id, p: Principal = Depends(principal)) -> KeyOut:
+@router.delete("/keys/{key_id}", response_model=KeyInfo)
+def revoke(key_id: Id, p: Principal = Depends(principal)) -> KeyInfo:
     """Revoke a key: it fails from the next request on (a tenant may revoke its own keys, even the one it
     calls with)."""
     info = get_key(key_id)
@@ -151,4 +139,4 @@ def revoke(key_id: Id, p: Principal = Depends(principal)) -> KeyOut:
         admin_only(p)
     else:
         visible(p, info.tenant, f"API key {key_id}")
-    return KeyOut(**asdict(revoke_key(key_id)))
+    return revoke_key(key_id)
