@@ -518,6 +518,7 @@ def summary(db: str, ref: dict, cha: dict, tolerance: float) -> dict:
     completed = [o for o in cha["orders"].values() if o.get("state") in ("done", "missed_targets")]
     return {
         "database": db, "faults": len(faults), "faults_by_kind": by_kind, "stages_running_at_faults": hit_stages,
+        "faults_on_running_stages": sum(bool(f["running"]) for f in faults),
         "orders": len(cha["orders"]), "orders_completed": len(completed),
         "orders_not_completed": {o["name"]: f"{o.get('state')}: {(o.get('error') or '')[:300]}"
                                  for o in cha["orders"].values() if o not in completed},
@@ -549,7 +550,7 @@ def write(results: dict, out: Path) -> None:
         f"{m['min_faults']} per pass and until every order has finished: each one {m['gap'][0]:g}-{m['gap'][1]:g} s "
         "(uniform, seeded) after the pool has recovered from the last (the server answers and a worker heartbeats), "
         f"its kind drawn with weights {dict(zip(KINDS, WEIGHTS))}: `worker_kill` = kill -9 of one of the "
-        "server's workers (the server starts it again within "
+        "server's workers (the server starts it again, at most once every "
         f"10 s); `server_kill` = kill -9 of `mf server` (its workers and their jobs die with it) and a restart on "
         f"the same port; `worker_pause` = SIGSTOP of a worker for {LEASE_S + 1}-{LEASE_S + 4} s (past its lease), "
         "then SIGCONT.", "",
@@ -579,6 +580,8 @@ def write(results: dict, out: Path) -> None:
             f"| {s['reference_wall_s']:.0f} s / {s['chaos_wall_s']:.0f} s |")
     for s in results["summary"]:
         lines += ["", f"## {s['database']}", "",
+                  f"{s['faults_on_running_stages']} of the {s['faults']} faults landed while stage jobs ran (the "
+                  "rest after the orders had finished, or between jobs). "
                   "Stages running when a fault landed (a fault counts once per running stage job): "
                   + ", ".join(f"{k} {v}" for k, v in sorted(s["stages_running_at_faults"].items())) + ".",
                   f"The server was started {s['server_starts']} times; the ledger holds {s['ledger_rows']} rows for "
@@ -611,12 +614,15 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the working folder (logs, MF_HOMEs) for a post-mortem")
     ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                     help="only combine the chaos.json of runs made apart (e.g. one per database, run side by side)")
+    ap.add_argument("--notes", type=Path, help="with --merge: a markdown file of findings to end the report with")
     args = ap.parse_args()
     if args.merge:
         parts = [json.loads(p.read_text()) for p in args.merge]
         merged = {"meta": parts[0]["meta"] | {"command": " + ".join(p["meta"]["command"] for p in parts)},
-                  "summary": [s for p in parts for s in p["summary"]],
-                  "runs": {k: v for p in parts for k, v in p["runs"].items()}, "notes": NOTES}
+                  "summary": [summary(db, run["undisturbed"], run["chaos"], TOLERANCE)
+                              for p in parts for db, run in p["runs"].items()],
+                  "runs": {k: v for p in parts for k, v in p["runs"].items()},
+                  "notes": args.notes.read_text() if args.notes else NOTES}
         write(merged, args.out)
         return
     signal.signal(signal.SIGTERM, _interrupt)  # `timeout`: stop the servers and PostgreSQL on the way out
