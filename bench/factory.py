@@ -132,6 +132,7 @@ def start_ray(stack: Stack) -> None:
     tests/test_ray_cluster.py starts it: the workers' jobs run as Ray tasks on those two nodes."""
     from ray.cluster_utils import Cluster
 
+    os.environ["PYTHONPATH"] = stack.env["PYTHONPATH"]  # the raylets' task processes import the snapshot too
     stack.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
                                                                   "object_store_memory": 100 * 2**20})
     for _ in range(2):

@@ -76,7 +76,7 @@ def read_tables(order_ids: list[int]) -> dict[str, list[dict]]:
     """The orders, their stage runs and the pool's jobs, from the database the run used (MF_* in os.environ)."""
     from sqlalchemy import select
 
-    from modelfactory.compute.tables import Job, pool_read
+    from modelfactory.compute.tables import Job, JobEvent, pool_read
     from modelfactory.store import Order, StageRun
 
     with pool_read() as s:
@@ -90,7 +90,8 @@ def read_tables(order_ids: list[int]) -> dict[str, list[dict]]:
         orders = [{"order": o.id, "name": o.name, "tenant": o.tenant, "state": o.state, "error": o.error,
                    "created": ts(o.created), "finished": ts(o.finished)}
                   for o in s.scalars(select(Order).where(Order.id.in_(order_ids)))]
-    return {"stage_runs": runs, "jobs": jobs, "orders": orders}
+        placed = [e.reason for e in s.scalars(select(JobEvent).where(JobEvent.reason.like("%runs on Ray node%")))]
+    return {"stage_runs": runs, "jobs": jobs, "orders": orders, "ray_placements": placed}
 
 
 @dataclass
@@ -161,8 +162,8 @@ def analyse(d: Collected) -> dict[str, Any]:
         "wall_s": round(d.wall_s, 1), "submit_s": round(d.submit_s, 1), "load": d.load,
         "orders_total": len(per_order), "orders_closed": sum(o["state"] != "running" for o in per_order),
         "orders_done": sum(o["state"] == "done" for o in per_order),
-        "orders_missed_targets": sum(o["state"] == "missed_targets" for o in per_order),
-        "orders_failed": sum(o["state"] in ("failed", "infeasible", "cancelled") for o in per_order),
+        "orders_missed_targets": sum(o["state"] in ("missed_targets", "infeasible") for o in per_order),
+        "orders_failed": sum(o["state"] in ("failed", "cancelled") for o in per_order),
         "cpu_s_total": round(total, 1),
         "cpu_s_by_stage_kind": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
         "cpu_s_by_outcome": _sum_by(lines, "outcome"),
@@ -173,13 +174,24 @@ def analyse(d: Collected) -> dict[str, Any]:
                               - len(teacher_keys)},
         "student_cpu_s": round(sum(student.values()), 1),
         "overhead": round(total / denominator, 3) if denominator else None,
-        "tenants": _tenants(d, lines),
+        "tenants": _tenants(d, lines), "ray_nodes": _ray_nodes(d.tables.get("ray_placements") or []),
         "orders": per_order, "uploads": d.uploads,
         "timeline": [{**r, "t0": round(r["started"] - d.t0, 1), "t1": round((r["finished"] or r["started"]) - d.t0, 1)}
                      for r in runs],
         "order_finish": {o["order"]: None if o["finished"] is None else round(o["finished"] - d.t0, 1)
                          for o in d.tables["orders"]},
     }
+
+
+def _ray_nodes(reasons: list[str]) -> dict[str, int]:
+    """Job attempts per Ray node (`MF_EXECUTOR=ray`: each attempt notes its node in the job's history)."""
+    import re
+
+    out: dict[str, int] = {}
+    for reason in reasons:
+        if m := re.search(r"runs on Ray node ([0-9a-f]+)", reason):
+            out[m[1][:12]] = out.get(m[1][:12], 0) + 1
+    return out
 
 
 def _sum_by(lines: list[dict], key: str) -> dict[str, float]:
@@ -229,7 +241,7 @@ def _order_row(d: Collected, o: dict, student: dict[int, float]) -> dict[str, An
                                  if deployed.get("accuracy") and teacher.get("accuracy") else None)
         row["size_mb"] = round(deployed["size_bytes"] / 1e6, 3) if deployed.get("size_bytes") else None
         row["latency_ms"] = deployed.get("latency_ms_p50")
-        classical = ((m.get("baselines") or {}).get("classical") or {}).get("accuracy")
+        classical = ((model.get("baselines") or m.get("baselines") or {}).get("classical") or {}).get("accuracy")
         row["classical_accuracy"] = classical
         row["targets_met"] = _met(row, classical)
     return row
@@ -305,7 +317,8 @@ def markdown(r: dict[str, Any], name: str) -> str:
            f"{'not reached' if mk is None else f'{mk:.0f} s ({mk / 60:.1f} min)'}"
            f"{f' but {failed} orders failed: goal not met' if (failed := r['orders_failed']) else ''} "
            "(goal: all done in < 60 min) |",
-           f"| orders done / missed targets / failed / closed of all | {r['orders_done']} / "
+           f"| orders done / missed targets (registered, not promoted; or infeasible) / failed / closed of all | "
+           f"{r['orders_done']} / "
            f"{r['orders_missed_targets']} / {r['orders_failed']} / {r['orders_closed']} of {r['orders_total']} |",
            f"| machine load (1-min average) during the run: mean / max | {load['load1_mean']} / {load['load1_max']} "
            f"on {load['cpus']} CPUs; all CPUs busy {_fmt(load['machine_busy_share'], '.0%')} of the time |",
@@ -315,7 +328,8 @@ def markdown(r: dict[str, Any], name: str) -> str:
            f"repeated: {tf['repeated']} |",
            f"| teacher fine-tune CPU-s + orders' own student CPU-s | {tf['cpu_s']:.0f} + {r['student_cpu_s']:.0f} |",
            f"| **overhead** = ledger CPU-s / (teacher fine-tunes + students) | **{_fmt(r['overhead'])}** "
-           "(goal <= 1.5) |", ""]
+           "(goal <= 1.5) |",
+           *([f"| job attempts per Ray node | {r['ray_nodes']} |"] if r.get("ray_nodes") else []), ""]
     busy = load["machine_busy_share"]
     if load["load1_mean"] > s["workers"] + 0.5 or (busy is not None and busy > 0.97):
         out += [f"The machine was shared during this run (mean load {load['load1_mean']} against the "
