@@ -191,7 +191,7 @@ def _engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-        Base.metadata.create_all(engine)
+        _create_sqlite_schema(engine)
     else:
         engine = create_engine(database_url(url), pool_pre_ping=True, json_serializer=_json_dumps)
         with engine.begin() as conn:
@@ -200,6 +200,21 @@ def _engine(url: str) -> Engine:
             Base.metadata.create_all(conn)
     _ENGINES.add(engine)
     return engine
+
+
+def _create_sqlite_schema(engine: Engine, tries: int = 5) -> None:
+    """create_all, again if another process created a table between our check and our CREATE (`mf server` and its
+    workers open a new database at the same moment; PostgreSQL takes an advisory lock instead). Each try skips
+    what exists by then."""
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(tries):
+        try:
+            Base.metadata.create_all(engine)
+            return
+        except OperationalError as e:
+            if "already exists" not in str(e) or attempt == tries - 1:
+                raise
 
 
 def _forget_engines_after_fork() -> None:
