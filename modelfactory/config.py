@@ -72,6 +72,9 @@ class Settings:
     job_pids_max: float = _var("MF_JOB_PIDS_MAX", 1024.0, "processes a command job may have at once",
                                positive=True)
     job_disk_gb: float = _var("MF_JOB_DISK_GB", 20.0, "disk a command job may fill (GB)", positive=True)
+    max_lost_attempts: int = _var("MF_MAX_LOST_ATTEMPTS", 10, "attempts of one job whose worker was lost (killed, "
+                                                             "silent past its lease) before the job fails; they do "
+                                                             "not count against its max_attempts", positive=True)
     stage_time_limit_s: float = _var("MF_STAGE_TIME_LIMIT_S", 86400.0, "wall-clock limit of a stage or order job "
                                                                        "that sets none (s): killed, failed, not "
                                                                        "retried", positive=True)

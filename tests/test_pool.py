@@ -7,6 +7,7 @@ worker whose last heartbeat is older than the lease timeout at the scheduler's `
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import json
 import sys
@@ -125,33 +126,69 @@ def test_hard_quota_refuses_submit_with_a_clear_message_and_soft_limit_waits():
         submit_at(at(0), "nobody", stage())
 
 
-def test_silent_worker_loses_its_lease_and_the_attempt_cap_fails_the_job_with_the_last_error():
+def test_silent_worker_loses_its_lease_and_the_lost_attempt_cap_fails_the_job_saying_how_often():
+    cfg = dataclasses.replace(CFG, max_lost_attempts=2)
     add_tenant("acme")
-    register("w1", Capacity(2, 0, 8), now=at(0), config=CFG)
-    (jid,) = submit_at(at(0), "acme", stage(max_attempts=2))
-    assert schedule_once(at(1), config=CFG).started == [(jid, ["w1"])]
-    heartbeat("w1", now=at(6), config=CFG)  # renews the lease to at(16)
+    register("w1", Capacity(2, 0, 8), now=at(0), config=cfg)
+    (jid,) = submit_at(at(0), "acme", stage(max_attempts=1))  # lost attempts are not held to max_attempts
+    assert schedule_once(at(1), config=cfg).started == [(jid, ["w1"])]
+    heartbeat("w1", now=at(6), config=cfg)  # renews the lease to at(16)
     assert job(jid).lease_expires == at(16)
-    assert schedule_once(at(15), config=CFG).lost == []
+    assert schedule_once(at(15), config=cfg).lost == []
 
-    report = schedule_once(at(17), config=CFG)  # w1 silent for 11 s > 10 s
+    report = schedule_once(at(17), config=cfg)  # w1 silent for 11 s > 10 s
     assert report.workers_lost == ["w1"] and report.lost == [jid] and report.started == []
     j = job(jid)
     assert (j.state, j.lease_worker, j.failures, j.attempts) == ("queued", None, 1, 1)
-    assert history(jid)[-1][:2] == ("running", "queued")
-    assert history(jid)[-1][2].startswith("worker lost: w1 sent no heartbeat for 11 s; retrying (1 of 2")
+    assert history(jid)[-1] == ("running", "queued", "worker lost: w1 sent no heartbeat for 11 s; retrying "
+                                                     "(worker lost 1 of 2 times)")
     (lost,) = usage_rows(jid)
     assert (lost.outcome, lost.attempt, lost.started, lost.ended) == ("lost", 1, at(1), at(6))  # to last heartbeat
 
-    register("w2", Capacity(2, 0, 8), now=at(20), config=CFG)
-    assert schedule_once(at(20), config=CFG).started == [(jid, ["w2"])]
-    assert schedule_once(at(31), config=CFG).lost == [jid]
+    register("w2", Capacity(2, 0, 8), now=at(20), config=cfg)
+    assert schedule_once(at(20), config=cfg).started == [(jid, ["w2"])]
+    assert schedule_once(at(31), config=cfg).lost == [jid]
     j = job(jid)
     assert (j.state, j.attempts, j.failures) == ("failed", 2, 2)
     assert j.last_error == "worker lost: w2 sent no heartbeat for 11 s"
-    assert history(jid)[-1] == ("running", "failed", "worker lost: w2 sent no heartbeat for 11 s after 2 failed "
-                                                     "attempts: worker lost: w2 sent no heartbeat for 11 s")
+    assert history(jid)[-1] == ("running", "failed", "worker lost: w2 sent no heartbeat for 11 s (worker lost 2 "
+                                                     "times, the most MF_MAX_LOST_ATTEMPTS allows)")
     assert [(u.attempt, u.outcome, u.worker) for u in usage_rows(jid)] == [(1, "lost", "w1"), (2, "lost", "w2")]
+
+
+def test_a_job_lost_more_often_than_max_attempts_is_retried_and_succeeds_while_its_own_failures_stay_capped():
+    add_tenant("acme")
+    (jid,) = submit_at(at(0), "acme", stage(max_attempts=2))
+    for i in range(4):  # four workers die under it: twice max_attempts, under the lost cap (10)
+        register(f"w{i}", Capacity(2, 0, 8), now=at(100 * i), config=CFG)
+        assert schedule_once(at(100 * i + 1), config=CFG).started == [(jid, [f"w{i}"])]
+        assert schedule_once(at(100 * i + 50), config=CFG).lost == [jid]
+        assert job(jid).state == "queued"
+    assert history(jid)[-1][2].endswith("; retrying (worker lost 4 of 10 times)")
+    register("w9", Capacity(2, 0, 8), now=at(1000), config=CFG)
+    assert schedule_once(at(1001), config=CFG).started == [(jid, ["w9"])]
+    with pool_tx() as s:  # its own error: the first of max_attempts=2, so retried
+        end_attempt(s, s.get(Job, jid), "failed", "failed", error="ValueError: boom", now=at(1002), config=CFG)
+    assert history(jid)[-1] == ("running", "queued", "failed; retrying (1 of 2 attempts failed)")
+    assert schedule_once(at(1003), config=CFG).started == [(jid, ["w9"])]
+    with pool_tx() as s:
+        end_attempt(s, s.get(Job, jid), "succeeded", "succeeded", now=at(1004), config=CFG)
+    j = job(jid)
+    assert (j.state, j.attempts, j.failures) == ("succeeded", 6, 5)
+    assert [u.outcome for u in usage_rows(jid)] == ["lost"] * 4 + ["failed", "succeeded"]
+
+    (other,) = submit_at(at(2000), "acme", stage(max_attempts=2))
+    register("w8", Capacity(2, 0, 8), now=at(2000), config=CFG)
+    assert schedule_once(at(2001), config=CFG).started == [(other, ["w8"])]
+    assert schedule_once(at(2050), config=CFG).lost == [other]  # lost once: not one of its 2 own failures
+    for t in (2101, 2201):
+        register("w8", Capacity(2, 0, 8), now=at(t - 1), config=CFG)
+        assert schedule_once(at(t), config=CFG).started == [(other, ["w8"])]
+        with pool_tx() as s:
+            end_attempt(s, s.get(Job, other), "failed", "failed", error="ValueError: boom", now=at(t + 1),
+                        config=CFG)
+    assert job(other).state == "failed"
+    assert history(other)[-1][2] == "failed after 2 failed attempts: ValueError: boom"
 
 
 def test_a_restarted_worker_releases_its_dead_predecessors_leases_at_once():

@@ -21,17 +21,18 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..accounts.ledger import record_attempt
+from ..accounts.tables import Usage
 from ..accounts.tenants import Request, check_quota, tenant_row
 from ..config import settings
 from ..errors import MFError, NotFound
 from ..store import utcnow
 from . import kinds
 from .policies import PRIORITIES
-from .poolconfig import PoolConfig
+from .poolconfig import PoolConfig, pool_config
 from .tables import Job, JobEvent, pool_read, pool_tx
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -194,8 +195,11 @@ def end_attempt(s: Session, job: Job, outcome: str, reason: str, *, ended: dt.da
     """End `job`'s running attempt: bill it, then move the job on.
 
     succeeded -> succeeded (with `result`); preempted -> queued (free: it does not count against max_attempts);
-    lost / failed -> queued again while fewer than max_attempts attempts have failed and `retry`, else failed
-    with the last error; cancelled -> cancelled."""
+    failed -> queued again while fewer than max_attempts attempts have failed and `retry`, else failed with the
+    last error; lost (the worker vanished or its lease expired: the infrastructure's fault, not the job's) ->
+    queued again while the job has been lost fewer than `max_lost_attempts` times (`MF_MAX_LOST_ATTEMPTS`), so a
+    user's order survives worker crashes and restarts, while a job that kills every worker it touches still ends;
+    cancelled -> cancelled."""
     now = now or utcnow()
     if job.state != "running":
         raise IllegalTransition(f"job {job.id} is {job.state}, not running: no attempt to end")
@@ -209,14 +213,29 @@ def end_attempt(s: Session, job: Job, outcome: str, reason: str, *, ended: dt.da
         return transition(s, job, "queued", reason, now=now)
     if outcome == "cancelled":
         return transition(s, job, "cancelled", reason, now=now)
-    job.failures = (job.failures or 0) + 1
+    job.failures = (job.failures or 0) + 1  # failed or lost (the column's meaning); lost ones are in the ledger
     job.last_error = error or reason
-    if retry and job.failures < job.max_attempts:
-        return transition(s, job, "queued", f"{reason}; retrying ({job.failures} of {job.max_attempts} "
+    lost = lost_attempts(s, job.id)
+    if outcome == "lost":
+        cap = (config or pool_config()).max_lost_attempts
+        if retry and lost < cap:
+            return transition(s, job, "queued", f"{reason}; retrying (worker lost {lost} of {cap} times)", now=now)
+        capped = f" (worker lost {lost} times, the most MF_MAX_LOST_ATTEMPTS allows)" if retry else ""
+        return transition(s, job, "failed", f"{reason}{capped}", now=now)
+    failed = job.failures - lost
+    if retry and failed < job.max_attempts:
+        return transition(s, job, "queued", f"{reason}; retrying ({failed} of {job.max_attempts} "
                                             f"attempts failed)", now=now)
-    capped = f" after {job.failures} failed attempts" if retry and job.failures > 1 else ""
+    capped = f" after {failed} failed attempts" if retry and failed > 1 else ""
     return transition(s, job, "failed", f"{reason}{capped}: {job.last_error}" if error else f"{reason}{capped}",
                       now=now)
+
+
+def lost_attempts(s: Session, job_id: int) -> int:
+    """How many of the job's attempts were lost (worker gone), counted from the ledger that bills each attempt
+    once, so the count needs no column of its own (and older databases no ALTER)."""
+    return s.scalar(select(func.count()).select_from(Usage).where(Usage.job_id == job_id,
+                                                                  Usage.outcome == "lost")) or 0
 
 
 def cancel(job_id: int, reason: str = "cancelled by user", *, config: PoolConfig | None = None) -> Job:

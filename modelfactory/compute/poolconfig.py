@@ -1,7 +1,8 @@
 """The pool's configuration: `config.settings()` (`MF_POOL_POLICY`, `MF_LEASE_TIMEOUT_S`, `MF_HEARTBEAT_S`,
-`MF_SCHEDULE_INTERVAL_S`, `MF_WORKER_POLL_S`, `MF_PREEMPT_GRACE_S`, `MF_PREEMPT_MIN_RUNTIME_S`, the prices and
-`MF_EXECUTOR`: the README's Settings table), with command-line flags overriding it (`with_`). A module of its
-own so that jobs, the scheduler and the workers need not import the server loop.
+`MF_SCHEDULE_INTERVAL_S`, `MF_WORKER_POLL_S`, `MF_PREEMPT_GRACE_S`, `MF_PREEMPT_MIN_RUNTIME_S`,
+`MF_MAX_LOST_ATTEMPTS`, the prices and `MF_EXECUTOR`: the README's Settings table), with command-line flags
+overriding it (`with_`). A module of its own so that jobs, the scheduler and the workers need not import the
+server loop.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class PoolConfig:
     currency: str = "USD"
     executor: str = "local"
     stage_time_limit_s: float = 86400.0  # a stage/order job without its own time limit is killed at this (failed)
+    max_lost_attempts: int = 10  # lost attempts (worker gone) a job may have; they do not count toward max_attempts
 
     def with_(self, **changes) -> PoolConfig:
         """A copy with the given fields changed; None values are ignored (unset command-line flags)."""
@@ -37,4 +39,5 @@ def pool_config() -> PoolConfig:
                       schedule_interval_s=s.schedule_interval_s, worker_poll_s=s.worker_poll_s,
                       preempt_grace_s=s.preempt_grace_s, min_runtime_s=s.min_runtime_s,
                       price_cpu_hour=s.price_cpu_hour, price_gpu_hour=s.price_gpu_hour, currency=s.currency,
-                      executor=s.executor, stage_time_limit_s=s.stage_time_limit_s)
+                      executor=s.executor, stage_time_limit_s=s.stage_time_limit_s,
+                      max_lost_attempts=s.max_lost_attempts)

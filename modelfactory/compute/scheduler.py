@@ -1,7 +1,8 @@
 """The live scheduler: one round, `schedule_once(now)`, in one pool transaction.
 
 A round (1) marks workers that stopped heartbeating as lost and takes back the leases they held (the attempt is
-billed as `lost`; the job is requeued, or failed with its last error once it has failed max_attempts times),
+billed as `lost`; the job is requeued, or failed once it has been lost MF_MAX_LOST_ATTEMPTS times: lost
+attempts are the infrastructure's fault and do not count toward the job's max_attempts),
 (2) settles queued jobs whose dependencies failed or were cancelled, (3) snapshots the pool as the policy sees it
 (`policies.JobView` / `WorkerView` / `TenantView`) and asks the configured policy what to do, and (4) writes what
 it decided: leases for the jobs it starts, preemption requests for the jobs it wants back, and why the others
