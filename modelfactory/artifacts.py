@@ -14,10 +14,12 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from multiprocessing import util as mp_util
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +30,67 @@ TMP_PREFIX = ".tmp-"  # + <id[:12]>-<host>-<pid>-<random>: a folder being writte
 _HOST = socket.gethostname().replace("/", "_")
 
 
-def _pid_exists(pid: int) -> bool:
-    """Whether a process with this pid exists here (a zombie too: its folder is swept once it is reaped)."""
+def pid_alive(pid: int) -> bool:
+    """Whether a process (on this host) is alive; a zombie is not (it can write nothing more)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        pass
-    return True
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+# A Unix socket's path has at most 107 bytes; multiprocessing puts its forkserver's at
+# <temp dir>/pymp-XXXXXXXX/listener-XXXXXXXX (32 more), so a process temp dir under a deep MF_HOME goes here instead.
+_MAX_TMPDIR_LEN = 75
+_SYSTEM_TMP = Path(tempfile.gettempdir())
+
+
+def tmpdir_roots() -> list[Path]:
+    """Where process_tmpdir() makes its folders: MF_HOME/tmp, or, for a deep MF_HOME, the system temp dir's
+    mf-tmp-<uid>."""
+    return [settings().home / "tmp", _SYSTEM_TMP / f"mf-tmp-{os.getuid()}"]
+
+
+def process_tmpdir(role: str) -> Path:
+    """Make <root>/<role>-<host>-<pid> (0700; root: MF_HOME/tmp, see tmpdir_roots) this process's temp dir
+    (TMPDIR and tempfile.tempdir, so the processes it starts inherit it), after removing those of dead processes
+    on this host; it is removed when this process exits normally.
+
+    Why: what a process killed with SIGKILL leaves in the temp dir (multiprocessing's `pymp-*` folders, files some
+    libraries write) has no owner to remove it; under a per-process folder the next worker or server to start
+    finds it by the pid in its name. Call it before multiprocessing starts anything (it caches its temp dir)."""
+    sweep_dead_tmpdirs()
+    name = f"{role}-{_HOST}-{os.getpid()}"
+    root = next((r for r in tmpdir_roots() if len(str(r / name)) <= _MAX_TMPDIR_LEN), tmpdir_roots()[-1])
+    d = root / name
+    d.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    d.mkdir(exist_ok=True, mode=0o700)
+    os.environ["TMPDIR"] = str(d)
+    tempfile.tempdir = str(d)
+    # after multiprocessing's own clean-up of its pymp-* folder (exitpriority -100), which would fail without it
+    mp_util.Finalize(None, shutil.rmtree, args=(str(d),), kwargs={"ignore_errors": True}, exitpriority=-101)
+    return d
+
+
+def sweep_dead_tmpdirs() -> list[str]:
+    """Remove the <role>-<host>-<pid> folders (process_tmpdir) of processes on this host that are gone; returns
+    their paths. Another host's (a shared MF_HOME) and a live process's are left alone."""
+    removed = []
+    for root in tmpdir_roots():
+        if not root.is_dir():
+            continue
+        for entry in os.scandir(root):
+            host, _, pid = entry.name.partition("-")[2].rpartition("-")
+            if host == _HOST and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.path)
+    return removed
 
 
 def content_hash(obj: Any) -> str:
@@ -114,7 +168,7 @@ class ArtifactStore:
             if not entry.name.startswith(TMP_PREFIX):
                 continue
             owner = entry.name[len(TMP_PREFIX):].partition("-")[2].rsplit("-", 2)  # [host, pid, random]
-            if len(owner) == 3 and owner[0] == _HOST and owner[1].isdigit() and not _pid_exists(int(owner[1])):
+            if len(owner) == 3 and owner[0] == _HOST and owner[1].isdigit() and not pid_alive(int(owner[1])):
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(entry.name)
         return removed

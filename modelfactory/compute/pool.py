@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from ..artifacts import sweep_dead_tmpdirs
 from .poolconfig import PoolConfig, pool_config
 
 SAMPLE_EVERY_S = 5.0
@@ -44,6 +45,7 @@ def run_server(*, workers: int = 1, config: PoolConfig | None = None, worker_cpu
 
     cfg = config or pool_config()
     policy(cfg)  # an unknown policy name fails here, before any worker starts
+    sweep_dead_tmpdirs()  # the temp folders of killed workers (artifacts.process_tmpdir)
     host = socket.gethostname()
     env = {**os.environ, "MF_POOL_POLICY": cfg.policy, "MF_LEASE_TIMEOUT_S": str(cfg.lease_timeout_s),
            "MF_HEARTBEAT_S": str(cfg.heartbeat_s), "MF_WORKER_POLL_S": str(cfg.worker_poll_s),

@@ -12,10 +12,10 @@ import datetime as dt
 import os
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import select, update
 
+from ..artifacts import pid_alive
 from ..errors import MFError
 from ..store import utcnow
 from .jobs import end_attempt
@@ -37,21 +37,6 @@ def default_capacity() -> Capacity:
     except (ValueError, OSError, AttributeError):
         mem = 4.0
     return Capacity(cpu=float(os.cpu_count() or 1), gpu=0.0, memory_gb=round(mem, 1))
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process (on this host) is alive; a zombie is not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def register(worker_id: str, capacity: Capacity, *, host: str | None = None, pid: int | None = None,

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select
 
+from ..artifacts import process_tmpdir
 from ..config import settings
 from ..errors import MFError
 from ..store import utcnow
@@ -97,6 +98,9 @@ class PoolWorker:
     def run(self, until: Callable[[], bool] = lambda: False) -> None:
         """Work until SIGTERM/SIGINT (or `until()`), then stop gracefully: running jobs are asked to checkpoint
         and are requeued as preempted."""
+        # Before the forkserver starts: its pymp-* folders and its job processes' temp files go to a folder of this
+        # worker's own, which the next worker or server to start removes if this one is killed.
+        self.log(f"temp dir: {process_tmpdir('worker')}")
         for d in (self.attempts_dir, self.logs_dir):  # private to the platform, like the artifacts
             d.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             d.mkdir(exist_ok=True, mode=0o700)
