@@ -444,6 +444,9 @@ def outcome(db, submitted: dict[int, str], home: Path, tmp: Path) -> dict:
     artifacts = home / "artifacts"
     leftovers = [str(p.relative_to(home)) for p in artifacts.glob(".tmp-*")] if artifacts.exists() else []
     leftovers += [str(p.relative_to(home)) for p in home.rglob("*.tmp")]
+    # workers' own temp dirs (artifacts.process_tmpdir): each names what is in it
+    leftovers += [f"{p.relative_to(home)}: {sorted(os.listdir(p)) if p.is_dir() else ''}"
+                  for p in (home / "tmp").iterdir()] if (home / "tmp").is_dir() else []
     work = home / "work"
     stale_work = [p.name for p in work.iterdir() if (artifacts / p.name).exists()] if work.exists() else []
     return {"orders": orders, "models": models, "model_files": files, "jobs": len(jobs),
@@ -561,8 +564,8 @@ def write(results: dict, out: Path) -> None:
         "Billing: every attempt in the jobs table (attempts 1..N of each job) must have exactly one row in the usage "
         "ledger, and the ledger no row for an attempt that never was. Orphans: any process ever seen below a "
         "server (workers, forkservers, job processes) still alive 10 s after the pass ended. Temp leftovers: "
-        "entries in the pass's TMPDIR, `.tmp-*` artifact dirs and `*.tmp` files under MF_HOME, and checkpoint "
-        "dirs (MF_HOME/work/<key>) of stages whose artifact exists.", "",
+        "entries in the pass's TMPDIR, `.tmp-*` artifact dirs, `*.tmp` files and workers' temp dirs (MF_HOME/tmp/*) "
+        "under MF_HOME, and checkpoint dirs (MF_HOME/work/<key>) of stages whose artifact exists.", "",
         "| database | faults (worker kill / server kill / pause) | orders completed | models whose metrics equal "
         "the undisturbed run's (whose files are identical) "
         "| attempts billed exactly once | lost / double bills | orphans after the run (during it, > 30 s) "
