@@ -232,6 +232,16 @@ def test_stop_strings_seed_and_n(client):
     assert e.value.body["param"] == "n"
 
 
+def test_a_top_p_below_float32_range_keeps_the_likeliest_token(client):
+    """Found by the fuzzer: top_p=5e-324 is 0.0 in float32, so the nucleus filter dropped every token and the
+    prefill's sampling error left its rows in the running batch (the next decode step failed everyone). The
+    likeliest token is always kept, so such a request answers greedily, and the server keeps serving."""
+    greedy = chat(client, "writer", max_tokens=12).choices[0].message.content
+    tiny = chat(client, "writer", temperature=1.0, top_p=5e-324, seed=1, max_tokens=12).choices[0].message.content
+    assert tiny == greedy
+    assert chat(client, "writer", max_tokens=12).choices[0].message.content == greedy
+
+
 def test_concurrent_requests_for_different_adapters_batch_together(server, client):
     """Eight requests over three adapters and the base at once: each answers what it answers alone, and the
     engine ran them in shared decode steps."""

@@ -267,9 +267,10 @@ class Engine:
                              position=n))
         if self.on_step:
             self.on_step(StepStats("prefill", len(gens), seconds))
+        tokens = self._sample(rows, logits)  # before joining: a sampling error fails these requests, not the batch
         self._batch.join(cache, mask)
         self._rows.extend(rows)
-        self._advance(rows, logits)
+        self._advance(rows, tokens)
 
     def _decode(self) -> None:
         rows = self._rows
@@ -288,11 +289,10 @@ class Engine:
             s.gen.compute_seconds += seconds / len(rows)
         if self.on_step:
             self.on_step(StepStats("decode", len(rows), seconds))
-        self._advance(rows, logits)
+        self._advance(rows, self._sample(rows, logits))
 
-    def _advance(self, rows: list[_Seq], logits: torch.Tensor) -> None:
-        """Sample a token for each row, turn it into text, end the rows that are done, and hand out the events."""
-        tokens = self._sample(rows, logits)
+    def _advance(self, rows: list[_Seq], tokens: list[int]) -> None:
+        """Turn each row's sampled token into text, end the rows that are done, and hand out the events."""
         now = time.perf_counter()
         for s, token in zip(rows, tokens):
             if s.gen.cancelled:
@@ -333,7 +333,9 @@ class Engine:
             if p.top_p < 1.0:
                 sorted_probs, order = probs.sort(descending=True)
                 cumulative = sorted_probs.cumsum(0)
-                sorted_probs[(cumulative - sorted_probs) >= p.top_p] = 0.0  # keep the smallest set reaching top_p
+                drop = (cumulative - sorted_probs) >= p.top_p  # keep the smallest set reaching top_p ...
+                drop[0] = False  # ... and always the likeliest token (a top_p below float32's range keeps it alone)
+                sorted_probs[drop] = 0.0
                 probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
             tokens[i] = int(torch.multinomial(probs, 1, generator=s.generator).item())
         return tokens
