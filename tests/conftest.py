@@ -127,6 +127,20 @@ def run_mf(*args: str, env: dict | None = None, timeout: int = 600) -> subproces
                           env={**os.environ, **(env or {})}, timeout=timeout, cwd=REPO)
 
 
+def mf_in_process(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
+    """`mf ARGS` in this process (the entry point `mf` calls): exit code, stdout, stderr."""
+    from modelfactory.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mf", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture(scope="session")
 def digits_df() -> pd.DataFrame:
     """The built-in `digits` corpus (1,797 8x8 grey PNGs, labels '0'..'9') as image/label rows."""

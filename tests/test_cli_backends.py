@@ -21,29 +21,19 @@ from modelfactory import registry
 from modelfactory.accounts.ledger import record_attempt, record_inference
 from modelfactory.accounts.tenants import add_tenant
 from modelfactory.artifacts import ArtifactStore
-from modelfactory.cli import main
 from modelfactory.compute import jobs as pool_jobs
 from modelfactory.compute.jobs import Spec
 from modelfactory.compute.tables import Job, pool_tx
 from modelfactory.data import versions
 from modelfactory.store import utcnow
 
-from .conftest import REPO, sample_csv, tiny_order
+from .conftest import REPO, mf_in_process, sample_csv, tiny_order
 from .test_serve_support import free_port
 
 ADMIN = "mfk_test-admin-key"
 
 
-def mf(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
-    """`mf ARGS` in this process (the entry point `mf` calls): exit code, stdout, stderr."""
-    monkeypatch.setattr(sys, "argv", ["mf", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+mf = mf_in_process
 
 
 @pytest.fixture

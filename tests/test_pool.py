@@ -29,6 +29,8 @@ from modelfactory.compute.worker import Capacity, heartbeat, register
 from modelfactory.errors import MFError
 from modelfactory.store import utcnow
 
+from .conftest import mf_in_process
+
 CFG = PoolConfig(policy="fifo", lease_timeout_s=10, price_cpu_hour=0.10, price_gpu_hour=3.0)
 T0 = dt.datetime(2026, 5, 10, 12, 0, 0)
 
@@ -291,14 +293,7 @@ def test_invoice_bills_every_attempt_including_preempted_work(tmp_path, capsys, 
 
 def test_tenant_and_jobs_commands(capsys, monkeypatch):
     def mf(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["mf", *args])
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        return code, out, err
+        return mf_in_process(capsys, monkeypatch, *args)
 
     code, out, _ = mf("tenants", "add", "acme", "--weight", "3", "--cpu-hours", "100", "--max-slots", "4")
     assert code == 0 and "API key (shown once" in out and "mfk_" in out
