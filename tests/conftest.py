@@ -127,6 +127,27 @@ def run_mf(*args: str, env: dict | None = None, timeout: int = 600) -> subproces
                           env={**os.environ, **(env or {})}, timeout=timeout, cwd=REPO)
 
 
+def bill_sample_usage(tenant: str) -> int:
+    """One billed hour of a command job named 'billed' and five inference requests on `sentiment@1` in the usage
+    ledger of `tenant`, for the usage commands to show; the job's id."""
+    import datetime as dt
+
+    from modelfactory.accounts.ledger import record_attempt, record_inference
+    from modelfactory.compute import jobs as pool_jobs
+    from modelfactory.compute.tables import Job, pool_tx
+    from modelfactory.store import utcnow
+
+    job_id = pool_jobs.submit(tenant, pool_jobs.Spec(kind="command", payload={"argv": ["true"], "env": {}},
+                                                     name="billed"))
+    now = utcnow()
+    with pool_tx() as s:
+        record_attempt(s, s.get(Job, job_id), outcome="succeeded", started=now - dt.timedelta(hours=1), ended=now,
+                       worker="w1")
+        record_inference(s, tenant=tenant, model="sentiment", version=1, server="test", started=now, ended=now,
+                         requests=5, rows=7, cpu_seconds=36.0)
+    return job_id
+
+
 def mf_in_process(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
     """`mf ARGS` in this process (the entry point `mf` calls): exit code, stdout, stderr."""
     from modelfactory.cli import main

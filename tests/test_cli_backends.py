@@ -5,7 +5,6 @@ from `POST /api/v1/orders`."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import subprocess
@@ -18,16 +17,11 @@ import pytest
 import yaml
 
 from modelfactory import registry
-from modelfactory.accounts.ledger import record_attempt, record_inference
 from modelfactory.accounts.tenants import add_tenant
 from modelfactory.artifacts import ArtifactStore
-from modelfactory.compute import jobs as pool_jobs
-from modelfactory.compute.jobs import Spec
-from modelfactory.compute.tables import Job, pool_tx
 from modelfactory.data import versions
-from modelfactory.store import utcnow
 
-from .conftest import REPO, mf_in_process, sample_csv, tiny_order
+from .conftest import REPO, bill_sample_usage, mf_in_process, sample_csv, tiny_order
 from .test_serve_support import free_port
 
 ADMIN = "mfk_test-admin-key"
@@ -110,13 +104,7 @@ def test_every_resource_command_gives_the_same_json_locally_and_through_mf_serve
                "student_int8": {"accuracy": 0.8, "size_bytes": 2e6, "latency_ms_p50": 1.0}}
     registry.register(name="sentiment", tenant="acme", task="text-classification", artifact_id="f" * 64,
                       metrics=metrics, lineage={"order": 1, "order_name": "sentiment"}, card_fn=lambda n, v: "# x\n")
-    job_id = pool_jobs.submit("acme", Spec(kind="command", payload={"argv": ["true"], "env": {}}, name="billed"))
-    now = utcnow()
-    with pool_tx() as s:
-        record_attempt(s, s.get(Job, job_id), outcome="succeeded", started=now - dt.timedelta(hours=1), ended=now,
-                       worker="w1")
-        record_inference(s, tenant="acme", model="sentiment", version=1, server="test", started=now, ended=now,
-                         requests=5, rows=7, cpu_seconds=36.0)
+    bill_sample_usage("acme")
     spec = tiny_order("remote-order", Path("unused.csv"), tiny_teacher)
     spec["data"] = {"dataset": "reviews@1"}
     spec["tenant"] = "acme"

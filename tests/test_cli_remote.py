@@ -5,7 +5,6 @@ subprocess whose own MF_HOME is another, empty folder, and stays so: everything 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 
@@ -14,15 +13,10 @@ import pytest
 import yaml
 
 from modelfactory import registry
-from modelfactory.accounts.ledger import record_attempt, record_inference
 from modelfactory.accounts.tenants import add_tenant
 from modelfactory.api import create_app
-from modelfactory.compute import jobs as pool_jobs
-from modelfactory.compute.jobs import Spec
-from modelfactory.compute.tables import Job, pool_tx
-from modelfactory.store import utcnow
 
-from .conftest import run_mf, sample_csv, tiny_order
+from .conftest import bill_sample_usage, run_mf, sample_csv, tiny_order
 from .test_serve_support import TEXT_TASK, LiveServer, free_port, register, text_model_dir  # noqa: F401 (fixture)
 
 ADMIN = "mfk_test-admin-key"
@@ -195,13 +189,7 @@ def test_models_ls_show_promote_over_http(server, elsewhere, text_model_dir):  #
 
 def test_usage_json_csv_and_table_over_http(server, elsewhere, tmp_path):
     _, key = add_tenant("acme")
-    job_id = pool_jobs.submit("acme", Spec(kind="command", payload={"argv": ["true"], "env": {}}, name="billed"))
-    now = utcnow()
-    with pool_tx() as s:
-        record_attempt(s, s.get(Job, job_id), outcome="succeeded", started=now - dt.timedelta(hours=1), ended=now,
-                       worker="w1")
-        record_inference(s, tenant="acme", model="sentiment", version=1, server="test", started=now, ended=now,
-                         requests=5, rows=7, cpu_seconds=36.0)
+    job_id = bill_sample_usage("acme")
     acme = Remote(server, elsewhere, key)
     inv = acme.json("usage")
     assert inv == acme.api("/usage")
