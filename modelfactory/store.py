@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -202,7 +203,7 @@ def _engine(url: str) -> Engine:
     return engine
 
 
-def _create_sqlite_schema(engine: Engine, tries: int = 5) -> None:
+def _create_sqlite_schema(engine: Engine, tries: int = 20) -> None:
     """create_all, again if another process created a table between our check and our CREATE (`mf server` and its
     workers open a new database at the same moment; PostgreSQL takes an advisory lock instead). Each try skips
     what exists by then."""
@@ -212,9 +213,10 @@ def _create_sqlite_schema(engine: Engine, tries: int = 5) -> None:
         try:
             Base.metadata.create_all(engine)
             return
-        except OperationalError as e:
-            if "already exists" not in str(e) or attempt == tries - 1:
+        except OperationalError as e:  # a table made meanwhile, or the new file's WAL switch held by another
+            if not ("already exists" in str(e) or "database is locked" in str(e)) or attempt == tries - 1:
                 raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def _forget_engines_after_fork() -> None:
