@@ -204,16 +204,18 @@ def _engine(url: str) -> Engine:
 
 
 def _create_sqlite_schema(engine: Engine, tries: int = 20) -> None:
-    """create_all, again if another process created a table between our check and our CREATE (`mf server` and its
-    workers open a new database at the same moment; PostgreSQL takes an advisory lock instead). Each try skips
-    what exists by then."""
+    """create_all under the schema lock (`BEGIN IMMEDIATE`: `mf server` and its workers open a new database at
+    the same moment, and a deferred create_all's read-then-CREATE would fail its lock upgrade at once instead of
+    waiting). The new file's switch to WAL, made as each connection opens, can still meet another process's
+    switch and answer 'database is locked' without waiting: that try is repeated after a short backoff."""
     from sqlalchemy.exc import OperationalError
 
     for attempt in range(tries):
         try:
-            Base.metadata.create_all(engine)
+            with schema_change(engine) as conn:
+                Base.metadata.create_all(conn)
             return
-        except OperationalError as e:  # a table made meanwhile, or the new file's WAL switch held by another
+        except OperationalError as e:
             if not ("already exists" in str(e) or "database is locked" in str(e)) or attempt == tries - 1:
                 raise
             time.sleep(0.05 * (attempt + 1))
