@@ -146,3 +146,24 @@ def test_classical_student_onnx_matches_scikit_learn(reviews, tmp_path):
     assert (onnx_probs.argmax(1) == sk_probs.argmax(1)).mean() >= 0.95
     assert np.abs(onnx_probs - sk_probs).max() < 0.1
     assert tasks.get("text-classification").load_predictor(tmp_path).labels == labels
+
+
+def test_classical_student_fits_a_teachers_probabilities(reviews, tmp_path):
+    """Distilling into TF-IDF + LR: one-hot targets give the hard-label fit, and the fit follows whatever
+    distribution it is given, not the rows' own labels (so a bug that kept the labels would fail here)."""
+    labels = sorted(reviews["label"].unique())
+    train, test = reviews.iloc[:140], reviews.iloc[140:]
+    one_hot = np.eye(len(labels))[[labels.index(lab) for lab in train["label"]]]
+    hard = fit_classical(train["text"], train["label"])
+    soft = fit_classical(train["text"], train["label"], soft_targets=one_hot, classes=labels)
+    np.testing.assert_allclose(soft.predict_proba(test["text"]), hard.predict_proba(test["text"]), atol=1e-3)
+
+    flipped = np.roll(one_hot, 1, axis=1) * 0.9 + 0.1 / len(labels)  # a "teacher" naming another class, unsure
+    contrary = fit_classical(train["text"], train["label"], soft_targets=flipped, classes=labels)
+    preds = contrary.predict(train["text"])
+    assert (preds != train["label"].to_numpy()).mean() > 0.9
+    export_classical(contrary, labels, tmp_path)  # every class present: the export's class check holds
+    assert ClassicalPredictor(tmp_path).predict_proba(test["text"].tolist()).shape == (len(test), len(labels))
+
+    with pytest.raises(ValueError, match="soft targets"):
+        fit_classical(train["text"], train["label"], soft_targets=one_hot[:10], classes=labels)

@@ -206,15 +206,20 @@ def transfer_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[
                         "teacher_train_accuracy": agree}, "task": task.name, "labels": labels}
 
 
-@stage("fit_student", version=1, kind="onnx")
+@stage("fit_student", version=2, kind="onnx")
 def fit_student_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
     """A student the family fits in one go (text: TF-IDF + logistic regression) straight into an ONNX model dir:
     on the rows' own labels (a baseline), or on the teacher's over the transfer set (a distilled student)."""
     task = tasks.get(params["task"])
     split = inputs["split"]
     labels = split.manifest["labels"]
-    train = read_transfer(inputs["transfer"])[0] if "transfer" in inputs else read_split(split, "train")
-    metrics = task.fit_student(train, params, ctx.out, teacher_labels=labels)
+    soft = None
+    if "transfer" in inputs:  # distilled: the teacher's probabilities, not only its argmax (text_classical.py)
+        train, logits = read_transfer(inputs["transfer"])
+        soft = torch.softmax(logits.float(), dim=-1).numpy()
+    else:
+        train = read_split(split, "train")
+    metrics = task.fit_student(train, params, ctx.out, teacher_labels=labels, soft_targets=soft)
     metrics["size_bytes"] = (ctx.out / ONNX_FILE).stat().st_size
     return {"metrics": metrics, "task": task.name, "labels": labels, "precision": "fp32"}
 

@@ -186,9 +186,11 @@ class TaskFamily(Family):
         return None
 
     def fit_student(self, train: pd.DataFrame, params: Mapping[str, Any], out_dir: Path,
-                    teacher_labels: list[str] | None = None) -> dict[str, Any]:
-        """Fit a direct student on `train` (its `label` column: people's labels or the teacher's) and write its
-        ONNX model dir; returns metrics (parameters, ...)."""
+                    teacher_labels: list[str] | None = None,
+                    soft_targets: np.ndarray | None = None) -> dict[str, Any]:
+        """Fit a direct student on `train` (its `label` column: people's labels) or, distilling, on the teacher's
+        class probabilities per row (`soft_targets`, rows x `teacher_labels`) and write its ONNX model dir;
+        returns metrics (parameters, ...)."""
         raise MFError(f"{self.name} has no directly fitted students")
 
     def augment_rows(self, df: pd.DataFrame, copies: int, seed: int, params: Mapping[str, Any]) -> pd.DataFrame:

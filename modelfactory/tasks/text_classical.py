@@ -21,16 +21,34 @@ SIZES = {"xs": 5000, "s": 20000, "m": 50000, "l": None}  # max_features per size
 
 
 def fit_classical(texts: Sequence[str], labels: Sequence[str], *, C: float = 10.0,  # noqa: N803 (sklearn's name)
-                  max_features: int | None = None, sample_weight: np.ndarray | None = None):
-    """TF-IDF (1-2 grams, sublinear tf) + LogisticRegression(C), scikit-learn defaults otherwise."""
+                  max_features: int | None = None, sample_weight: np.ndarray | None = None,
+                  soft_targets: np.ndarray | None = None, classes: Sequence[str] | None = None):
+    """TF-IDF (1-2 grams, sublinear tf) + LogisticRegression(C), scikit-learn defaults otherwise.
+
+    With `soft_targets` (rows x `classes`, each row a distribution, e.g. a teacher's probabilities) the regression
+    fits those distributions rather than one label per row — knowledge distillation for a linear model: each text
+    counts once per class, weighed by that class's probability, which is the cross-entropy against the soft target
+    that logistic regression minimises. A teacher's argmax alone throws away how sure it was, which is most of what
+    a linear student can learn from it (bench/results/compress.md). `labels` is then unused."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
-    pipe = Pipeline([("tfidf", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, max_features=max_features)),
-                     ("lr", LogisticRegression(C=C, max_iter=2000))])
-    pipe.fit(list(texts), list(labels), lr__sample_weight=sample_weight)
-    return pipe
+    tfidf = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, max_features=max_features)
+    lr = LogisticRegression(C=C, max_iter=2000)
+    if soft_targets is None:
+        pipe = Pipeline([("tfidf", tfidf), ("lr", lr)])
+        pipe.fit(list(texts), list(labels), lr__sample_weight=sample_weight)
+        return pipe
+
+    probs = np.asarray(soft_targets, dtype=np.float64)
+    if classes is None or probs.shape != (len(texts), len(classes)):
+        raise ValueError(f"soft targets of shape {probs.shape} do not match {len(texts)} texts x the classes")
+    x = tfidf.fit_transform(list(texts))
+    rows, cols = np.nonzero(probs >= 1e-4)  # a class the teacher all but rules out teaches nothing: skip the row
+    weight = probs[rows, cols] * (1.0 if sample_weight is None else np.asarray(sample_weight)[rows])
+    lr.fit(x[rows], np.asarray(classes, dtype=object)[cols], sample_weight=weight)
+    return Pipeline([("tfidf", tfidf), ("lr", lr)])
 
 
 def export_classical(pipe, labels: list[str], out_dir: Path, extra: dict[str, Any] | None = None) -> None:

@@ -108,14 +108,17 @@ class TextClassification(TaskFamily):
         return {"arch": "classical", "size": "l", "C": 10.0}
 
     def fit_student(self, train: pd.DataFrame, params: Mapping[str, Any], out_dir: Path,
-                    teacher_labels: list[str] | None = None) -> dict[str, Any]:
-        """TF-IDF + logistic regression on the rows' labels (the baseline) or on the teacher's (a student)."""
+                    teacher_labels: list[str] | None = None,
+                    soft_targets: np.ndarray | None = None) -> dict[str, Any]:
+        """TF-IDF + logistic regression on the rows' labels (the baseline) or, distilled, on the teacher's
+        probabilities over the transfer set (`soft_targets`)."""
         from .text_classical import SIZES, export_classical, fit_classical
 
         labels = sorted(train["label"].unique().tolist()) if teacher_labels is None else teacher_labels
         size = params.get("size") or "l"
         pipe = fit_classical(train["text"].tolist(), train["label"].tolist(), C=float(params.get("C") or 10.0),
-                             max_features=params.get("max_features") or SIZES[size])
+                             max_features=params.get("max_features") or SIZES[size], soft_targets=soft_targets,
+                             classes=labels)
         export_classical(pipe, labels, out_dir, {"student_arch": "classical"})
         n_params = int(pipe.steps[-1][1].coef_.size + pipe.steps[-1][1].intercept_.size)
         return {"parameters": n_params, "features": int(len(pipe.steps[0][1].vocabulary_))}
