@@ -117,6 +117,12 @@ def survivors(marker: str, timeout: float = 10.0) -> list[int]:
         time.sleep(0.1)
 
 
+def cgroup_dirs(prefix: str) -> list[Path]:
+    """The cgroups under /sys/fs/cgroup whose names start with `prefix`. A walk that tolerates directories vanishing
+    under it: the worker removes a job's cgroups while we look (Path.rglob raises FileNotFoundError then)."""
+    return [Path(root) / d for root, dirs, _ in os.walk("/sys/fs/cgroup") for d in dirs if d.startswith(prefix)]
+
+
 def wait_for(cond, what: str, timeout: float = 120.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -804,7 +810,7 @@ def test_cancelling_a_running_command_job_leaves_nothing_of_it(mode, monkeypatch
         assert state() == "cancelled"
         assert "killing attempt 1" in (tmp_path / "worker.log").read_text()
         def leftover():
-            return [p for p in Path("/sys/fs/cgroup").rglob(f"mf-acme-{job_id}-*") if p.is_dir()]
+            return cgroup_dirs(f"mf-acme-{job_id}-")
 
         wait_for(lambda: not leftover(), "the cancelled job's cgroups to be removed", timeout=120)
     finally:

@@ -21,7 +21,7 @@ import pytest
 
 from modelfactory.compute import sandbox
 
-from .test_sandbox import stop_worker
+from .test_sandbox import cgroup_dirs, stop_worker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,7 +137,7 @@ def test_stage_jobs_over_memory_or_time_fail_once_and_the_worker_goes_on(mechani
             assert "MemoryError" not in (h.last_error or "") or "RLIMIT_AS" in h.last_error
         else:
             assert "RLIMIT_AS" not in text
-            assert not [p for p in Path("/sys/fs/cgroup").rglob(f"mf-job-{hog}.1-*") if p.is_dir()], \
+            assert not cgroup_dirs(f"mf-job-{hog}.1-"), \
                 "the hog's cgroup was left behind"
     finally:
         stop_worker(worker, log)
