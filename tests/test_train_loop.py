@@ -50,7 +50,7 @@ def test_resume_matches_an_unbroken_run(tmp_path):
 
 def test_training_reduces_loss():
     model = _model()
-    before = float(_loss(model, _batch(list(range(40))), list(range(40))))
+    before = float(_loss(model, _batch(list(range(40))), list(range(40))).detach())
     fit(model, len(X), _batch, _loss, TrainConfig(epochs=20, batch_size=8, lr=1e-2))
-    after = float(_loss(model, _batch(list(range(40))), list(range(40))))
+    after = float(_loss(model, _batch(list(range(40))), list(range(40))).detach())
     assert after < before * 0.7
