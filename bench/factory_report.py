@@ -86,7 +86,8 @@ def read_tables(order_ids: list[int]) -> dict[str, list[dict]]:
         jobs = [{"id": j.id, "tenant": j.tenant, "order": j.order_id, "kind": j.kind, "name": j.name, "key": j.key,
                  "stage": (j.payload or {}).get("stage"), "priority": j.priority, "state": j.state,
                  "attempts": j.attempts, "submitted": ts(j.submitted), "started": ts(j.started),
-                 "finished": ts(j.finished)} for j in s.scalars(select(Job).order_by(Job.id))]
+                 "finished": ts(j.finished), "depends_on": list(j.depends_on or [])}
+                for j in s.scalars(select(Job).order_by(Job.id))]
         orders = [{"order": o.id, "name": o.name, "tenant": o.tenant, "state": o.state, "error": o.error,
                    "created": ts(o.created), "finished": ts(o.finished)}
                   for o in s.scalars(select(Order).where(Order.id.in_(order_ids)))]
@@ -214,13 +215,60 @@ def _tenants(d: Collected, lines: list[dict]) -> dict[str, dict]:
         contended[line["tenant"]] += line["cpu_s"] * (overlap / (b - a) if b > a else 0.0)
     all_s = sum(line["cpu_s"] for line in lines) or 1.0
     cont_all = sum(contended.values()) or 1.0
+    queued_windows = _both_waiting(d, lines)
+    queued = {t: 0.0 for t in d.weights}
+    for line in lines:  # cores x time each attempt ran while both tenants had a runnable job waiting for a slot
+        a, b = ts(line["started"]), ts(line["ended"])
+        if b > a:
+            queued[line["tenant"]] += line["cpu_s"] / (b - a) * sum(
+                max(0.0, min(b, hi) - max(a, lo)) for lo, hi in queued_windows)
+    queued_all = sum(queued.values())
     return {t: {"weight": w, "weight_share": round(w / total_w, 3),
                 "cpu_hours": round(d.usage[t]["cpu_hours"], 4),
                 "share": round(sum(x["cpu_s"] for x in lines if x["tenant"] == t) / all_s, 3),
                 "share_while_both_busy": round(contended[t] / cont_all, 3),
                 "both_busy_s": round(both_until - d.t0, 1),
+                "share_while_both_waiting": round(queued[t] / queued_all, 3) if queued_all else None,
+                "both_waiting_s": round(sum(hi - lo for lo, hi in queued_windows), 1),
                 "orders": sum(s["tenant"] == t for s, _ in d.specs)}
             for t, w in d.weights.items()}
+
+
+def _both_waiting(d: Collected, lines: list[dict]) -> list[tuple[float, float]]:
+    """The times when every tenant had a runnable job waiting for a slot — the only moments a fair-share policy
+    decides anything. A job waits from when it could run (submitted, and every job it depends on finished) to its
+    first attempt's start, and again from each attempt's end to the next one's start (requeued). "Unfinished"
+    alone counts a tenant whose jobs all wait on a running teacher as contending, which says nothing of the
+    policy."""
+    jobs = {j["id"]: j for j in d.tables["jobs"]}
+    attempts: dict[int, list[tuple[float, float]]] = {}
+    for line in lines:
+        attempts.setdefault(line["job"], []).append((ts(line["started"]), ts(line["ended"])))
+    waiting: dict[str, list[tuple[float, float]]] = {t: [] for t in d.weights}
+    for j in jobs.values():
+        if j["tenant"] not in waiting or j["submitted"] is None:
+            continue
+        deps = [jobs[k]["finished"] for k in j.get("depends_on") or [] if k in jobs]
+        ready = max([j["submitted"], *[f for f in deps if f is not None]])
+        for start, end in sorted(attempts.get(j["id"], [])):
+            if start > ready:
+                waiting[j["tenant"]].append((ready, start))
+            ready = end
+    windows = [(d.t0, float("inf"))]
+    for spans in waiting.values():  # intersect: every tenant waiting at once
+        merged = _union(spans)
+        windows = [(max(a, c), min(b, e)) for a, b in windows for c, e in merged if min(b, e) > max(a, c)]
+    return windows
+
+
+def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
 
 
 def _order_row(d: Collected, o: dict, student: dict[int, float]) -> dict[str, Any]:
@@ -339,11 +387,19 @@ def markdown(r: dict[str, Any], name: str) -> str:
     out += ["## CPU-seconds by stage kind (ledger)", "", "| stage kind | CPU-s | share |", "|---|---:|---:|"]
     out += [f"| {k} | {v:.0f} | {v / r['cpu_s_total']:.1%} |" for k, v in r["cpu_s_by_stage_kind"].items()]
     out += ["", "## Tenants (usage ledger)", "",
-            "| tenant | weight (share) | orders | CPU-hours | share of all | share while both had unfinished jobs |",
-            "|---|---|---:|---:|---:|---:|"]
+            "| tenant | weight (share) | orders | CPU-hours | share of all | share while both had unfinished jobs "
+            "| share while both had a runnable job waiting |",
+            "|---|---|---:|---:|---:|---:|---:|"]
     for t, v in r["tenants"].items():
+        waiting = ("–" if v.get("share_while_both_waiting") is None else
+                   f"{v['share_while_both_waiting']:.1%} ({v['both_waiting_s'] / 60:.1f} min in all)")
         out.append(f"| {t} | {v['weight']:g} ({v['weight_share']:.0%}) | {v['orders']} | {v['cpu_hours']:.3f} | "
-                   f"{v['share']:.1%} | {v['share_while_both_busy']:.1%} (first {v['both_busy_s'] / 60:.1f} min) |")
+                   f"{v['share']:.1%} | {v['share_while_both_busy']:.1%} (first {v['both_busy_s'] / 60:.1f} min) "
+                   f"| {waiting} |")
+    out += ["", "The last column is the one a fair-share policy answers for: only while every tenant has a "
+            "runnable job waiting does the scheduler choose between them (a job waits from when its dependencies "
+            "have finished to its attempt's start). With two one-slot workers the split can only be 2:0, 1:1 or "
+            "0:2 at any moment, so a 2:1 weight shows as a time average."]
     out += ["", "## Orders against their targets", "",
             "| order | tenant | kind | state | finished (min) | model | accuracy (teacher) | ratio | MB | ms | "
             "targets | met | own student CPU-s |", "|---|---|---|---|---:|---|---|---:|---:|---:|---|---|---:|"]
