@@ -135,6 +135,32 @@ def test_small_students_export_to_onnx_that_matches_pytorch(arch, tokens, init, 
     assert predictor.predict(["a dazzling film"])[0][0] in labels
 
 
+def test_tiny_student_is_a_narrow_encoder_over_the_datas_tokens_and_exports(reviews, tmp_path):
+    """`arch: tiny` from the real MiniLM teacher: the size preset's depth and widths (not the order's `layers`),
+    the vocabulary cut to the rows' tokens, every weight trainable, and an ONNX export that matches PyTorch."""
+    from modelfactory.tasks.pretrained import resolve
+
+    family = tasks.get("text-classification")
+    labels = sorted(reviews["label"].unique())
+    teacher = family.load_teacher(resolve("sentence-transformers/all-MiniLM-L6-v2"), labels, {"max_length": 32})
+    params = family.student_params({"arch": "tiny", "size": "xs", "layers": 6, "vocab": "full", "seed": 0})
+    assert "layers" not in params and "vocab" not in params  # the preset decides: the spec's defaults would not
+    assert family.student_defaults(params)["transfer"] is True
+    student = family.specialize(family.build_student(teacher, params, reviews), reviews, params)
+    cfg = student.model.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size) == (1, 128, 512)
+    embeddings = student.model.get_input_embeddings()
+    assert embeddings.weight.shape[0] < len(teacher.preprocessor) // 5 and embeddings.weight.requires_grad
+    (tmp_path / "model").mkdir()
+    (tmp_path / "onnx").mkdir()
+    family.save(student, tmp_path / "model")
+    parity = export_and_verify(family, family.load(tmp_path / "model"), tmp_path / "onnx", reviews.head(24))
+    assert parity["parity_argmax_agreement"] == 1.0
+    assert family.load_predictor(tmp_path / "onnx").predict(["a dazzling film"])[0][0] in labels
+    with pytest.raises(ValueError, match="size 'xxl' for tiny"):
+        family.build_student(teacher, {"arch": "tiny", "size": "xxl"}, reviews)
+
+
 def test_classical_student_onnx_matches_scikit_learn(reviews, tmp_path):
     labels = sorted(reviews["label"].unique())
     train, test = reviews.iloc[:140], reviews.iloc[140:]

@@ -1,7 +1,8 @@
-"""Text classification: a Hugging Face encoder + classification head as the teacher; students of four kinds
-(`arch`): a shrunken transformer, a fastText-style bag of n-grams, a 1-D CNN (text_students.py), or TF-IDF +
-logistic regression fitted on the teacher's labels (text_classical.py). Every model ships its tokenizer beside
-its ONNX graph (or tokenizes inside it), so predictors take raw text."""
+"""Text classification: a Hugging Face encoder + classification head as the teacher; students of five kinds
+(`arch`): a shrunken transformer (`transformer`: the teacher's bottom layers; `tiny`: a few narrow layers), a
+fastText-style bag of n-grams, a 1-D CNN (text_students.py), or TF-IDF + logistic regression fitted on the
+teacher's probabilities (text_classical.py). Every model ships its tokenizer beside its ONNX graph (or tokenizes
+inside it), so predictors take raw text."""
 
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ class TextClassification(TaskFamily):
     # transformers cost 20x the time on it, so they train on the labeled rows unless a recipe asks otherwise.
     STUDENT_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "transformer": {"epochs": 3.0, "lr": 1e-4, "batch_size": 32, "transfer": False},
+        "tiny": {"epochs": 4.0, "lr": 6e-4, "batch_size": 32, "transfer": True},
         "bag": {"epochs": 6.0, "lr": 5e-3, "batch_size": 64, "transfer": True},
         "cnn": {"epochs": 5.0, "lr": 2e-3, "batch_size": 64, "transfer": True},
         "classical": {"transfer": True},
@@ -75,8 +77,17 @@ class TextClassification(TaskFamily):
     STUDENT_PARAMS: ClassVar[dict[str, set[str]]] = {  # what each arch reads; the rest would only split caches
         "transformer": {"layers", "hidden", "heads", "ffn", "layer_map", "freeze_embeddings", "vocab",
                         "hidden_weight", "attention_weight"},
+        "tiny": {"size", "hidden_weight", "attention_weight"},
         "bag": {"size", "init", "tokens"}, "cnn": {"size", "init", "tokens"}, "classical": {"size", "C"},
     }
+    # `tiny`: the teacher's encoder shrunk to a few narrow layers (layers, hidden, ffn per size), its vocabulary cut
+    # to the tokens the data uses, every weight trained, distilled over the transfer set at a high learning rate.
+    # The narrow width is what makes it 10x smaller than the INT8 teacher; the teacher's tokenizer and its
+    # PCA-narrowed embeddings are what it keeps of pretraining (tasks/text_shrink.py). Measured on rotten-tomatoes
+    # (INT8, README): xs 0.787 / 2.12 MB and s 0.791 / 2.21 MB (8 epochs), m 0.795 / 2.35 MB (4); bag 0.760.
+    TINY_SIZES: ClassVar[dict[str, dict[str, int]]] = {
+        "xs": {"layers": 1, "hidden": 128, "ffn": 512}, "s": {"layers": 2, "hidden": 128, "ffn": 256},
+        "m": {"layers": 2, "hidden": 128, "ffn": 512}, "l": {"layers": 3, "hidden": 192, "ffn": 384}}
     TRAINING: ClassVar[set[str]] = {"epochs", "lr", "batch_size", "alpha", "temperature", "checkpoint_every"}
 
     def student_defaults(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,7 +108,7 @@ class TextClassification(TaskFamily):
         # transformer is in the space for data where word order matters more than a budget. Small students read
         # the teacher's word pieces by default (unseen words still split into pieces they know) and start from
         # the teacher's static token embeddings (model2vec); a word vocabulary from the data is the alternative.
-        return {"arch": ["bag", "cnn", "classical", "transformer"], "size": ["s", "m", "xs", "l"],
+        return {"arch": ["bag", "tiny", "classical", "cnn", "transformer"], "size": ["s", "m", "xs", "l"],
                 "tokens": ["teacher", "word"], "init": ["teacher_outputs", "teacher", "random"],
                 "alpha": [0.7, 0.9, 0.5], "temperature": [2.0, 4.0], "quantize": ["dynamic", "none"]}
 
@@ -125,7 +136,9 @@ class TextClassification(TaskFamily):
 
     def build_student(self, teacher: Bundle, params: Mapping[str, Any], train: pd.DataFrame | None = None) -> Bundle:
         arch = params.get("arch") or "transformer"
-        if arch != "transformer":
+        if arch == "tiny":
+            params = {**params, **self._tiny_size(params), "vocab": "train", "freeze_embeddings": False}
+        elif arch != "transformer":
             return self._build_small_student(teacher, arch, params, train)
         from transformers import AutoModelForSequenceClassification
 
@@ -183,11 +196,18 @@ class TextClassification(TaskFamily):
                 model.embed.weight[tokenizer.pad_token_id or 0].zero_()
         return Bundle(model, tokenizer, teacher.labels, {"max_length": max_length, "student_arch": cfg})
 
+    def _tiny_size(self, params: Mapping[str, Any]) -> dict[str, int]:
+        size = params.get("size") or "m"
+        if size not in self.TINY_SIZES:
+            raise ValueError(f"unknown size '{size}' for tiny students (use one of {sorted(self.TINY_SIZES)})")
+        return self.TINY_SIZES[size]
+
     def specialize(self, bundle: Bundle, train: pd.DataFrame, params: Mapping[str, Any]) -> Bundle:
-        if params.get("vocab", "full") == "full" or "student_arch" in bundle.extra:
+        vocab = "train" if params.get("arch") == "tiny" else params.get("vocab", "full")
+        if vocab == "full" or "student_arch" in bundle.extra:
             return bundle
-        if params["vocab"] != "train":
-            raise ValueError(f"unknown vocab mode '{params['vocab']}' (use 'full' or 'train')")
+        if vocab != "train":
+            raise ValueError(f"unknown vocab mode '{vocab}' (use 'full' or 'train')")
         return shrink_vocab(bundle, train["text"].tolist())
 
     def feature_widths(self, bundle: Bundle) -> list[int]:
