@@ -209,7 +209,7 @@ def transfer_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[
 @stage("fit_student", version=2, kind="onnx")
 def fit_student_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
     """A student the family fits in one go (text: TF-IDF + logistic regression) straight into an ONNX model dir:
-    on the rows' own labels (a baseline), or on the teacher's over the transfer set (a distilled student)."""
+    on the rows' own labels (a baseline), or on the teacher's probabilities over the transfer set (distilled)."""
     task = tasks.get(params["task"])
     split = inputs["split"]
     labels = split.manifest["labels"]

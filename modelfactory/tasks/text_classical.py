@@ -29,7 +29,7 @@ def fit_classical(texts: Sequence[str], labels: Sequence[str], *, C: float = 10.
     fits those distributions rather than one label per row — knowledge distillation for a linear model: each text
     counts once per class, weighed by that class's probability, which is the cross-entropy against the soft target
     that logistic regression minimises. A teacher's argmax alone throws away how sure it was, which is most of what
-    a linear student can learn from it (bench/results/compress.md). `labels` is then unused."""
+    a linear student can learn from it (bench/results/distill_classical.md). `labels` is then unused."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
