@@ -208,20 +208,11 @@ def _tenants(d: Collected, lines: list[dict]) -> dict[str, dict]:
     last = {t: max((j["finished"] or time.time()) for j in d.tables["jobs"] if j["tenant"] == t)
             for t in d.weights if any(j["tenant"] == t for j in d.tables["jobs"])}
     both_until = min(last.values()) if len(last) == len(d.weights) else d.t0
-    contended = {t: 0.0 for t in d.weights}
-    for line in lines:  # cpu x overlap of each attempt with [t0, both_until]
-        a, b = ts(line["started"]), ts(line["ended"])
-        overlap = max(0.0, min(b, both_until) - max(a, d.t0))
-        contended[line["tenant"]] += line["cpu_s"] * (overlap / (b - a) if b > a else 0.0)
+    contended = _cpu_inside(d, lines, [(d.t0, both_until)])
     all_s = sum(line["cpu_s"] for line in lines) or 1.0
     cont_all = sum(contended.values()) or 1.0
     queued_windows = _both_waiting(d, lines)
-    queued = {t: 0.0 for t in d.weights}
-    for line in lines:  # cores x time each attempt ran while both tenants had a runnable job waiting for a slot
-        a, b = ts(line["started"]), ts(line["ended"])
-        if b > a:
-            queued[line["tenant"]] += line["cpu_s"] / (b - a) * sum(
-                max(0.0, min(b, hi) - max(a, lo)) for lo, hi in queued_windows)
+    queued = _cpu_inside(d, lines, queued_windows)
     queued_all = sum(queued.values())
     return {t: {"weight": w, "weight_share": round(w / total_w, 3),
                 "cpu_hours": round(d.usage[t]["cpu_hours"], 4),
@@ -232,6 +223,18 @@ def _tenants(d: Collected, lines: list[dict]) -> dict[str, dict]:
                 "both_waiting_s": round(sum(hi - lo for lo, hi in queued_windows), 1),
                 "orders": sum(s["tenant"] == t for s, _ in d.specs)}
             for t, w in d.weights.items()}
+
+
+def _cpu_inside(d: Collected, lines: list[dict], windows: list[tuple[float, float]]) -> dict[str, float]:
+    """CPU-seconds per tenant that its attempts spent inside `windows` (each attempt's CPU spread evenly over its
+    wall time)."""
+    out = {t: 0.0 for t in d.weights}
+    for line in lines:
+        a, b = ts(line["started"]), ts(line["ended"])
+        if b > a:
+            inside = sum(max(0.0, min(b, hi) - max(a, lo)) for lo, hi in windows)
+            out[line["tenant"]] += line["cpu_s"] * inside / (b - a)
+    return out
 
 
 def _both_waiting(d: Collected, lines: list[dict]) -> list[tuple[float, float]]:
