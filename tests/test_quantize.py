@@ -67,16 +67,39 @@ def _inputs(path: Path) -> list[tuple[str, int]]:
 
 def test_optimize_onnx_fuses_and_keeps_outputs(exported, predictor, tmp_path):
     src = exported / ONNX_FILE
-    feeds = predictor.encode(_texts(range(100, 110))[0])
+    texts = _texts(range(100, 110))[0] + ["bad", "a much longer sample text that pads every other row of the batch"]
+    feeds = predictor.encode(texts)
+    assert (feeds["attention_mask"] == 0).any()  # padded rows: the fused attention must honour the mask
     assert optimize_onnx(src, tmp_path / "opt.onnx", HINTS) is True
     ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
-    assert ops["SkipLayerNormalization"] > 0  # it did fuse, not just copy
+    assert ops["SkipLayerNormalization"] > 0 and ops["Attention"] > 0  # it did fuse, not just copy
     assert _inputs(tmp_path / "opt.onnx") == _inputs(src)
     np.testing.assert_allclose(_run(tmp_path / "opt.onnx", feeds), _run(src, feeds), atol=1e-4)
 
     for hints in (None, {"model_type": "no-such-architecture"}):
         assert optimize_onnx(src, tmp_path / "copy.onnx", hints) is False
         assert (tmp_path / "copy.onnx").read_bytes() == src.read_bytes()
+
+
+def test_optimize_onnx_refuses_a_fusion_that_changes_the_numbers(exported, tmp_path, monkeypatch):
+    """A fusion is pattern matching on someone else's graph; one that computes something else (here: a stand-in
+    optimizer that shifts the classifier's bias) is caught by running both graphs, and the copy is kept."""
+    import onnxruntime.transformers.optimizer as ort_optimizer
+    from onnx import numpy_helper
+
+    class Shifted:
+        def __init__(self, path: str):
+            self.model = onnx.load(path)
+
+        def save_model_to_file(self, path: str) -> None:
+            bias = next(t for t in self.model.graph.initializer if t.name.endswith("classifier.bias"))
+            bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 1.0, bias.name))
+            onnx.save(self.model, path)
+
+    monkeypatch.setattr(ort_optimizer, "optimize_model", lambda path, **_: Shifted(path))
+    src = exported / ONNX_FILE
+    assert optimize_onnx(src, tmp_path / "opt.onnx", HINTS) is False
+    assert (tmp_path / "opt.onnx").read_bytes() == src.read_bytes()
 
 
 def _assert_close_predictions(fp32: np.ndarray, int8: np.ndarray) -> None:

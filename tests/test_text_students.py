@@ -149,6 +149,7 @@ def test_tiny_student_is_a_narrow_encoder_over_the_datas_tokens_and_exports(revi
     student = family.specialize(family.build_student(teacher, params, reviews), reviews, params)
     cfg = student.model.config
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size) == (1, 128, 512)
+    assert cfg.max_position_embeddings == 32  # the teacher's max_length, not its 512 positions
     embeddings = student.model.get_input_embeddings()
     assert embeddings.weight.shape[0] < len(teacher.preprocessor) // 5 and embeddings.weight.requires_grad
     (tmp_path / "model").mkdir()

@@ -101,7 +101,7 @@ def finetune_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[
     return TeacherFit(ctx, inputs["split"], params).run()
 
 
-@stage("distill", version=3, kind="model")
+@stage("distill", version=4, kind="model")
 def distill_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
     """Train a student against the teacher: a new one built from the teacher (a shrunken copy, or a small model
     of another kind over a vocabulary from the data), or, given an `init` model (e.g. a pruned one), recover that
@@ -236,7 +236,7 @@ def majority_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[
     return {"metrics": {**metrics, "predicts": top, "size_bytes": 0, "parameters": 0}}
 
 
-@stage("export_onnx", version=1, kind="onnx")
+@stage("export_onnx", version=2, kind="onnx")
 def export_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
     task = tasks.get(params["task"])
     bundle = task.load(inputs["model"].path)
@@ -253,7 +253,7 @@ def _copy_model_files(src: Path, dst: Path) -> None:
             shutil.copy2(f, dst / f.name)
 
 
-@stage("optimize_onnx", version=1, kind="onnx")
+@stage("optimize_onnx", version=2, kind="onnx")
 def optimize_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
     task = tasks.get(params["task"])
     src = inputs["onnx"]

@@ -153,6 +153,9 @@ class TextClassification(TaskFamily):
         elif params.get("heads") or params.get("ffn"):
             cfg.num_attention_heads = int(params.get("heads") or tcfg.num_attention_heads)
             cfg.intermediate_size = int(params.get("ffn") or tcfg.intermediate_size)
+        if arch == "tiny":  # inputs are cut at max_length: position rows past it would be bytes never read
+            cfg.max_position_embeddings = min(tcfg.max_position_embeddings,
+                                              int(teacher.extra.get("max_length", DEFAULT_MAX_LENGTH)))
         student = AutoModelForSequenceClassification.from_config(cfg)
         chosen = layer_map(tcfg.num_hidden_layers, cfg.num_hidden_layers, params.get("layer_map", "bottom"))
         init_from_teacher(student, teacher.model, chosen)
@@ -325,6 +328,12 @@ class TextClassification(TaskFamily):
 
         import warnings
 
+        # Exported from the eager attention's plain ops, an encoder's attention is a pattern onnxruntime's
+        # optimizer fuses into one Attention kernel (sdpa's export is not): fewer kernels per layer, which is most
+        # of a narrow student's batch-1 time. Same numbers; the export's parity check still compares them.
+        attn = getattr(getattr(model, "config", None), "_attn_implementation", "eager")
+        if attn != "eager":
+            model.set_attn_implementation("eager")
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -334,6 +343,8 @@ class TextClassification(TaskFamily):
                               "attention_mask": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}},
                 opset_version=17, dynamo=False,
             )
+        if attn != "eager":
+            model.set_attn_implementation(attn)
         bundle.preprocessor.save_pretrained(out_dir)
         tok = bundle.preprocessor
         write_meta(out_dir, {

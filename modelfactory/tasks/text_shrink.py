@@ -62,8 +62,8 @@ def init_narrow_embeddings(student: torch.nn.Module, teacher: torch.nn.Module, w
     with torch.no_grad():
         for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
             src, dst = getattr(t_emb, name, None), getattr(s_emb, name, None)
-            if src is not None and dst is not None and dst.weight.shape[0] == src.weight.shape[0]:
-                dst.weight.copy_(src.weight.detach() @ v)
+            if src is not None and dst is not None and dst.weight.shape[0] <= src.weight.shape[0]:
+                dst.weight.copy_(src.weight.detach()[: dst.weight.shape[0]] @ v)  # fewer positions: the first
 
 
 def shrink_vocab(bundle: Bundle, texts: Sequence[str]) -> Bundle:
