@@ -28,6 +28,11 @@ def test_targets_must_be_numbers():
         parse_spec({**BASE, "targets": {"max_latency_ms": "fast"}})
 
 
+def test_a_size_preset_is_checked_with_the_spec_not_when_the_student_is_built():
+    with pytest.raises(MFError, match=r"student\.size"):
+        parse_spec({**BASE, "student": {"arch": "tiny", "size": "xxl"}})
+
+
 def test_missing_field_is_named():
     with pytest.raises(MFError, match=r"missing field 'teacher'"):
         parse_spec({k: v for k, v in BASE.items() if k != "teacher"})

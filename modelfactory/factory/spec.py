@@ -107,7 +107,7 @@ class TeacherSpec(Strict):
 class StudentSpec(Strict):
     arch: str | None = Field(None, max_length=32, description="student kind the task family builds (text: "
                       "transformer, bag, cnn, classical)")
-    size: str | None = Field(None, max_length=8, description="size preset of small archs (xs, s, m, l)")
+    size: Literal["xs", "s", "m", "l"] | None = Field(None, description="size preset of small archs")
     init: Literal["teacher", "teacher_outputs", "random"] | None = Field(
         None, description="small archs: embeddings from the teacher's input embeddings, from its outputs for each "
                           "token (model2vec; with tokens: teacher), or random")
