@@ -364,3 +364,29 @@ def test_the_scheduler_says_when_the_policy_wants_the_next_round_and_when_a_job_
         queued, *_ = scheduler._snapshot(s, {}, scheduler.ScheduleReport())
     view = queued[batch][0]
     assert (view.submitted, view.queued_since) == (scheduler.seconds(at(0)), scheduler.seconds(at(65)))
+
+
+def test_fair_share_on_two_one_cpu_workers_follows_the_weights_over_time():
+    """The factory's shape: two one-CPU workers, tenants weighted 2:1, one-CPU jobs. The live scheduler reads
+    each tenant's served share from the ledger (finished attempts) and its running jobs, so over rounds the
+    starts split 2:1, not the 1:1 that comparing shares before a start gives on two slots."""
+    cfg = PoolConfig(policy="fair", lease_timeout_s=600)
+    add_tenant("acme", weight=2.0)
+    add_tenant("globex", weight=1.0)
+    for w in ("w1", "w2"):
+        register(w, Capacity(1, 0, 8), now=at(0), config=cfg)
+    submit_at(at(0), "acme", *[stage(f"a{i}", memory_gb=1) for i in range(20)])
+    submit_at(at(0), "globex", *[stage(f"g{i}", memory_gb=1) for i in range(20)])
+    started = {"acme": 0, "globex": 0}
+    t = 1.0
+    for _ in range(9):  # rounds in lockstep: both slots free, two starts, both succeed a minute later
+        for w in ("w1", "w2"):
+            heartbeat(w, now=at(t), config=cfg)
+        report = schedule_once(at(t), config=cfg)
+        assert len(report.started) == 2
+        for jid, _ in report.started:
+            started[job(jid).tenant] += 1
+        t += 60.0
+        for jid, _ in report.started:
+            succeed(jid, at(t))
+    assert started == {"acme": 12, "globex": 6}

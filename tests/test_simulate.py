@@ -133,3 +133,19 @@ def test_jobs_that_can_never_fit_are_skipped_not_waited_for():
     trace = [TraceJob("ok", "a", 0.0, 10.0, 1.0, 1.0), TraceJob("huge", "a", 0.0, 10.0, 8.0, 8.0, slots=9)]
     r = simulate(trace, "fair", pool=default_pool(nodes=8))
     assert (r.jobs, r.skipped) == (1, 1)
+
+
+def test_fair_gives_a_2_to_1_weight_2_to_1_of_a_two_slot_pool_over_time():
+    """Two one-CPU slots, like the factory's two workers: the share *before* a start tells the tenants apart only
+    in whole slots (whoever holds none goes next: 1:1 whatever the weights); the share after it ties, and the tie
+    goes to whoever was served least per weight, so the time-integrated split follows the weights."""
+    from modelfactory.compute.policies import Resources, WorkerView
+
+    pool = [WorkerView(f"w{i}", Resources(cpu=1.0), Resources(cpu=1.0)) for i in range(2)]
+    trace = [TraceJob(f"{t}{i}", t, 0.0, 60.0, 1.0, 0.0) for i in range(60) for t in ("a", "b")]
+    result = simulate(trace, Fair(preempt=False), pool=pool,
+                      tenants={"a": TenantView("a", weight=2.0), "b": TenantView("b", weight=1.0)})
+    a_done = sorted(j.finish for j in result.job_results if j.tenant == "a")
+    b_done = sorted(j.finish for j in result.job_results if j.tenant == "b")
+    halfway = a_done[29]  # a's 30th job ends; with 2/3 of the two slots till then, b has finished 15
+    assert sum(f <= halfway for f in b_done) == pytest.approx(15, abs=2)

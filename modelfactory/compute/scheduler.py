@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..accounts.tables import Tenant
+from ..accounts.ledger import month_bounds
+from ..accounts.tables import Tenant, Usage
 from ..errors import MFError
 from ..store import utcnow
 from . import policies
@@ -83,7 +84,7 @@ def schedule_once(now: dt.datetime | None = None, *, config: PoolConfig | None =
     with pool_tx() as s:
         live = _expire(s, now, cfg, report)
         _settle_dependents(s, now, report)
-        queued, running, workers, tenants = _snapshot(s, live, report)
+        queued, running, workers, tenants = _snapshot(s, live, report, now)
         decision = chosen.schedule(seconds(now), [view for view, _ in queued.values()],
                                    [(view, list(job.placement or [])) for view, job in running.values()],
                                    workers, tenants)
@@ -145,7 +146,7 @@ def _settle_dependents(s: Session, now: dt.datetime, report: ScheduleReport) -> 
             changed = True
 
 
-def _snapshot(s: Session, live: dict[str, Worker], report: ScheduleReport):
+def _snapshot(s: Session, live: dict[str, Worker], report: ScheduleReport, now: dt.datetime | None = None):
     jobs = list(s.scalars(select(Job).where(Job.state.in_(("queued", "running"))).order_by(Job.id)))
     dep_ids = {d for j in jobs for d in (j.depends_on or [])}
     dep_state = {j.id: j.state for j in s.scalars(select(Job).where(Job.id.in_(dep_ids)))} if dep_ids else {}
@@ -177,9 +178,30 @@ def _snapshot(s: Session, live: dict[str, Worker], report: ScheduleReport):
         queued[job.id] = (view, job)
     workers = [WorkerView(id=w.id, capacity=Resources(w.cpu, w.gpu, w.memory_gb),
                           free=Resources(w.cpu, w.gpu, w.memory_gb) - used[w.id]) for w in live.values()]
-    tenants = {t.name: TenantView(name=t.name, weight=t.weight, max_slots=t.max_slots)
+    now = now or utcnow()
+    served = _served(s, seconds(now), [view for view, _ in running.values()], workers, now)
+    tenants = {t.name: TenantView(name=t.name, weight=t.weight, max_slots=t.max_slots, served=served.get(t.name, 0.0))
                for t in s.scalars(select(Tenant))}
     return queued, running, workers, tenants
+
+
+def _served(s: Session, now_s: float, running: list[JobView], workers: list[WorkerView],
+            now: dt.datetime) -> dict[str, float]:
+    """Each tenant's dominant-share-seconds of the pool this month: the ledger's finished attempts plus the running
+    ones so far (what the simulator integrates as `held`)."""
+    start, _ = month_bounds(now)
+    cpu: dict[str, float] = {}
+    gpu: dict[str, float] = {}
+    for tenant, c, g in s.execute(select(Usage.tenant, func.sum(Usage.cpu_seconds), func.sum(Usage.gpu_seconds))
+                                  .where(Usage.ended >= start).group_by(Usage.tenant)):
+        cpu[tenant], gpu[tenant] = float(c or 0.0), float(g or 0.0)
+    for view in running:
+        ran = max(0.0, now_s - (view.started or now_s))
+        cpu[view.tenant] = cpu.get(view.tenant, 0.0) + view.total.cpu * ran
+        gpu[view.tenant] = gpu.get(view.tenant, 0.0) + view.total.gpu * ran
+    pool = policies.total(w.capacity for w in workers)
+    return {t: max(cpu.get(t, 0.0) / pool.cpu if pool.cpu else 0.0, gpu.get(t, 0.0) / pool.gpu if pool.gpu else 0.0)
+            for t in set(cpu) | set(gpu)}
 
 
 def _set_waiting(job: Job, why: str, report: ScheduleReport) -> None:

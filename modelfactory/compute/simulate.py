@@ -9,7 +9,7 @@ import heapq
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from . import policies
 from .policies import EPS, JobView, Policy, Resources, TenantView, WorkerView, dominant_share, entitlements
@@ -106,7 +106,8 @@ class _Sim:
         self.workers = [WorkerView(w.id, w.capacity, w.capacity) for w in pool]
         self.by_id = {w.id: w for w in self.workers}
         self.capacity = policies.total(w.capacity for w in self.workers)
-        self.tenants = {t: tenants.get(t) or TenantView(t) for t in sorted({j.tenant for j in trace} | set(tenants))}
+        self.tenants = {t: replace(tenants[t]) if t in tenants else TenantView(t)  # copies: `served` changes
+                        for t in sorted({j.tenant for j in trace} | set(tenants))}
         self.checkpoint = checkpoint_interval
         self.exact = estimates == "exact"
         self.max_rounds = max_rounds
@@ -163,6 +164,8 @@ class _Sim:
                                f"e.g. {unfinished[:5]}: the policy stopped starting them")
 
     def schedule(self, now: float) -> None:
+        for t, view in self.tenants.items():  # what the live scheduler reads from the ledger
+            view.served = self.held[t]
         for _ in range(self.max_rounds):
             decision = self.policy.schedule(now, list(self.queued.values()), list(self.running.values()),
                                             self.workers, self.tenants)

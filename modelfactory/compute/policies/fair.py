@@ -62,10 +62,17 @@ class Fair(Preempting):
         at = dict.fromkeys(lines, 0)
 
         def key(t: str) -> tuple:
+            # Tenants are compared by the share they would hold with their next job started (per weight, or per
+            # entitlement for starving jobs): on a pool of few slots the share *before* a start cannot tell weights
+            # apart (on two slots, whoever holds none always goes next: 1:1 whatever the weights); after it, equal
+            # shares tie, and the tie goes to the tenant served least so far per weight.
             job = lines[t][at[t]]
-            if job.id in starving:
-                return -job.rank, 0, self._ratio(rnd, t), job.submitted, job.id
-            return -job.rank, 1, rnd.share(t) / rnd.weights[t], job.submitted, job.id
+            held = rnd.share(t) + rnd.job_share(job)
+            served = rnd.tenant(t).served / rnd.weights[t]
+            if job.id in starving:  # a gang counts as one worker's worth: "after" must not push the big ones back
+                starts = rnd.share(t) + min(rnd.job_share(job), rnd.worker_share)
+                return -job.rank, 0, round(self._ratio(rnd, t, starts), 9), served, job.submitted, job.id
+            return -job.rank, 1, round(held / rnd.weights[t], 9), served, job.submitted, job.id
 
         heap = [(key(t), t) for t in lines]
         heapq.heapify(heap)
@@ -79,10 +86,10 @@ class Fair(Preempting):
             if at[t] < len(lines[t]):
                 heapq.heappush(heap, (key(t), t))
 
-    def _ratio(self, rnd: Round, tenant: str) -> float:
-        """Share held / entitlement (inf for a tenant entitled to nothing)."""
+    def _ratio(self, rnd: Round, tenant: str, held: float | None = None) -> float:
+        """Share held (or `held`) / entitlement (inf for a tenant entitled to nothing)."""
         entitled = rnd.entitled.get(tenant, 0.0)
-        return rnd.share(tenant) / entitled if entitled > EPS else math.inf
+        return (rnd.share(tenant) if held is None else held) / entitled if entitled > EPS else math.inf
 
     def _starving(self, rnd: Round, job: JobView) -> bool:
         """A queued job is *starving* when it is large (a gang, or more than half of any worker: it needs whole

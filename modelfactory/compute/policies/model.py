@@ -79,6 +79,9 @@ class TenantView:
     name: str
     weight: float = 1.0
     max_slots: int | None = None  # soft limit: jobs beyond it wait
+    # Dominant-share-seconds the tenant has held so far (the pool's memory of who was served); `fair` breaks ties
+    # between equal shares with it, which is what turns a 2:1 weight into 2:1 over time on a pool of two slots.
+    served: float = 0.0
 
 
 @dataclass

@@ -72,6 +72,8 @@ class Round:
         self._shares: dict[str, float] = {}
         self._job_shares: dict[int, float] = {}
         self.later: list[float] = []  # times at which a rule will allow more than now (Decision.retry_at)
+        # the dominant share of the largest worker: one whole worker's worth of the pool
+        self.worker_share = max((dominant_share(w.capacity, self.pool) for w in workers), default=0.0)
 
     # -- bookkeeping
 
