@@ -51,6 +51,22 @@ def _auto(ref, probs, threshold=0.9, model="teacher@1"):
     return versions.derive(ref, new, "auto_label", {"teacher": model, "threshold": threshold})
 
 
+def test_a_new_pool_beside_the_same_labeled_rows_is_a_new_training_view(pool, tmp_path):
+    """The transfer set reads a version's unlabeled pool through the order's training view; a view keyed by its
+    labeled rows alone was shared with the version before the pool was added (and the order re-used that
+    version's cached transfer set: the pool was silently ignored)."""
+    seed = tmp_path / "seed.csv"
+    plain = versions.training_view(versions.add_file("plain", seed, ROLES))
+    view = versions.training_view(pool)
+    assert view.artifact_id != plain.artifact_id
+    assert len(versions.unlabeled_inputs(view.artifact_id, "text")) == 6
+    assert len(versions.unlabeled_inputs(plain.artifact_id, "text")) == 0
+    other = tmp_path / "other.csv"
+    other.write_text("text\nanother pool row\n")
+    assert versions.training_view(versions.add_file("reviews", seed, ROLES, unlabeled=other)).artifact_id not in (
+        view.artifact_id, plain.artifact_id)
+
+
 def test_add_with_unlabeled_rows(pool):
     assert pool.n_rows == 10
     assert pool.stats["labels"] == {"neg": 2, "pos": 2} and pool.stats["unlabeled"] == 6

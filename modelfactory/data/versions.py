@@ -104,9 +104,11 @@ def add_table(name: str, table: Table, *, tenant: str = "default", source: str |
                           skipped=len(table.errors), tenant=existing.tenant)
 
 
-def store_rows(rows: list[dict], *, producer: str, params: dict, stats: dict | None = None) -> str:
-    """Rows as a content-addressed dataset artifact (what the split stage reads); its id."""
-    artifact_id = content_hash({"kind": "dataset", "rows": rows})
+def store_rows(rows: list[dict], *, producer: str, params: dict, stats: dict | None = None,
+               identity: dict | None = None) -> str:
+    """Rows as a content-addressed dataset artifact (what the split stage reads); its id. `identity` is what else,
+    beyond the rows, the artifact stands for (it enters the id)."""
+    artifact_id = content_hash({"kind": "dataset", "rows": rows, **({"identity": identity} if identity else {})})
     store = ArtifactStore()
     if not store.exists(artifact_id):
         with store.create(artifact_id, kind="dataset", producer=producer, params=params) as (tmp, extra):
@@ -130,9 +132,14 @@ def training_view(ref: DatasetRef, *, use_pseudo_labels: bool = False,
     if not rows:
         raise MFError(f"dataset {ref} has no labeled rows to train on"
                       + ("" if use_pseudo_labels else " (its teacher's labels count only with use_pseudo_labels)"))
+    # The view of a version with unlabeled rows stands for its pool too: the transfer set reads the pool through
+    # it (unlabeled_inputs), so two versions with the same labeled rows but different pools must not share a view
+    # (nor the split, teacher and transfer set cached under it). Without a pool, equal rows share everything.
+    pool = labels.to_predict(df)
+    identity = {"unlabeled_pool": ref.artifact_id} if len(pool) else None
     artifact_id = store_rows(rows, producer="label_view", params={
         "dataset": str(ref), "dataset_artifact": ref.artifact_id, "use_pseudo_labels": use_pseudo_labels,
-        "min_confidence": min_confidence, "label_sources": sources})
+        "min_confidence": min_confidence, "label_sources": sources}, identity=identity)
     return dataclasses.replace(ref, artifact_id=artifact_id, n_rows=len(rows), stats=stats_of(rows),
                                label_sources=sources)
 
