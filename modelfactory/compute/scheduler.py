@@ -179,17 +179,17 @@ def _snapshot(s: Session, live: dict[str, Worker], report: ScheduleReport, now: 
     workers = [WorkerView(id=w.id, capacity=Resources(w.cpu, w.gpu, w.memory_gb),
                           free=Resources(w.cpu, w.gpu, w.memory_gb) - used[w.id]) for w in live.values()]
     now = now or utcnow()
-    served = _served(s, seconds(now), [view for view, _ in running.values()], workers, now)
+    served = _served(s, [view for view, _ in running.values()], workers, now)
     tenants = {t.name: TenantView(name=t.name, weight=t.weight, max_slots=t.max_slots, served=served.get(t.name, 0.0))
                for t in s.scalars(select(Tenant))}
     return queued, running, workers, tenants
 
 
-def _served(s: Session, now_s: float, running: list[JobView], workers: list[WorkerView],
-            now: dt.datetime) -> dict[str, float]:
+def _served(s: Session, running: list[JobView], workers: list[WorkerView], now: dt.datetime) -> dict[str, float]:
     """Each tenant's dominant-share-seconds of the pool this month: the ledger's finished attempts plus the running
     ones so far (what the simulator integrates as `held`)."""
     start, _ = month_bounds(now)
+    now_s = seconds(now)
     cpu: dict[str, float] = {}
     gpu: dict[str, float] = {}
     for tenant, c, g in s.execute(select(Usage.tenant, func.sum(Usage.cpu_seconds), func.sum(Usage.gpu_seconds))

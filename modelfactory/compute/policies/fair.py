@@ -67,11 +67,11 @@ class Fair(Preempting):
             # apart (on two slots, whoever holds none always goes next: 1:1 whatever the weights); after it, equal
             # shares tie, and the tie goes to the tenant served least so far per weight.
             job = lines[t][at[t]]
-            held = rnd.share(t) + rnd.job_share(job)
             served = rnd.tenant(t).served / rnd.weights[t]
             if job.id in starving:  # a gang counts as one worker's worth: "after" must not push the big ones back
-                starts = rnd.share(t) + min(rnd.job_share(job), rnd.worker_share)
-                return -job.rank, 0, round(self._ratio(rnd, t, starts), 9), served, job.submitted, job.id
+                held = rnd.share(t) + min(rnd.job_share(job), rnd.worker_share)
+                return -job.rank, 0, round(self._ratio(rnd, t, held), 9), served, job.submitted, job.id
+            held = rnd.share(t) + rnd.job_share(job)
             return -job.rank, 1, round(held / rnd.weights[t], 9), served, job.submitted, job.id
 
         heap = [(key(t), t) for t in lines]
