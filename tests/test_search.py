@@ -98,3 +98,18 @@ def test_first_trial_is_the_baseline_recipe():
     search({"layers": [3, 1, 2], "quantize": ["static", "dynamic"], "vocab": ["train"]}, evaluate, max_trials=3,
            max_minutes=5, seed=1)
     assert seen[0] == {"layers": 3, "quantize": "static", "vocab": "train"}
+
+
+def test_the_first_trials_cover_every_choice_of_the_leading_dimension():
+    """A default budget of a few trials must measure every student family, not whichever the sampler drew."""
+    seen = []
+
+    def evaluate(number, params):
+        seen.append(params)
+        return Trial(number, params, accuracy_ratio=0.9, size_mb=1.0, latency_ms=1.0)
+
+    space = {"arch": ["bag", "tiny", "classical", "cnn", "transformer"], "size": ["s", "m", "xs", "l"],
+             "alpha": [0.7, 0.9, 0.5], "temperature": [2.0, 4.0]}
+    search(space, evaluate, max_trials=5, max_minutes=5, seed=0)
+    assert [p["arch"] for p in seen] == space["arch"]
+    assert all(p["size"] == "s" and p["alpha"] == 0.7 and p["temperature"] == 2.0 for p in seen)

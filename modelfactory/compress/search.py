@@ -72,14 +72,20 @@ def search(space: dict[str, list[Any]], evaluate: Callable[[int, dict[str, Any]]
            measured: list[Trial] | None = None) -> SearchResult:
     """Run up to `max_trials` trials or until `max_minutes` have passed (a trial in flight finishes).
 
-    The first trial takes each dimension's first choice, so list the baseline first. `measured` are candidates
-    measured before the search (e.g. the classical baseline): on the front and eligible like any trial."""
+    The first trial takes each dimension's first choice, so list the baseline first; the next ones take each other
+    choice of the first dimension with the rest at their first (for text: one trial per student family), so a small
+    budget still measures every family before the sampler narrows in. `measured` are candidates measured before the
+    search (e.g. the classical baseline): on the front and eligible like any trial."""
     optuna.logging.set_verbosity(logging.WARNING)
     sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(max_trials, 8)))
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
     # Trial 0 is every dimension's first choice: the order's baseline recipe is always measured, whatever the
-    # sampler's random first generation would have picked.
-    study.enqueue_trial({f"{name}_idx": 0 for name, choices in space.items() if len(choices) > 1})
+    # sampler's random first generation would have picked. Then the leading dimension's other choices.
+    varied = [name for name, choices in space.items() if len(choices) > 1]
+    first = {f"{name}_idx": 0 for name in varied}
+    study.enqueue_trial(first)
+    for i in range(1, len(space[varied[0]]) if varied else 1):
+        study.enqueue_trial({**first, f"{varied[0]}_idx": i})
     trials: list[Trial] = list(measured or [])
     seen: dict[tuple, Trial] = {}
     deadline = time.monotonic() + max_minutes * 60
