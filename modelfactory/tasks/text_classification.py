@@ -107,9 +107,9 @@ class TextClassification(TaskFamily):
         # Small students first: they train in seconds, so a default budget affords many of them; the search's
         # first trials take each arch in this order (cheapest first, the 6-minute default budget may stop before
         # the last), then the sampler narrows in. One shrunken transformer is in the space for data where word
-        # order matters more than a budget. Small students read
-        # the teacher's word pieces by default (unseen words still split into pieces they know) and start from
-        # the teacher's static token embeddings (model2vec); a word vocabulary from the data is the alternative.
+        # order matters more than a budget. Small students read the teacher's word pieces by default (unseen words
+        # still split into pieces they know) and start from the teacher's static token embeddings (model2vec); a
+        # word vocabulary from the data is the alternative.
         return {"arch": ["bag", "classical", "tiny", "cnn", "transformer"], "size": ["s", "m", "xs", "l"],
                 "tokens": ["teacher", "word"], "init": ["teacher_outputs", "teacher", "random"],
                 "alpha": [0.7, 0.9, 0.5], "temperature": [2.0, 4.0], "quantize": ["dynamic", "none"]}
