@@ -35,19 +35,12 @@ def export(cfg_fields: dict, attn: str, path: Path) -> None:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
+    from modelfactory.tasks.text_classification import LogitsOnly
+
     cfg = BertConfig(num_labels=3, **cfg_fields)
     cfg._attn_implementation = attn
     torch.manual_seed(0)
     model = BertForSequenceClassification(cfg).eval()
-
-    class LogitsOnly(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
-
     ids = torch.randint(5, 1000, (2, 16))
     torch.onnx.export(LogitsOnly(model), (ids, torch.ones_like(ids)), str(path), input_names=["input_ids",
                       "attention_mask"], output_names=["logits"], opset_version=17, dynamo=False,

@@ -41,6 +41,17 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+class LogitsOnly(torch.nn.Module):
+    """An encoder as its ONNX graph sees it: two feeds in, logits out (no hidden states, no dict)."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
 class TextClassification(TaskFamily):
     name = "text-classification"
     roles = ("text", "label")
@@ -319,14 +330,6 @@ class TextClassification(TaskFamily):
     def export_onnx(self, bundle: Bundle, out_dir: Path, sample: pd.DataFrame) -> None:
         model = bundle.model.eval()
         batch = self.collate(self.encode(bundle, sample.head(2)), [0, 1] if len(sample) > 1 else [0])
-
-        class LogitsOnly(torch.nn.Module):
-            def __init__(self, inner: torch.nn.Module):
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, input_ids, attention_mask):
-                return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
 
         import warnings
 
