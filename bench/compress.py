@@ -228,10 +228,20 @@ def bar_checks(rows: dict[str, dict], cand: str | None) -> dict[str, bool]:
                          t8["latency_ms_p50"] >= 10 * d["latency_ms_p50"]}
 
 
+def order_artifacts(order_id: int) -> dict:
+    """An order's artifacts by plan node (stage runs whose artifact is still in the store)."""
+    from modelfactory.artifacts import ArtifactStore
+    from modelfactory.store import StageRun, session
+
+    store = ArtifactStore()
+    with session() as s:
+        runs = {r.node: r.key for r in s.query(StageRun).filter(StageRun.order_id == order_id)}
+    return {node: store.get(key) for node, key in runs.items() if store.exists(key)}
+
+
 def run_text(name: str, cut: int | None, trials: int, minutes: float) -> tuple[dict, list[str]]:
     """One cut of a corpus: the user's order, then every model of interest measured here on its test rows."""
     from modelfactory import tasks
-    from modelfactory.artifacts import ArtifactStore
     from modelfactory.compress.evaluate import evaluate_model
     from modelfactory.data import builtin, versions
     from modelfactory.errors import MFError
@@ -240,7 +250,7 @@ def run_text(name: str, cut: int | None, trials: int, minutes: float) -> tuple[d
     from modelfactory.factory.stages import read_split
     from modelfactory.registry import registry
     from modelfactory.report import metrics_table
-    from modelfactory.store import Order, StageRun, session
+    from modelfactory.store import Order, session
 
     when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     corpus = builtin.corpus(name)
@@ -259,10 +269,7 @@ def run_text(name: str, cut: int | None, trials: int, minutes: float) -> tuple[d
             order_id = max(o.id for o in s.query(Order).filter(Order.name == spec.name))
         result = None
     wall = (dt.datetime.now(dt.UTC) - t0).total_seconds()
-    store = ArtifactStore()
-    with session() as s:
-        runs = {r.node: r.key for r in s.query(StageRun).filter(StageRun.order_id == order_id)}
-    art = {node: store.get(key) for node, key in runs.items() if store.exists(key)}
+    art = order_artifacts(order_id)
     task = tasks.get("text-classification")
     test = read_split(art["split"], "test")
     tried = trials_from_stages(art, art["evaluate_teacher"].metrics["accuracy"])

@@ -26,6 +26,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from compress import order_artifacts  # a sibling script: bench/ is not a package
+
 RESULTS = Path(__file__).parent / "results"
 TEACHER = {"model": "sentence-transformers/all-MiniLM-L6-v2", "max_length": 64, "lr": 1e-4, "epochs": 2}
 
@@ -38,16 +40,10 @@ def order(name: str, dataset: str, cut: int, size: str) -> dict:
 
 def run(spec_doc: dict) -> dict:
     """Run one order; its evaluations by candidate, and its split artifact."""
-    from modelfactory.artifacts import ArtifactStore
     from modelfactory.factory.order import run_order
     from modelfactory.factory.spec import parse_spec
-    from modelfactory.store import StageRun, session
 
-    result = run_order(parse_spec(spec_doc, "bench order"))
-    store = ArtifactStore()
-    with session() as s:
-        runs = {r.node: r.key for r in s.query(StageRun).filter(StageRun.order_id == result.order_id)}
-    art = {node: store.get(key) for node, key in runs.items() if store.exists(key)}
+    art = order_artifacts(run_order(parse_spec(spec_doc, "bench order")).order_id)
     ev = {name: art[f"evaluate_{name}"].metrics for name in
           ("teacher", "teacher_int8", "baseline_majority", "baseline_classical", "student")}
     return {"eval": ev, "split": art["split"], "transfer": art["transfer"].metrics}
