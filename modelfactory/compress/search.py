@@ -84,8 +84,9 @@ def search(space: dict[str, list[Any]], evaluate: Callable[[int, dict[str, Any]]
     varied = [name for name, choices in space.items() if len(choices) > 1]
     first = {f"{name}_idx": 0 for name in varied}
     study.enqueue_trial(first)
-    for i in range(1, len(space[varied[0]]) if varied else 1):
-        study.enqueue_trial({**first, f"{varied[0]}_idx": i})
+    if varied:
+        for i in range(1, len(space[varied[0]])):
+            study.enqueue_trial({**first, f"{varied[0]}_idx": i})
     trials: list[Trial] = list(measured or [])
     seen: dict[tuple, Trial] = {}
     deadline = time.monotonic() + max_minutes * 60
