@@ -55,6 +55,12 @@ def main(out: Path) -> None:
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "final.safetensors"))
             (out / "result.json").write_text(json.dumps({"steps": r.steps, "resumed_from_step": r.resumed_from_step,
                                                          "final_loss": r.final_loss, "world": gang.size}))
+    # Threads still running once the gang is left: gloo's must be gone (joined while the interpreter is alive).
+    (out / f"threads_{gang.rank}.json").write_text(json.dumps(thread_names()))
+
+
+def thread_names() -> list[str]:
+    return sorted(Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task"))
 
 
 if __name__ == "__main__":

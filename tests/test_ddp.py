@@ -53,6 +53,15 @@ def test_two_processes_train_what_one_does(tmp_path):
     assert max_diff(tmp_path / "one", tmp_path / "two") < TOLERANCE
 
 
+def test_leaving_the_gang_tears_its_process_group_down(tmp_path):
+    """A group still alive at interpreter exit can SIGABRT a member that finished (gloo threads vs finalisation):
+    seen as a gang exiting -6 after its work was done. The group must be gone, threads joined, when joined() ends."""
+    assert run_gang(tmp_path, 2) == [0, 0]
+    for rank in (0, 1):
+        left = json.loads((tmp_path / f"threads_{rank}.json").read_text())
+        assert not [t for t in left if "gloo" in t or "tcpstore" in t], (rank, left)
+
+
 def test_a_gang_resumes_from_its_checkpoint_after_a_member_dies(tmp_path):
     out = tmp_path / "gang"
     codes = run_gang(out, 2, DDP_KILL_AT_STEP="6")  # checkpoints every 4 steps: the last one is step 4

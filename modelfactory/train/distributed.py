@@ -64,6 +64,11 @@ def joined() -> Iterator[World]:
     if size <= 1 or (dist.is_available() and dist.is_initialized()):
         yield world()
         return
+    # torch.optim's first optimizer imports torch._dynamo, and with it torch.distributed._tools, which takes
+    # references to a live process group that destroy_process_group cannot drop: the group then outlives the block,
+    # its gloo threads outlive the interpreter, and a member that finished its work dies of SIGABRT at exit (1 run
+    # in ~10). Imported before the group exists, it holds none, and the group is torn down here, threads joined.
+    import torch._dynamo  # noqa: F401
     be = backend()
     if "nccl" in be:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
