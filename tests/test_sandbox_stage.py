@@ -9,6 +9,7 @@ No stopwatch: the time limit is 2 s and the sleeper would sleep 10 minutes."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -43,7 +44,22 @@ KINDS = textwrap.dedent("""
     def fine(ctx):
         return {"fine": ctx.payload.get("n")}
 
+    def gang_limits(ctx):  # each rank says what holds it; rank 0 (whose end ends the attempt) waits for rank 1
+        import json, os, resource
+        from pathlib import Path
+        out, rank = Path(ctx.payload["dir"]), os.environ.get("RANK", "0")
+        tmp = out / f"rank{rank}.tmp"
+        tmp.write_text(json.dumps({"rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0],
+                                   "cgroup": Path("/proc/self/cgroup").read_text()}))
+        os.replace(tmp, out / f"rank{rank}.json")
+        for _ in range(6000 if rank == "0" else 0):
+            if (out / "rank1.json").exists():
+                break
+            time.sleep(0.1)
+        return {"rank": rank}
+
     kinds.register(kinds.JobKind("mftest_hog", hog))
+    kinds.register(kinds.JobKind("mftest_gang_limits", gang_limits))
     kinds.register(kinds.JobKind("mftest_sleeper", sleeper))
     kinds.register(kinds.JobKind("mftest_fine", fine))
 """)
@@ -139,5 +155,56 @@ def test_stage_jobs_over_memory_or_time_fail_once_and_the_worker_goes_on(mechani
             assert "RLIMIT_AS" not in text
             assert not cgroup_dirs(f"mf-job-{hog}.1-"), \
                 "the hog's cgroup was left behind"
+    finally:
+        stop_worker(worker, log)
+
+
+@pytest.mark.parametrize("mechanism", [pytest.param("cgroup", marks=pytest.mark.ci_required), "rlimit"])
+def test_every_rank_of_a_gang_is_held_to_the_stage_limits(mechanism, pool_home, tmp_path):
+    """A gang's other ranks are job processes too: each gets the job's cgroup (or RLIMIT_AS) like rank 0, and
+    its cgroup is removed once the gang's attempt is over. (Before, only rank 0 was limited.)"""
+    if mechanism == "cgroup" and (why := _memory_cgroup()):
+        pytest.skip(f"no writable memory cgroup here ({why}); the rlimit case covers the fallback")
+    import resource
+
+    import mftest_kinds  # noqa: F401
+
+    from modelfactory.accounts.tenants import add_tenant
+    from modelfactory.compute import jobs
+    from modelfactory.compute.scheduler import schedule_once
+    from modelfactory.compute.tables import Job, pool_read
+
+    add_tenant("acme")
+    out = tmp_path / "ranks"
+    out.mkdir()
+    gang = jobs.submit("acme", jobs.Spec(kind="mftest_gang_limits", payload={"dir": str(out)}, memory_gb=0.5,
+                                         slots=2, time_limit_s=600))
+    log_path = tmp_path / "worker.log"
+    log = log_path.open("w")
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, f"gang-{mechanism}", mechanism], cwd=REPO,
+                              env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
+
+    def state() -> str:
+        schedule_once()
+        assert worker.poll() is None, log_path.read_text()
+        with pool_read() as s:
+            return s.get(Job, gang).state
+
+    try:
+        deadline = time.monotonic() + 300  # a generous bound for a loaded box, not a speed assertion
+        while state() not in ("succeeded", "failed", "cancelled"):
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        assert state() == "succeeded", log_path.read_text()[-3000:]
+        ranks = {r: json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)}
+        if mechanism == "rlimit":
+            for r in (0, 1):
+                assert ranks[r]["rlimit_as"] != resource.RLIM_INFINITY, (r, ranks[r])
+        else:
+            assert f"mf-job-{gang}.1-" in ranks[0]["cgroup"], ranks[0]
+            assert f"mf-job-{gang}.1.rank1-" in ranks[1]["cgroup"], ranks[1]
+            while cgroup_dirs(f"mf-job-{gang}.1.rank1-"):  # removed once the member is seen to have ended
+                assert time.monotonic() < deadline, "the member's cgroup was left behind"
+                time.sleep(0.2)
     finally:
         stop_worker(worker, log)

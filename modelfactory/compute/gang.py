@@ -124,6 +124,7 @@ class Members:
     ask_stop: Callable[[Any], None]
     lead_result_path: Callable[[Any], Path]  # job row -> the lead's result path (the rendezvous beside it)
     log: Callable[[str], None]
+    release: Callable[[Any], None] = lambda process: None  # a member's process ended for good: free what it held
     members: dict[tuple[int, int, int], Member] = field(default_factory=dict)
 
     def tick(self, gangs: list[Any], accept_new: bool) -> None:
@@ -152,6 +153,7 @@ class Members:
                 if not done:
                     self.kill(m.process)
                     continue
+                self.release(m.process)
                 del self.members[key]
 
     def stop(self, m: Member) -> None:

@@ -82,8 +82,10 @@ class PoolWorker:
         self.log = log or (lambda msg: print(f"[{utcnow():%H:%M:%S}] {self.id}: {msg}", file=sys.stderr,
                                              flush=True))
         self.running: dict[int, _Attempt] = {}
+        self.member_limits: dict[int, tuple[Any, Path]] = {}  # a gang member's pid -> its limits, state file
         self.gang = gang.Members(self.id, self._start_member, kill_process, self._signal_stop,
-                                 lambda job: self.attempts_dir / f"{job.id}.{job.attempts}.json", self.log)
+                                 lambda job: self.attempts_dir / f"{job.id}.{job.attempts}.json", self.log,
+                                 release=self._release_member)
         self.stopping = False
         self._hb_stop = threading.Event()
         self.ctx = multiprocessing.get_context("forkserver")
@@ -266,11 +268,7 @@ class PoolWorker:
     def _limit_stage(self, a: _Attempt, job: Job, spec: dict) -> None:
         """Give a local stage job a cgroup with its memory (for the whole job), processes and GPU devices, as a
         command job gets (compute/sandbox/stage.py); say in the log when only an rlimit holds its memory."""
-        from .sandbox.stage import stage_limits
-
-        a.limits = stage_limits(f"mf-job-{job.id}.{job.attempts}", memory_gb=job.memory_gb, gpu_ids=a.gpus)
-        a.limits.record(sandbox_state_path(a.result_path))  # so `kill_attempt` kills the whole cgroup, as for commands
-        spec["limits"] = {**a.limits.spec(), "enforcement": a.limits.enforcement}
+        a.limits = _stage_limits(f"mf-job-{job.id}.{job.attempts}", job.memory_gb, a.gpus, a.result_path, spec)
         if a.limits.rlimit_fallback:
             self.log(f"job {job.id}: memory limit by {a.limits.enforcement['memory']}")
 
@@ -284,9 +282,23 @@ class PoolWorker:
                 "worker_pid": os.getpid(), "result_path": str(self.attempts_dir / f"{base}.json"),
                 "log_path": str(self.logs_dir / f"{base}.log"), "gang": rendezvous,
                 "gpu_ids": list(self._assign_gpus(job.gpu))}
+        limits = None
+        if job.kind != "command":  # each rank is held to the job's limits, as the lead is (memory_gb is per slot)
+            limits = _stage_limits(f"mf-job-{base}", job.memory_gb, spec["gpu_ids"], Path(spec["result_path"]), spec)
         p = self.ctx.Process(target=job_process, args=(spec,), name=f"mf-job-{job.id}-rank{rank}")
         p.start()
+        if limits is not None:
+            self.member_limits[p.pid] = (limits, sandbox_state_path(spec["result_path"]))
         return p
+
+    def _release_member(self, process: multiprocessing.process.BaseProcess) -> None:
+        """A gang member ended and its gang's attempt is over: whatever it left in its cgroup, then the cgroup."""
+        limits, state = self.member_limits.pop(process.pid, (None, None))
+        if limits is not None:
+            from .sandbox import kill_recorded
+
+            kill_recorded(state)
+            limits.remove()
 
     @staticmethod
     def _signal_stop(process: multiprocessing.process.BaseProcess) -> None:
@@ -384,3 +396,15 @@ def kill_attempt(a: _Attempt) -> None:
         from .sandbox import kill_recorded
 
         kill_recorded(sandbox_state_path(a.result_path))
+
+
+def _stage_limits(name: str, memory_gb: float, gpus: tuple[int, ...] | list[int], result_path: Path,
+                  spec: dict) -> Any:
+    """The cgroup (or rlimit) of one stage job process, recorded beside its result so that killing the attempt
+    kills the whole cgroup, as for commands, and described in `spec` for the job process to enter."""
+    from .sandbox.stage import stage_limits
+
+    limits = stage_limits(name, memory_gb=memory_gb, gpu_ids=gpus)
+    limits.record(sandbox_state_path(result_path))
+    spec["limits"] = {**limits.spec(), "enforcement": limits.enforcement}
+    return limits
