@@ -1,7 +1,8 @@
 """One rank of a tiny data-parallel fit, run as its own process by tests/test_ddp.py:
 `python -m tests.ddp_support OUT` with the torchrun environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and
 MF_GANG=1 for a gang; DDP_KILL_AT_STEP=n makes rank 1 SIGKILL itself after step n (a member dying mid-run),
-DDP_STOP_AT_STEP=n asks rank 1 alone to stop after step n (exit 75 once the gang has checkpointed)."""
+DDP_STOP_AT_STEP=n asks rank 1 alone to stop after step n (exit 75 once the gang has checkpointed). Each rank that
+finishes writes threads_RANK.json: the threads it still runs once it has left the gang."""
 
 from __future__ import annotations
 

@@ -82,7 +82,7 @@ class PoolWorker:
         self.log = log or (lambda msg: print(f"[{utcnow():%H:%M:%S}] {self.id}: {msg}", file=sys.stderr,
                                              flush=True))
         self.running: dict[int, _Attempt] = {}
-        self.member_limits: dict[int, tuple[Any, Path]] = {}  # a gang member's pid -> its limits, state file
+        self.member_limits: dict[Any, tuple[Any, Path]] = {}  # a gang member's process -> its limits, state file
         self.gang = gang.Members(self.id, self._start_member, kill_process, self._signal_stop,
                                  lambda job: self.attempts_dir / f"{job.id}.{job.attempts}.json", self.log,
                                  release=self._release_member)
@@ -286,14 +286,18 @@ class PoolWorker:
         if job.kind != "command":  # each rank is held to the job's limits, as the lead is (memory_gb is per slot)
             limits = _stage_limits(f"mf-job-{base}", job.memory_gb, spec["gpu_ids"], Path(spec["result_path"]), spec)
         p = self.ctx.Process(target=job_process, args=(spec,), name=f"mf-job-{job.id}-rank{rank}")
-        p.start()
-        if limits is not None:
-            self.member_limits[p.pid] = (limits, sandbox_state_path(spec["result_path"]))
+        if limits is not None:  # keyed by the process object, not its pid, which the OS may reuse meanwhile
+            self.member_limits[p] = (limits, sandbox_state_path(spec["result_path"]))
+        try:
+            p.start()
+        except BaseException:
+            self._release_member(p)
+            raise
         return p
 
     def _release_member(self, process: multiprocessing.process.BaseProcess) -> None:
         """A gang member ended and its gang's attempt is over: whatever it left in its cgroup, then the cgroup."""
-        limits, state = self.member_limits.pop(process.pid, (None, None))
+        limits, state = self.member_limits.pop(process, (None, None))
         if limits is not None:
             from .sandbox import kill_recorded
 
