@@ -82,7 +82,7 @@ class PoolWorker:
         self.log = log or (lambda msg: print(f"[{utcnow():%H:%M:%S}] {self.id}: {msg}", file=sys.stderr,
                                              flush=True))
         self.running: dict[int, _Attempt] = {}
-        self.member_limits: dict[Any, tuple[Any, Path]] = {}  # a gang member's process -> its limits, state file
+        self.member_limits: dict[Any, tuple[Any, Path]] = {}  # a gang member's process -> its limits, result path
         self.gang = gang.Members(self.id, self._start_member, kill_process, self._signal_stop,
                                  lambda job: self.attempts_dir / f"{job.id}.{job.attempts}.json", self.log,
                                  release=self._release_member)
@@ -287,7 +287,7 @@ class PoolWorker:
             limits = _stage_limits(f"mf-job-{base}", job.memory_gb, spec["gpu_ids"], Path(spec["result_path"]), spec)
         p = self.ctx.Process(target=job_process, args=(spec,), name=f"mf-job-{job.id}-rank{rank}")
         if limits is not None:  # keyed by the process object, not its pid, which the OS may reuse meanwhile
-            self.member_limits[p] = (limits, sandbox_state_path(spec["result_path"]))
+            self.member_limits[p] = (limits, Path(spec["result_path"]))
         try:
             p.start()
         except BaseException:
@@ -297,12 +297,9 @@ class PoolWorker:
 
     def _release_member(self, process: multiprocessing.process.BaseProcess) -> None:
         """A gang member ended and its gang's attempt is over: whatever it left in its cgroup, then the cgroup."""
-        limits, state = self.member_limits.pop(process, (None, None))
+        limits, result_path = self.member_limits.pop(process, (None, None))
         if limits is not None:
-            from .sandbox import kill_recorded
-
-            kill_recorded(state)
-            limits.remove()
+            _remove_limits(limits, result_path)
 
     @staticmethod
     def _signal_stop(process: multiprocessing.process.BaseProcess) -> None:
@@ -328,10 +325,7 @@ class PoolWorker:
         if not a.discard:
             self._record(a)  # if this raises, the attempt stays in `running` and is recorded on a later tick
         if a.limits is not None:
-            from .sandbox import kill_recorded
-
-            kill_recorded(sandbox_state_path(a.result_path))  # whatever it left in its cgroup; then the cgroup
-            a.limits.remove()
+            _remove_limits(a.limits, a.result_path)
         del self.running[a.job_id]
 
     def _record(self, a: _Attempt) -> None:
@@ -412,3 +406,11 @@ def _stage_limits(name: str, memory_gb: float, gpus: tuple[int, ...] | list[int]
     limits.record(sandbox_state_path(result_path))
     spec["limits"] = {**limits.spec(), "enforcement": limits.enforcement}
     return limits
+
+
+def _remove_limits(limits: Any, result_path: Path) -> None:
+    """After a stage job process ended: whatever it left in its cgroup, then the cgroup."""
+    from .sandbox import kill_recorded
+
+    kill_recorded(sandbox_state_path(result_path))
+    limits.remove()
