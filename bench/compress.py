@@ -197,7 +197,9 @@ def trials_from_stages(art: dict, teacher_accuracy: float) -> list[dict]:
     """Every trial of the order, read back from its stages' artifacts (also when the order deployed nothing);
     `model` is the stage whose ONNX model the trial's evaluation measured."""
     out = []
-    for node in sorted(n for n in art if n.startswith("trial") and "/evaluate_" in n):
+    by_artifact = {}  # a trial's measured model -> its number, to name a blend's members
+    for node in sorted((n for n in art if n.startswith(("trial", "blend")) and "/evaluate_" in n),
+                       key=lambda n: (n.startswith("blend"), n)):
         prefix, cand = node.split("/evaluate_")
         if cand == "student" and f"{prefix}/evaluate_student_int8" in art:
             continue  # the INT8 one is the trial's candidate
@@ -205,7 +207,13 @@ def trials_from_stages(art: dict, teacher_accuracy: float) -> list[dict]:
         student = art.get(f"{prefix}/student")
         model = (f"{prefix}/quantize_student" if cand == "student_int8"
                  else next(n for n in (f"{prefix}/export_student", f"{prefix}/student") if n in art))
-        out.append({"number": int(prefix[5:]), "params": student.manifest.get("params", {}) if student else {},
+        number = int(prefix.removeprefix("trial").removeprefix("blend"))
+        by_artifact[art[model].id] = number
+        params = student.manifest.get("params", {}) if student else {}
+        if prefix.startswith("blend"):
+            params = {"blend": " + ".join(f"trial {by_artifact.get(aid, aid[:8])}"
+                                          for aid in student.manifest.get("inputs", {}).values())}
+        out.append({"number": number, "params": params,
                     "accuracy": m["accuracy"], "accuracy_ratio": m["accuracy"] / teacher_accuracy,
                     "size_mb": m["size_bytes"] / 1e6, "latency_ms": m["latency_ms_p50"], "model": model})
     return out

@@ -61,6 +61,9 @@ def recipe_str(steps: list[dict]) -> str:
     out = []
     for step in steps:
         for kind, params in step.items():
+            if kind == "blend":  # {group: the member's recipe}
+                out.append("blend(" + "; ".join(f"{g}: {recipe_str(r)}" for g, r in params.items()) + ")")
+                continue
             shown = ", ".join(f"{k}={v}" for k, v in (params or {}).items() if v is not None)
             out.append(f"{kind}({shown})")
     return " → ".join(out)

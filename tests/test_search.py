@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import yaml
@@ -113,3 +114,43 @@ def test_the_first_trials_cover_every_choice_of_the_leading_dimension():
     search(space, evaluate, max_trials=5, max_minutes=5, seed=0)
     assert [p["arch"] for p in seen] == space["arch"]
     assert all(p["size"] == "s" and p["alpha"] == 0.7 and p["temperature"] == 2.0 for p in seen)
+
+
+@pytest.mark.slow
+def test_a_search_blends_a_neural_and_a_classical_trial_and_a_chosen_blend_ships(tmp_path, corpus_df, tiny_teacher,
+                                                                                 mf_home, monkeypatch):
+    """After the trials, the family's blends (text: one neural + one classical student) are measured like trials;
+    one chosen is registered as one model with its members' recipes as lineage, and predicts through `mf predict`.
+    (The choice is forced here: which point wins on a tiny random teacher is not what this test is about.)"""
+    from modelfactory.factory import trials as trials_mod
+    from modelfactory.factory.order import run_order
+    from modelfactory.factory.spec import parse_spec
+    from modelfactory.registry import registry
+    from modelfactory.tasks import read_meta
+
+    data = sample_csv(corpus_df, tmp_path / "reviews.csv", 60)
+    spec = tiny_order("blended", data, tiny_teacher, transfer={"copies": 1},
+                      search={"max_trials": 2, "max_minutes": 10, "space": {
+                          "arch": ["bag", "classical"], "size": ["xs"], "tokens": ["word"], "init": ["random"],
+                          "quantize": ["dynamic"]}})
+    monkeypatch.setattr(trials_mod, "choose", lambda front, targets: next(t for t in front if "blend" in t.params))
+    monkeypatch.setattr(trials_mod, "pareto_front", lambda trials: trials)  # the blend may well be dominated
+    result = run_order(parse_spec(spec))
+
+    blends = [t for t in result.searched.trials if "blend" in t.params]
+    assert [t.params["blend"] for t in blends] == ["trial 0 + trial 1"]  # bag (neural) + classical, once
+    assert result.searched.chosen is blends[0]
+    ref = registry.resolve(str(result.model))
+    assert read_meta(ref.path)["format"] == "onnx-blend"
+    assert ref.path == result.results["student"].artifact.path
+    recipe = ref.lineage["recipe"]
+    assert set(recipe[0]["blend"]) == {"neural", "classical"}
+    assert recipe[0]["blend"]["neural"][0]["distill"]["arch"] == "bag"
+    report = (mf_home / "orders" / "1" / "report.md").read_text()
+    assert "blend=trial 0 + trial 1" in report
+    assert "blend(neural: distill(" in ref.card and "; classical: distill(" in ref.card
+
+    proc = run_mf("predict", "blended", "a dazzling, heartfelt film", "--json")
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)[0]
+    assert row["label"] in row["probabilities"] and abs(sum(row["probabilities"].values()) - 1) < 1e-4

@@ -194,3 +194,58 @@ def test_classical_student_fits_a_teachers_probabilities(reviews, tmp_path):
 
     with pytest.raises(ValueError, match="soft targets"):
         fit_classical(train["text"], train["label"], soft_targets=one_hot[:10], classes=labels)
+
+
+# --- blends ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("quantized", [False, True])
+def test_a_blend_is_one_onnx_graph_averaging_its_members(quantized, reviews, tiny_teacher, tmp_path):
+    """A neural and a classical student in one graph: its probabilities are the average of the members' own
+    (softmax of the neural logits, the TF-IDF model's probabilities) on every row, INT8 member included; raw
+    text in through the family's predictor, so serving needs nothing new."""
+    from modelfactory.compress.quantize import quantize_dynamic_int8
+    from modelfactory.tasks.base import ONNX_FILE
+    from modelfactory.tasks.text_blend import BlendPredictor, blend_probabilities
+
+    family = tasks.get("text-classification")
+    labels = sorted(reviews["label"].unique())
+    train, test = reviews.iloc[:140], reviews.iloc[140:]
+    teacher = family.load_teacher(str(tiny_teacher), labels, {"max_length": 32}, train)
+    student = family.build_student(teacher, {"arch": "cnn", "size": "xs", "tokens": "word", "init": "random"}, train)
+    neural, classical, blended = (tmp_path / d for d in ("neural", "classical", "blend"))
+    for d in (neural, classical, blended):
+        d.mkdir()
+    export_and_verify(family, student, neural, train.head(8))
+    if quantized:
+        (tmp_path / "int8").mkdir()
+        quantize_dynamic_int8(neural / ONNX_FILE, tmp_path / "int8" / ONNX_FILE)
+        for f in neural.iterdir():
+            if f.name != ONNX_FILE:
+                (tmp_path / "int8" / f.name).write_bytes(f.read_bytes())
+        neural = tmp_path / "int8"
+    export_classical(fit_classical(train["text"], train["label"]), labels, classical)
+    assert family.blend_group({"arch": "classical"}) == "classical" and family.blend_group({"arch": "cnn"}) == "neural"
+
+    family.blend({"neural": neural, "classical": classical}, blended)
+    predictor = family.load_predictor(blended)
+    assert isinstance(predictor, BlendPredictor) and predictor.labels == labels
+    texts = test["text"].tolist()
+    neural_predictor = family.load_predictor(neural)
+    expected = blend_probabilities(np.concatenate([neural_predictor.logits(neural_predictor.encode(texts[i:i + 8]))
+                                                   for i in range(0, len(texts), 8)]),
+                                   ClassicalPredictor(classical).predict_proba(texts))
+    got = predictor.predict_proba(texts, batch_size=8)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
+    assert predictor.predict(["a dazzling film"])[0][0] in labels
+    # One file: its size is what the registry and the cost figures count, both members' weights included (give or
+    # take the members' shape annotations and metadata, which the blend drops).
+    members = (neural / ONNX_FILE).stat().st_size + (classical / ONNX_FILE).stat().st_size
+    assert abs((blended / ONNX_FILE).stat().st_size - members) <= 0.02 * members
+
+    other = tmp_path / "other"
+    other.mkdir()
+    relabeled = train.assign(label=train["label"].map(lambda s: f"x-{s}"))
+    export_classical(fit_classical(relabeled["text"], relabeled["label"]), sorted(relabeled["label"].unique()), other)
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(ValueError, match="labels differ"):
+        family.blend({"neural": neural, "classical": other}, tmp_path / "bad")

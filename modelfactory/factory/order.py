@@ -222,10 +222,14 @@ def _register(spec: OrderSpec, order_id: int, dataset: DatasetRef, the_plan: Pla
     }
     if dataset.label_sources:
         lineage["label_sources"] = dataset.label_sources
-    if "student" in results:  # the compress pipeline: the recipe that made the student
-        steps = recipe_from(spec, searched.chosen.params) if searched and searched.chosen else spec.steps()
-        lineage |= {"recipe": [step.model_dump(mode="json", exclude_none=True) for step in steps],
-                    "student": results["student"].artifact.id}
+    if "student" in results:  # the compress pipeline: the recipe that made the student (a blend: its members')
+        chosen = searched.chosen if searched else None
+        if chosen and "recipe" in chosen.extra:
+            recipe = chosen.extra["recipe"]
+        else:
+            steps = recipe_from(spec, chosen.params) if chosen else spec.steps()
+            recipe = [step.model_dump(mode="json", exclude_none=True) for step in steps]
+        lineage |= {"recipe": recipe, "student": results["student"].artifact.id}
     elif the_plan.candidates.get("student") == "baseline_classical":  # the search found nothing better
         lineage["recipe"] = [{"baseline": tasks.get(spec.task).baseline_student()}]
     lineage["deployed"] = results[the_plan.candidates[deployed]].artifact.id

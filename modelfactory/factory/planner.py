@@ -35,7 +35,7 @@ class Plan:
         return next(n for n in self.nodes if n.name == name)
 
 
-def _evaluate(name: str, producer: str, task: str, prefix: str = "") -> Node:
+def evaluate_node(name: str, producer: str, task: str, prefix: str = "") -> Node:
     return Node(f"{prefix}evaluate_{name}", "evaluate", {"task": task, "threads": 1},
                 {"model": producer, "split": "split"})
 
@@ -83,7 +83,7 @@ def teacher_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
     # The baseline to beat: what a user gets for free by quantizing the teacher (dynamic INT8, no calibration).
     nodes.append(Node("quantize_teacher", "quantize", {"mode": "dynamic"}, {"onnx": source, "split": "split"}))
     candidates = {"teacher": "export_teacher", "teacher_int8": "quantize_teacher"}
-    nodes += [_evaluate(name, producer, task) for name, producer in candidates.items()]
+    nodes += [evaluate_node(name, producer, task) for name, producer in candidates.items()]
     # What a practitioner would try first, on the same test split: the majority class, and the family's
     # classical model (text: TF-IDF + logistic regression) fitted on the rows' own labels.
     baselines = {"majority": "evaluate_baseline_majority"}
@@ -92,7 +92,7 @@ def teacher_plan(spec: OrderSpec, dataset_artifact: str) -> Plan:
     if classical is not None:
         nodes.append(Node("baseline_classical", "fit_student", {"task": task, **classical, "seed": spec.split.seed},
                           {"split": "split"}))
-        nodes.append(_evaluate("baseline_classical", "baseline_classical", task))
+        nodes.append(evaluate_node("baseline_classical", "baseline_classical", task))
         baselines["classical"] = "evaluate_baseline_classical"
     return Plan(nodes, candidates, deployed="teacher", baselines=baselines)
 
@@ -127,7 +127,7 @@ def student_chain(spec: OrderSpec, steps: list[RecipeStep], prefix: str = "") ->
     if family.direct_student(first):  # fitted straight into an ONNX model dir: nothing to export or quantize
         first.pop("checkpoint_every", None)
         nodes.append(Node(f"{prefix}student", "fit_student", {"task": task, **first, "seed": seed}, data))
-        nodes.append(_evaluate("student", f"{prefix}student", task, prefix))
+        nodes.append(evaluate_node("student", f"{prefix}student", task, prefix))
         return Plan(nodes, {"student": f"{prefix}student"}, deployed="student")
     prev = ""
     for i, step in enumerate(model_steps):
@@ -153,7 +153,7 @@ def student_chain(spec: OrderSpec, steps: list[RecipeStep], prefix: str = "") ->
         nodes.append(Node(f"{prefix}quantize_student", "quantize", quantize.model_dump(mode="json"),
                           {"onnx": source, "split": "split"}))
         candidates["student_int8"] = f"{prefix}quantize_student"
-    nodes += [_evaluate(name, producer, task, prefix) for name, producer in candidates.items()]
+    nodes += [evaluate_node(name, producer, task, prefix) for name, producer in candidates.items()]
     return Plan(nodes, candidates, deployed=list(candidates)[-1])
 
 

@@ -283,6 +283,16 @@ def quantize_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[
             "metrics": {"parameters": src.metrics.get("parameters")}}
 
 
+@stage("blend", version=1, kind="onnx")
+def blend_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
+    """Exported students of different kinds (input role: blend group) averaged in one model dir."""
+    task = tasks.get(params["task"])
+    task.blend({group: art.path for group, art in inputs.items()}, ctx.out)
+    counts = [art.metrics.get("parameters") for art in inputs.values()]
+    return {"task": task.name, "precision": " + ".join(str(a.manifest.get("precision")) for a in inputs.values()),
+            "metrics": {"parameters": sum(counts) if None not in counts else None}}
+
+
 @stage("prune", version=1, kind="model")
 def prune_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
     """Structured pruning: heads, FFN or conv channels really removed (a smaller dense model, not a mask)."""

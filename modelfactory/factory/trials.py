@@ -3,13 +3,14 @@ the same cached stage runner, so finished trials are cache hits when the search 
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
 from .. import tasks
-from ..compress.search import SearchResult, Targets, Trial, plot_front, search
+from ..compress.search import SearchResult, Targets, Trial, choose, pareto_front, plot_front, search
 from ..errors import MFError
-from .planner import Plan, student_chain, teacher_plan, transfer_node
+from .planner import Node, Plan, evaluate_node, student_chain, teacher_plan, transfer_node
 from .runner import NodeResult, Reporter, run_plan
 from .spec import OrderSpec, PruneSpec, QuantizeSpec, RecipeStep, RecoverSpec
 
@@ -90,9 +91,54 @@ def run_search(spec: OrderSpec, teacher: dict[str, NodeResult], *, order_id: int
                                        for st in recipe_from(spec, params)]})
 
     s = spec.searched()
+    targets = targets_of(spec, teacher)
     result = search(search_space(spec), evaluate, max_trials=s.max_trials, max_minutes=s.max_minutes, seed=s.seed,
-                    targets=targets_of(spec, teacher), measured=_baseline_trial(teacher, teacher_acc))
+                    targets=targets, measured=_baseline_trial(teacher, teacher_acc))
+    blends = blend_trials(spec, result.trials, teacher, runs, order_id=order_id, reporter=reporter,
+                          should_stop=should_stop)
+    if blends:
+        trials = result.trials + blends
+        front = pareto_front(trials)
+        result = SearchResult(trials, front, choose(front, targets), result.stopped_by)
     return result, runs
+
+
+BLEND_TOP = 3  # the most accurate trials of each blend group, blended one member per group
+
+
+def blend_trials(spec: OrderSpec, trials: list[Trial], teacher: dict[str, NodeResult],
+                 runs: dict[int, tuple[Plan, dict[str, NodeResult]]], **run) -> list[Trial]:
+    """After the search, the family's blends (e.g. a neural + a classical text student averaged) of its best
+    trials, measured on the same split like trials: a blend costs seconds (no training), and where the members
+    err on different rows it beats both. Each is a stage under its own prefix, cached like any other."""
+    family = tasks.get(spec.task)
+    if not family.blend_groups:
+        return []
+    teacher_acc = teacher["evaluate_teacher"].artifact.metrics["accuracy"]
+    groups: dict[str, list[Trial]] = {g: [] for g in family.blend_groups}
+    for t in trials:
+        group = family.blend_group({"arch": spec.student.arch, **t.params}) if t.number >= 0 else None
+        if group in groups:
+            groups[group].append(t)
+    best = [sorted(ts, key=lambda t: -(t.accuracy or 0.0))[:BLEND_TOP] for ts in groups.values()]
+    out: list[Trial] = []
+    number = max((t.number for t in trials), default=-1) + 1
+    for members in itertools.product(*best):
+        prefix = f"blend{number}/"
+        node = Node(f"{prefix}student", "blend", {"task": spec.task},
+                    {g: f"@{t.extra['artifact']}" for g, t in zip(groups, members)})
+        chain = Plan([node, evaluate_node("student", node.name, spec.task, prefix)], {"student": node.name},
+                     "student")
+        results = run_plan(chain, produced=teacher, **run)
+        runs[number] = (chain, results)
+        m = results[f"{prefix}evaluate_student"].artifact.metrics
+        out.append(Trial(number, {"blend": " + ".join(f"trial {t.number}" for t in members)},
+                         accuracy_ratio=m["accuracy"] / teacher_acc, size_mb=m["size_bytes"] / 1e6,
+                         latency_ms=m["latency_ms_p50"], accuracy=m["accuracy"],
+                         extra={"accuracy": m["accuracy"], "artifact": results[node.name].artifact.id,
+                                "recipe": [{"blend": {g: t.extra["recipe"] for g, t in zip(groups, members)}}]}))
+        number += 1
+    return out
 
 
 BASELINE_TRIAL = -1
@@ -130,7 +176,7 @@ def chosen_plan(spec: OrderSpec, teacher_plan: Plan, runs: dict[int, tuple[Plan,
                       teacher_plan.baselines)
         return merged, {**teacher, "evaluate_student": teacher["evaluate_baseline_classical"]}
     chain, results = runs[trial.number]
-    prefix = f"trial{trial.number}/"
+    prefix = chain.candidates[chain.deployed].rpartition("/")[0] + "/"  # "trial3/", "blend7/"
     renamed = {name.removeprefix(prefix): res for name, res in results.items() if name.startswith(prefix)}
     candidates = {k: v.removeprefix(prefix) for k, v in chain.candidates.items()}
     merged = Plan(teacher_plan.nodes + chain.nodes, teacher_plan.candidates | candidates, chain.deployed,

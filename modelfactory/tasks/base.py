@@ -185,6 +185,18 @@ class TaskFamily(Family):
         own labels), measured beside every order's teacher and students; None when the family has none."""
         return None
 
+    # Students of different kinds err on different rows, so averaging one of each can beat both: after a search
+    # the factory blends the best trials of each group (one member per group) and measures the blends like trials.
+    blend_groups: tuple[str, ...] = ()
+
+    def blend_group(self, params: Mapping[str, Any]) -> str | None:
+        """Which of `blend_groups` the student a recipe describes belongs to (None: not a blend member)."""
+        return None
+
+    def blend(self, members: Mapping[str, Path], out_dir: Path) -> None:
+        """One exported model dir averaging the probabilities of `members` (blend group -> exported model dir)."""
+        raise MFError(f"{self.name} students cannot be blended")
+
     def fit_student(self, train: pd.DataFrame, params: Mapping[str, Any], out_dir: Path,
                     teacher_labels: list[str] | None = None,
                     soft_targets: np.ndarray | None = None) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Text classification: a Hugging Face encoder + classification head as the teacher; students of five kinds
 (`arch`): a shrunken transformer (`transformer`: the teacher's bottom layers; `tiny`: a few narrow layers), a
 fastText-style bag of n-grams, a 1-D CNN (text_students.py), or TF-IDF + logistic regression fitted on the
-teacher's probabilities (text_classical.py). Every model ships its tokenizer beside its ONNX graph (or tokenizes
-inside it), so predictors take raw text."""
+teacher's probabilities (text_classical.py); and blends of a neural and a classical one (text_blend.py). Every
+model ships its tokenizer beside its ONNX graph (or tokenizes inside it), so predictors take raw text."""
 
 from __future__ import annotations
 
@@ -130,6 +130,18 @@ class TextClassification(TaskFamily):
 
     def baseline_student(self) -> dict[str, Any] | None:
         return {"arch": "classical", "size": "l", "C": 10.0}
+
+    blend_groups = ("neural", "classical")
+
+    def blend_group(self, params: Mapping[str, Any]) -> str | None:
+        return "classical" if params.get("arch") == "classical" else "neural"
+
+    def blend(self, members: Mapping[str, Path], out_dir: Path) -> None:
+        """The neural member's softmax and the distilled TF-IDF member's probabilities, averaged in one ONNX
+        graph (tasks/text_blend.py)."""
+        from .text_blend import blend_onnx
+
+        blend_onnx(Path(members["neural"]), Path(members["classical"]), out_dir)
 
     def fit_student(self, train: pd.DataFrame, params: Mapping[str, Any], out_dir: Path,
                     teacher_labels: list[str] | None = None,
@@ -366,10 +378,15 @@ class TextClassification(TaskFamily):
         return pd.DataFrame({"text": texts})
 
     def load_predictor(self, model_dir: Path, threads: int | None = None) -> Predictor:
-        if read_meta(Path(model_dir)).get("format") == "onnx-classical":
+        fmt = read_meta(Path(model_dir)).get("format")
+        if fmt == "onnx-classical":
             from .text_classical import ClassicalPredictor
 
             return ClassicalPredictor(Path(model_dir), threads)
+        if fmt == "onnx-blend":
+            from .text_blend import BlendPredictor
+
+            return BlendPredictor(Path(model_dir), threads)
         return TextPredictor(Path(model_dir), threads)
 
 
