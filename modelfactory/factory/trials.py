@@ -94,16 +94,33 @@ def run_search(spec: OrderSpec, teacher: dict[str, NodeResult], *, order_id: int
     targets = targets_of(spec, teacher)
     result = search(search_space(spec), evaluate, max_trials=s.max_trials, max_minutes=s.max_minutes, seed=s.seed,
                     targets=targets, measured=_baseline_trial(teacher, teacher_acc))
-    blends = blend_trials(spec, result.trials, teacher, runs, order_id=order_id, reporter=reporter,
+    extra = _blend_members(spec, result.trials, evaluate)
+    blends = blend_trials(spec, result.trials + extra, teacher, runs, order_id=order_id, reporter=reporter,
                           should_stop=should_stop)
-    if blends:
-        trials = result.trials + blends
+    if extra or blends:
+        trials = result.trials + extra + blends
         front = pareto_front(trials)
         result = SearchResult(trials, front, choose(front, targets), result.stopped_by)
     return result, runs
 
 
-BLEND_TOP = 3  # the most accurate trials of each blend group, blended one member per group
+BLEND_TOP = 3  # trials per blend group that are blended, one member per group (text: up to 3 x 3 blends)
+
+
+def _blend_members(spec: OrderSpec, trials: list[Trial], evaluate) -> list[Trial]:
+    """The family's cheap blend members that the search space allows but the search did not measure, measured
+    now as trials (numbered on). A space without them (an order's own) gets none."""
+    space = search_space(spec)
+    first = {name: choices[0] for name, choices in space.items()}
+    number = max((t.number for t in trials), default=-1) + 1
+    out: list[Trial] = []
+    for member in tasks.get(spec.task).blend_members():
+        if not all(v in space.get(k, []) for k, v in member.items()) or any(
+                t.number >= 0 and all(t.params.get(k) == v for k, v in member.items()) for t in trials + out):
+            continue
+        out.append(evaluate(number, {**first, **member}))
+        number += 1
+    return out
 
 
 def blend_trials(spec: OrderSpec, trials: list[Trial], teacher: dict[str, NodeResult],
@@ -120,7 +137,9 @@ def blend_trials(spec: OrderSpec, trials: list[Trial], teacher: dict[str, NodeRe
         group = family.blend_group({"arch": spec.student.arch, **t.params}) if t.number >= 0 else None
         if group in groups:
             groups[group].append(t)
-    best = [sorted(ts, key=lambda t: -(t.accuracy or 0.0))[:BLEND_TOP] for ts in groups.values()]
+    # Per group its own Pareto front (a compact member can make a blend that meets a size target, an accurate one
+    # the accuracy target), the most accurate few of it.
+    best = [sorted(pareto_front(ts), key=lambda t: -(t.accuracy or 0.0))[:BLEND_TOP] for ts in groups.values()]
     out: list[Trial] = []
     number = max((t.number for t in trials), default=-1) + 1
     for members in itertools.product(*best):

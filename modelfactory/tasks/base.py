@@ -193,6 +193,11 @@ class TaskFamily(Family):
         """Which of `blend_groups` the student a recipe describes belongs to (None: not a blend member)."""
         return None
 
+    def blend_members(self) -> list[dict[str, Any]]:
+        """Recipes worth having as blend members that train in seconds (e.g. compact classical students): measured
+        after the search, like trials, when the search did not."""
+        return []
+
     def blend(self, members: Mapping[str, Path], out_dir: Path) -> None:
         """One exported model dir averaging the probabilities of `members` (blend group -> exported model dir)."""
         raise MFError(f"{self.name} students cannot be blended")
