@@ -154,3 +154,37 @@ def test_a_search_blends_a_neural_and_a_classical_trial_and_a_chosen_blend_ships
     assert proc.returncode == 0, proc.stderr
     row = json.loads(proc.stdout)[0]
     assert row["label"] in row["probabilities"] and abs(sum(row["probabilities"].values()) - 1) < 1e-4
+
+
+def test_blends_are_tried_only_where_they_can_meet_the_size_and_latency_targets():
+    from modelfactory.factory.trials import _may_meet
+
+    small, big = _t(0, 0.9, 1.5, 0.10), _t(1, 0.9, 0.9, 0.12)
+    assert _may_meet((small, big), Targets())
+    assert _may_meet((small, big), Targets(max_size_mb=2.5, max_latency_ms=0.2))
+    assert not _may_meet((small, big), Targets(max_size_mb=2.3))  # 2.4 MB: the blend's file holds both graphs
+    assert not _may_meet((small, big), Targets(max_latency_ms=0.1))  # 0.22 ms > 1.5 x 0.1
+
+
+def test_cheap_blend_members_are_added_only_when_the_space_allows_and_lacks_them(tmp_path):
+    from modelfactory.factory.spec import parse_spec
+    from modelfactory.factory.trials import _blend_members
+
+    def spec_with(space):
+        raw = tiny_order("b", tmp_path / "x.csv", tmp_path, search={"max_trials": 2, "space": space})
+        return parse_spec(raw, "test")
+
+    measured = []
+
+    def evaluate(number, params):
+        measured.append((number, params["arch"], params["size"]))
+        return Trial(number, params, accuracy_ratio=0.9, size_mb=1.0, latency_ms=0.1)
+
+    space = {"arch": ["bag", "classical"], "size": ["s", "xs"]}
+    done = [Trial(0, {"arch": "bag", "size": "s"}, 0.9, 1.0, 0.1), Trial(1, {"arch": "classical", "size": "s"},
+                                                                        0.9, 1.0, 0.1)]
+    added = _blend_members(spec_with(space), done, evaluate)
+    assert measured == [(2, "classical", "xs")] and [t.number for t in added] == [2]  # s was measured already
+    measured.clear()
+    assert _blend_members(spec_with({"arch": ["bag", "cnn"], "size": ["s", "xs"]}), done, evaluate) == []
+    assert measured == []  # an order's own space without classical students gets none

@@ -142,7 +142,10 @@ def blend_trials(spec: OrderSpec, trials: list[Trial], teacher: dict[str, NodeRe
     best = [sorted(pareto_front(ts), key=lambda t: -(t.accuracy or 0.0))[:BLEND_TOP] for ts in groups.values()]
     out: list[Trial] = []
     number = max((t.number for t in trials), default=-1) + 1
+    targets = targets_of(spec, teacher)
     for members in itertools.product(*best):
+        if not _may_meet(members, targets):
+            continue
         prefix = f"blend{number}/"
         node = Node(f"{prefix}student", "blend", {"task": spec.task},
                     {g: f"@{t.extra['artifact']}" for g, t in zip(groups, members)})
@@ -158,6 +161,13 @@ def blend_trials(spec: OrderSpec, trials: list[Trial], teacher: dict[str, NodeRe
                                 "recipe": [{"blend": {g: t.extra["recipe"] for g, t in zip(groups, members)}}]}))
         number += 1
     return out
+
+
+def _may_meet(members: tuple[Trial, ...], targets: Targets) -> bool:
+    """Whether a blend of `members` can meet the order's size and latency targets: its file holds theirs and
+    its graph runs theirs, so sizes and batch-1 latencies add up (latency with a margin: it is measured)."""
+    return ((targets.max_size_mb is None or sum(t.size_mb for t in members) <= targets.max_size_mb)
+            and (targets.max_latency_ms is None or sum(t.latency_ms for t in members) <= 1.5 * targets.max_latency_ms))
 
 
 BASELINE_TRIAL = -1
