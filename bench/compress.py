@@ -249,6 +249,8 @@ def order_artifacts(order_id: int) -> dict:
 
 def run_text(name: str, cut: int | None, trials: int, minutes: float) -> tuple[dict, list[str]]:
     """One cut of a corpus: the user's order, then every model of interest measured here on its test rows."""
+    import numpy as np
+
     from modelfactory import tasks
     from modelfactory.compress.evaluate import evaluate_model
     from modelfactory.data import builtin, versions
@@ -259,6 +261,7 @@ def run_text(name: str, cut: int | None, trials: int, minutes: float) -> tuple[d
     from modelfactory.registry import registry
     from modelfactory.report import metrics_table
     from modelfactory.store import Order, session
+    from modelfactory.tasks import read_meta
 
     when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     corpus = builtin.corpus(name)
@@ -279,7 +282,7 @@ def run_text(name: str, cut: int | None, trials: int, minutes: float) -> tuple[d
     wall = (dt.datetime.now(dt.UTC) - t0).total_seconds()
     art = order_artifacts(order_id)
     task = tasks.get("text-classification")
-    test = read_split(art["split"], "test")
+    test, val = read_split(art["split"], "test"), read_split(art["split"], "val")
     tried = trials_from_stages(art, art["evaluate_teacher"].metrics["accuracy"])
     # The most accurate trial inside the size/latency bar, by the order's own measurements (also when the order
     # deployed nothing: it shows how far the best admissible student is from the accuracy bar).
@@ -299,7 +302,17 @@ def run_text(name: str, cut: int | None, trials: int, minutes: float) -> tuple[d
     for cand, path in picks.items():
         m = evaluate_model(task, path, test, threads=1, latency_rows=300, throughput_seconds=1.0)
         m.pop("confusion", None)
+        # The search picks on the test split; the validation split, which no choice saw, says whether a pick
+        # only got lucky there.
+        probs = task.load_predictor(path).predict_proba(task.raw_inputs(val))
+        labels = read_meta(path)["labels"]
+        m["val_accuracy"] = float(np.mean([labels[i] == y for i, y in zip(probs.argmax(1), val["label"])]))
         rows[cand] = m
+    val_teacher = rows["teacher"]["val_accuracy"]
+    val_lines = ["Validation split (no choice saw it; the search picks on test): accuracy, and its ratio to the "
+                 "teacher's there:", "", "| model | val accuracy | val ratio to teacher |", "|---|---|---|"]
+    val_lines += [f"| {cand} | {m['val_accuracy']:.4f} | {m['val_accuracy'] / val_teacher:.3f} |"
+                  for cand, m in rows.items() if "val_accuracy" in m]
     checks = bar_checks(rows, deployed)
     fit = art["teacher"].metrics
     load = os.getloadavg()[0]  # latency is only comparable to another run's on a machine equally busy
@@ -314,7 +327,7 @@ def run_text(name: str, cut: int | None, trials: int, minutes: float) -> tuple[d
           f"fine-tune: {len(fit.get('attempts', []))} attempt(s), best validation macro-F1 "
           f"{fit.get('val_macro_f1', float('nan')):.3f} (majority class {fit.get('majority_val_macro_f1', 0):.3f}), "
           f"collapsed: {fit.get('collapsed')}. Load average when measured: {load:.1f} on {os.cpu_count()} cores "
-          "(batch-1 latencies of the larger models grow with it).", "", metrics_table(rows), ""]
+          "(batch-1 latencies of the larger models grow with it).", "", metrics_table(rows), "", *val_lines, ""]
     if error:
         md += [f"The order deployed nothing: {error.split(' (report:')[0]}.", ""]
     md += ["Every trial of the default search (the order's own measurements):", "",
