@@ -138,18 +138,21 @@ def infeasible_message(result: SearchResult, targets: Targets) -> str:
         else:
             parts.append(f"no recipe reached an accuracy ratio of {targets.min_accuracy_ratio:g} "
                          f"(best {max(t.accuracy_ratio for t in ts):.3f})")
-    return f"no recipe met every target in {len(ts)} trials: " + "; ".join(parts)
+    return (f"no recipe met every target in {len(ts)} trials (accuracy as the search measures it, on the validation "
+            "split): " + "; ".join(parts))
 
 
 def front_table(result: SearchResult) -> str:
-    rows = ["| trial | recipe | accuracy | accuracy ratio | size (MB) | p50 batch-1 (ms) | on front | chosen |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| trial | recipe | accuracy | accuracy ratio | test accuracy | size (MB) | p50 batch-1 (ms) | on front "
+            "| chosen |", "|---|---|---|---|---|---|---|---|---|"]
     front = {id(t) for t in result.front}
     for t in sorted(result.trials, key=lambda t: (-t.accuracy_ratio, t.latency_ms)):
         recipe = ", ".join(f"{k}={v}" for k, v in t.params.items())
         acc = "–" if t.accuracy is None else f"{t.accuracy:.4f}"
+        test = t.extra.get("test_accuracy")
         number = t.number if t.number >= 0 else "baseline"
-        rows.append(f"| {number} | {recipe} | {acc} | {t.accuracy_ratio:.3f} | {t.size_mb:.3f} | "
+        rows.append(f"| {number} | {recipe} | {acc} | {t.accuracy_ratio:.3f} | "
+                    f"{'–' if test is None else f'{test:.4f}'} | {t.size_mb:.3f} | "
                     f"{t.latency_ms:.3f} | {'yes' if id(t) in front else ''} | "
                     f"{'**yes**' if t is result.chosen else ''} |")
     return "\n".join(rows)

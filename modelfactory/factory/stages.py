@@ -308,11 +308,12 @@ def prune_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str
             "task": task.name, "labels": bundle.labels}
 
 
-@stage("evaluate", version=1, kind="evaluation")
+@stage("evaluate", version=2, kind="evaluation")
 def evaluate_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
+    """Test metrics and cost, plus validation accuracy (v2): a search chooses by the latter."""
     model = inputs["model"]
     metrics = evaluate_model(tasks.get(params["task"]), model.path, read_split(inputs["split"], "test"),
-                             threads=params.get("threads", 1))
+                             threads=params.get("threads", 1), val=read_split(inputs["split"], "val"))
     metrics["parameters"] = model.metrics.get("parameters")
     return {"metrics": metrics, "model": model.id, "precision": model.manifest.get("precision")}
 
