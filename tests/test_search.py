@@ -188,3 +188,16 @@ def test_cheap_blend_members_are_added_only_when_the_space_allows_and_lacks_them
     measured.clear()
     assert _blend_members(spec_with({"arch": ["bag", "cnn"], "size": ["s", "xs"]}), done, evaluate) == []
     assert measured == []  # an order's own space without classical students gets none
+
+
+def test_a_search_measures_trials_by_validation_accuracy_and_shows_test_beside():
+    """The search chooses by the val split, so the test split stays a held-out check of its choice."""
+    from modelfactory.compress.search import SearchResult, front_table
+    from modelfactory.factory.trials import _trial, chosen_by
+
+    m = {"accuracy": 0.90, "val_accuracy": 0.70, "size_bytes": 2e6, "latency_ms_p50": 0.1}
+    t = _trial(3, {"arch": "cnn"}, m, teacher_acc=0.80, artifact="a" * 64, recipe=[{"distill": {}}])
+    assert (t.accuracy, t.accuracy_ratio, t.extra["test_accuracy"]) == (0.70, pytest.approx(0.875), 0.90)
+    assert chosen_by({"accuracy": 0.6}) == 0.6  # an evaluation from before val was scored
+    table = front_table(SearchResult([t], [t], t, "max_trials"))
+    assert "| test accuracy |" in table.splitlines()[0] and "| 0.7000 | 0.875 | 0.9000 |" in table
