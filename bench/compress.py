@@ -293,7 +293,9 @@ def run_text(name: str, cut: int | None, trials: int, minutes: float) -> tuple[d
     best_in = max(inside, key=lambda t: (t["val_accuracy"] or t["accuracy"], -t["latency_ms"]), default=None)
     picks = {"teacher": art["export_teacher"].path, "teacher_int8": art["quantize_teacher"].path,
              "baseline: TF-IDF + LR": art["baseline_classical"].path}
-    deployed = f"deployed ({result.model})" if result is not None else None
+    # Registered: the search's choice (by validation accuracy); promoted only if it met the targets on test too.
+    deployed = (None if result is None else f"deployed ({result.model})" if result.deployed
+                else f"registered, not promoted: missed {', '.join(result.missed)} on test ({result.model})")
     if deployed:
         picks[deployed] = registry.resolve(str(result.model)).path
     if best_in is not None:
@@ -350,7 +352,8 @@ def cut_row(e: dict) -> str:
     d = rows.get(cand) if cand else None
     checks = e["checks"] if e["deployed"] else (e["best_within_bar"] or {}).get("checks", e["checks"])
     failed = [c for c, ok in checks.items() if not ok] + ([] if d else ["no model to check"])
-    dep = (f"{'deployed' if e['deployed'] else 'none deployed; best in 10x/10x'}: {d['accuracy']:.3f} | "
+    dep = (f"{e['deployed'].split(' (')[0] if e['deployed'] else 'none deployed; best in 10x/10x'}: "
+           f"{d['accuracy']:.3f} | "
            f"{d['accuracy'] / t['accuracy']:.3f} | {d['accuracy'] - tf['accuracy']:+.3f} | "
            f"{t8['size_bytes'] / d['size_bytes']:.1f}x / {t8['latency_ms_p50'] / d['latency_ms_p50']:.1f}x"
            if d else "none deployed, no trial in 10x/10x | – | – | –")
