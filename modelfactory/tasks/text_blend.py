@@ -2,9 +2,11 @@
 behind one ONNX graph that averages their class probabilities.
 
 Why: distilled from the same teacher, the two kinds of student err on different rows — one reads word order
-through the teacher's embeddings, the other weighs thousands of exact n-grams — so their average beats the better
-of them (on rotten-tomatoes, every neural + classical pair measured gained 0.4-2.3 points over its better member),
-at the cost of their sizes and latencies added, which for these students is still a tenth of the INT8 teacher's.
+through the teacher's embeddings, the other weighs thousands of exact n-grams — so their average can beat the
+better of them, at the cost of their sizes and latencies added, which for these students is still a tenth of the
+INT8 teacher's. How often it does is data's to say (bench/results/compress_*.md: on rotten-tomatoes' test split
+nearly every blend beat its better member, on its validation split only some did), so blends are candidates the
+search measures and chooses by validation like any trial, not a default.
 One graph, not two files: the registry, `mf serve`, tritonclient and the cost measurements see one model whose
 size is the file's and whose latency is one session run.
 """
