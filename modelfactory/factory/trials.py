@@ -91,7 +91,7 @@ def run_search(spec: OrderSpec, teacher: dict[str, NodeResult], *, order_id: int
     result = search(search_space(spec), evaluate, max_trials=s.max_trials, max_minutes=s.max_minutes, seed=s.seed,
                     targets=targets, measured=_baseline_trial(teacher, teacher_acc))
     extra = _blend_members(spec, result.trials, evaluate)
-    blends = blend_trials(spec, result.trials + extra, teacher, runs, order_id=order_id, reporter=reporter,
+    blends = blend_trials(spec, result.trials + extra, teacher, targets, runs, order_id=order_id, reporter=reporter,
                           should_stop=should_stop)
     if extra or blends:
         trials = result.trials + extra + blends
@@ -119,7 +119,7 @@ def _blend_members(spec: OrderSpec, trials: list[Trial], evaluate) -> list[Trial
     return out
 
 
-def blend_trials(spec: OrderSpec, trials: list[Trial], teacher: dict[str, NodeResult],
+def blend_trials(spec: OrderSpec, trials: list[Trial], teacher: dict[str, NodeResult], targets: Targets,
                  runs: dict[int, tuple[Plan, dict[str, NodeResult]]], **run) -> list[Trial]:
     """After the search, the family's blends (e.g. a neural + a classical text student averaged) of its best
     trials, measured on the same split like trials: a blend costs seconds (no training), and where the members
@@ -138,7 +138,6 @@ def blend_trials(spec: OrderSpec, trials: list[Trial], teacher: dict[str, NodeRe
     best = [sorted(pareto_front(ts), key=lambda t: -(t.accuracy or 0.0))[:BLEND_TOP] for ts in groups.values()]
     out: list[Trial] = []
     number = max((t.number for t in trials), default=-1) + 1
-    targets = targets_of(spec, teacher)
     for members in itertools.product(*best):
         if not _may_meet(members, targets):
             continue

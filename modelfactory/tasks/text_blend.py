@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .base import META_FILE, ONNX_FILE, read_meta, softmax, write_meta
+from .text_classical import text_feed
 from .text_classification import TextPredictor
 
 NEURAL, CLASSICAL = "n_", "c_"  # name prefixes of each member's nodes, initializers and edges in the blend
@@ -86,9 +87,7 @@ class BlendPredictor(TextPredictor):
     """The neural member's tokenizer makes its feeds; the raw strings are the classical member's."""
 
     def encode(self, inputs: Sequence[Any]) -> dict[str, np.ndarray]:
-        feeds = super().encode(inputs)
-        feeds["text"] = np.asarray([str(t) for t in inputs], dtype=object).reshape(-1, 1)
-        return feeds
+        return super().encode(inputs) | text_feed(inputs)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         return np.asarray(self.session.run(["probabilities"], dict(feeds))[0], dtype=np.float32)

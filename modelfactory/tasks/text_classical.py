@@ -70,6 +70,11 @@ def export_classical(pipe, labels: list[str], out_dir: Path, extra: dict[str, An
                          **(extra or {})})
 
 
+def text_feed(inputs: Sequence[Any]) -> dict[str, np.ndarray]:
+    """The classical graph's feed: raw strings as `text` STRING [N, 1]."""
+    return {"text": np.asarray([str(t) for t in inputs], dtype=object).reshape(-1, 1)}
+
+
 class ClassicalPredictor(Predictor):
     """Raw strings in; the graph tokenizes, weighs and classifies."""
 
@@ -79,7 +84,7 @@ class ClassicalPredictor(Predictor):
         self.session = onnx_session(model_dir, threads)
 
     def encode(self, inputs: Sequence[Any]) -> dict[str, np.ndarray]:
-        return {"text": np.asarray([str(t) for t in inputs], dtype=object).reshape(-1, 1)}
+        return text_feed(inputs)
 
     def run(self, feeds) -> np.ndarray:
         return np.asarray(self.session.run(["probabilities"], dict(feeds))[0], dtype=np.float32)
