@@ -13,8 +13,10 @@ import torch
 
 from modelfactory import tasks
 from modelfactory.compress.export import export_and_verify
+from modelfactory.compress.quantize import quantize_dynamic_int8
 from modelfactory.factory import teacher_fit
 from modelfactory.factory.teacher_fit import class_weights, epochs_for, is_collapsed, majority_macro_f1
+from modelfactory.tasks.base import ONNX_FILE, copy_model_files
 from modelfactory.tasks.text_augment import MASK, augment_texts
 from modelfactory.tasks.text_classical import ClassicalPredictor, export_classical, fit_classical
 
@@ -109,9 +111,36 @@ def test_the_text_family_augments_inputs_and_keeps_labels_out_of_it(reviews):
     assert list(out.columns) == ["text"] and len(out) > len(reviews)
 
 
+def test_the_transfer_set_is_labeled_in_length_sorted_batches_and_returned_in_row_order():
+    """Batches of similar length are what make labeling the transfer set cheap; the logits must still land on
+    their own rows (a mix-up would distil every student on another text's soft labels)."""
+    from types import SimpleNamespace
+
+    from modelfactory.factory.stages import _teacher_logits
+
+    batches: list[list[str]] = []
+
+    class Teacher:  # logits that name their text: its length and its first letter
+        def encode(self, texts):
+            batches.append(list(texts))
+            return texts
+
+        def logits(self, texts):
+            return np.array([[len(t), ord(t[0])] for t in texts], dtype=np.float32)
+
+    rng = np.random.default_rng(0)
+    texts = ["".join(rng.choice(list("abcdefgh"), size=int(n))) for n in rng.integers(1, 300, size=200)]
+    out = _teacher_logits(SimpleNamespace(progress=lambda *a: None), Teacher(), texts)
+    np.testing.assert_array_equal(out, [[len(t), ord(t[0])] for t in texts])
+    assert sorted(t for b in batches for t in b) == sorted(texts)
+    spread = max(max(map(len, b)) - min(map(len, b)) for b in batches)
+    assert spread < 150  # unsorted batches of 64 from 1-300 characters would span nearly all of it
+
+
 # --- students and their ONNX ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("arch", "tokens", "init"), [("bag", "word", "teacher"), ("cnn", "word", "teacher"),
-                                                     ("bag", "teacher", "teacher_outputs")])
+                                                     ("bag", "teacher", "teacher_outputs"),
+                                                     ("lstm", "teacher", "teacher_outputs")])
 def test_small_students_export_to_onnx_that_matches_pytorch(arch, tokens, init, reviews, tiny_teacher, tmp_path):
     family = tasks.get("text-classification")
     labels = sorted(reviews["label"].unique())
@@ -133,6 +162,38 @@ def test_small_students_export_to_onnx_that_matches_pytorch(arch, tokens, init, 
     assert (tmp_path / "onnx" / "tokenizer.json").is_file()
     predictor = family.load_predictor(tmp_path / "onnx")
     assert predictor.predict(["a dazzling film"])[0][0] in labels
+
+
+def test_a_bilstm_answers_a_row_the_same_alone_or_beside_longer_rows(reviews, tiny_teacher, tmp_path):
+    """Padding must not reach a row's states: its backward LSTM reads the row's own tokens reversed, so the
+    answer to a short review is the same alone and in a batch padded to a long one, in PyTorch and in its ONNX
+    (a server's dynamic batching must not change answers)."""
+    family = tasks.get("text-classification")
+    labels = sorted(reviews["label"].unique())
+    teacher = family.load_teacher(str(tiny_teacher), labels, {"max_length": 32}, reviews)
+    student = family.build_student(teacher, {"arch": "lstm", "size": "xs", "tokens": "word", "init": "random"},
+                                   reviews)
+    student.model.eval()  # dropout off: the same weights, the same answer
+    short, long = "a dazzling film", " ".join(reviews["text"].tolist()[:3])
+    alone = family.collate(family.encode(student, pd.DataFrame({"text": [short], "label": [labels[0]]})), [0])
+    batch = family.collate(family.encode(student, pd.DataFrame({"text": [short, long], "label": labels[:2]})),
+                           [0, 1])
+    assert batch["input_ids"].shape[1] > alone["input_ids"].shape[1] + 5  # the short row really is padded
+    with torch.no_grad():
+        torch.testing.assert_close(family.forward(student.model, batch).logits[:1],
+                                   family.forward(student.model, alone).logits, atol=1e-5, rtol=0)
+    for d in ("model", "onnx", "int8"):
+        (tmp_path / d).mkdir()
+    family.save(student, tmp_path / "model")
+    export_and_verify(family, family.load(tmp_path / "model"), tmp_path / "onnx", reviews.head(24))
+    quantize_dynamic_int8(tmp_path / "onnx" / ONNX_FILE, tmp_path / "int8" / ONNX_FILE)
+    copy_model_files(tmp_path / "onnx", tmp_path / "int8")
+    assert (tmp_path / "int8" / ONNX_FILE).stat().st_size < (tmp_path / "onnx" / ONNX_FILE).stat().st_size / 2
+    # Dynamic INT8 quantizes activations with one scale per batch, so a companion moves it a little (any model)
+    for d, atol in (("onnx", 1e-5), ("int8", 5e-3)):
+        predictor = family.load_predictor(tmp_path / d)
+        np.testing.assert_allclose(predictor.predict_proba([short, long])[:1], predictor.predict_proba([short]),
+                                   atol=atol, err_msg=d)
 
 
 def test_tiny_student_is_a_narrow_encoder_over_the_datas_tokens_and_exports(reviews, tmp_path):
@@ -202,8 +263,6 @@ def test_a_blend_is_one_onnx_graph_averaging_its_members(quantized, reviews, tin
     """A neural and a classical student in one graph: its probabilities are the average of the members' own
     (softmax of the neural logits, the TF-IDF model's probabilities) on every row, INT8 member included; raw
     text in through the family's predictor, so serving needs nothing new."""
-    from modelfactory.compress.quantize import quantize_dynamic_int8
-    from modelfactory.tasks.base import ONNX_FILE
     from modelfactory.tasks.text_blend import BlendPredictor, blend_probabilities
 
     family = tasks.get("text-classification")

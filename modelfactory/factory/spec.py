@@ -106,7 +106,7 @@ class TeacherSpec(Strict):
 
 class StudentSpec(Strict):
     arch: str | None = Field(None, max_length=32, description="student kind the task family builds (text: "
-                      "transformer, bag, cnn, classical)")
+                      "transformer, tiny, bag, cnn, lstm, classical)")
     size: Literal["xs", "s", "m", "l"] | None = Field(None, description="size preset of small archs")
     init: Literal["teacher", "teacher_outputs", "random"] | None = Field(
         None, description="small archs: embeddings from the teacher's input embeddings, from its outputs for each "
@@ -156,7 +156,7 @@ class TransferSpec(Strict):
     rows, all labeled by the teacher once (one cached artifact every student trial reuses)."""
 
     copies: int | None = Field(None, ge=0, le=50, description="augmented copies per training row (default: "
-                                                               "enough for about 15,000 rows, at most 20)")
+                                                               "enough for about 36,000 rows, at most 20)")
     p_mask: float = Field(0.1, ge=0, le=1)
     p_replace: float = Field(0.1, ge=0, le=1)
     p_ngram: float = Field(0.25, ge=0, le=1)

@@ -11,6 +11,7 @@ small adapter (LoRA), and measures it against the base on held-out rows.
 from __future__ import annotations
 
 import json
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -128,6 +129,15 @@ def read_meta(model_dir: Path) -> dict[str, Any]:
 
 def write_meta(model_dir: Path, meta: dict[str, Any]) -> None:
     (Path(model_dir) / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def copy_model_files(src: Path, dst: Path, *, keep_meta: bool = True) -> None:
+    """Everything in an ONNX model dir but the graph and the store's manifest (the tokenizer, and the metadata
+    unless the caller writes its own): what a rewritten graph needs beside it to stay a loadable model."""
+    skip = {ONNX_FILE, "manifest.json"} | (set() if keep_meta else {META_FILE})
+    for f in Path(src).iterdir():
+        if f.is_file() and f.name not in skip:
+            shutil.copy2(f, Path(dst) / f.name)
 
 
 class Family(ABC):

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import META_FILE, ONNX_FILE, read_meta, softmax, write_meta
+from .base import ONNX_FILE, copy_model_files, read_meta, softmax, write_meta
 from .text_classical import text_feed
 from .text_classification import TextPredictor
 
@@ -63,9 +63,7 @@ def blend_onnx(neural_dir: Path, classical_dir: Path, out_dir: Path, weight: flo
     model.ir_version = max(m.ir_version for m in members.values())
     onnx.checker.check_model(model)
     (out_dir / ONNX_FILE).write_bytes(model.SerializeToString())
-    for f in neural_dir.iterdir():  # the tokenizer; the metadata is written below
-        if f.is_file() and f.name not in (ONNX_FILE, "manifest.json", META_FILE):
-            (out_dir / f.name).write_bytes(f.read_bytes())
+    copy_model_files(neural_dir, out_dir, keep_meta=False)  # the tokenizer; the metadata is written below
     write_meta(out_dir, {**meta, "format": "onnx-blend", "blend_weight": weight})
 
 

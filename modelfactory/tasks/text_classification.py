@@ -83,13 +83,15 @@ class TextClassification(TaskFamily):
         "tiny": {"epochs": 4.0, "lr": 6e-4, "batch_size": 32, "transfer": True},
         "bag": {"epochs": 6.0, "lr": 5e-3, "batch_size": 64, "transfer": True},
         "cnn": {"epochs": 5.0, "lr": 2e-3, "batch_size": 64, "transfer": True},
+        "lstm": {"epochs": 5.0, "lr": 2e-3, "batch_size": 64, "transfer": True},
         "classical": {"transfer": True},
     }
     STUDENT_PARAMS: ClassVar[dict[str, set[str]]] = {  # what each arch reads; the rest would only split caches
         "transformer": {"layers", "hidden", "heads", "ffn", "layer_map", "freeze_embeddings", "vocab",
                         "hidden_weight", "attention_weight"},
         "tiny": {"size", "hidden_weight", "attention_weight"},
-        "bag": {"size", "init", "tokens"}, "cnn": {"size", "init", "tokens"}, "classical": {"size", "C"},
+        "bag": {"size", "init", "tokens"}, "cnn": {"size", "init", "tokens"}, "lstm": {"size", "init", "tokens"},
+        "classical": {"size", "C"},
     }
     # `tiny`: the teacher's encoder shrunk to a few narrow layers (layers, hidden, ffn per size), its vocabulary cut
     # to the tokens the data uses, every weight trained, distilled over the transfer set at a high learning rate.
@@ -121,7 +123,7 @@ class TextClassification(TaskFamily):
         # order matters more than a budget. Small students read the teacher's word pieces by default (unseen words
         # still split into pieces they know) and start from the teacher's static token embeddings (model2vec); a
         # word vocabulary from the data is the alternative.
-        return {"arch": ["bag", "classical", "cnn", "tiny", "transformer"], "size": ["s", "m", "xs", "l"],
+        return {"arch": ["bag", "classical", "lstm", "cnn", "tiny", "transformer"], "size": ["s", "m", "xs", "l"],
                 "tokens": ["teacher", "word"], "init": ["teacher_outputs", "teacher", "random"],
                 "alpha": [0.7, 0.9, 0.5], "temperature": [2.0, 4.0], "quantize": ["dynamic", "none"]}
 

@@ -1,5 +1,6 @@
-"""Small text students that are not shrunken transformers: a fastText-style bag of words and hashed bigrams, and a
-1-D CNN (Kim 2014), over a word vocabulary chosen from the data.
+"""Small text students that are not shrunken transformers: a fastText-style bag of words and hashed bigrams, a
+1-D CNN (Kim 2014) and a BiLSTM (Tang et al. 2019's student), over a word vocabulary chosen from the data or the
+teacher's word pieces.
 
 Both take the same feeds as an encoder (`input_ids`, `attention_mask`) and ship a `tokenizer.json` beside their
 ONNX graph, so the text family's predictor, `mf serve` and tritonclient use them unchanged. They train in seconds,
@@ -36,6 +37,8 @@ SIZES: dict[str, dict[str, dict[str, int]]] = {
             "m": {"dim": 64, "buckets": 16384, "vocab": 20000}, "l": {"dim": 96, "buckets": 32768, "vocab": 30000}},
     "cnn": {"xs": {"dim": 32, "filters": 32, "vocab": 8000}, "s": {"dim": 48, "filters": 64, "vocab": 12000},
             "m": {"dim": 64, "filters": 96, "vocab": 20000}, "l": {"dim": 96, "filters": 128, "vocab": 30000}},
+    "lstm": {"xs": {"dim": 32, "hidden": 48, "vocab": 8000}, "s": {"dim": 48, "hidden": 64, "vocab": 12000},
+             "m": {"dim": 64, "hidden": 96, "vocab": 20000}, "l": {"dim": 96, "hidden": 128, "vocab": 30000}},
 }
 
 
@@ -88,7 +91,38 @@ class TextCNN(nn.Module):
         return StudentLogits(self.head(self.drop(torch.cat(pooled, -1))))
 
 
-ARCHS: dict[str, type[nn.Module]] = {"bag": BagOfNgrams, "cnn": TextCNN}
+class BiLSTM(nn.Module):
+    """Tang et al. (2019)'s distillation student: word embeddings, an LSTM each way, max over time (padding
+    masked out), one linear layer. It reads word order whole, not in windows of 2-4 as the CNN does.
+
+    The backward LSTM reads each row's own tokens reversed (a gather by the row's length), so padding stays at
+    the end for both directions and a row's answer does not depend on how long its batch companions are - which
+    `nn.LSTM(bidirectional=True)` on padded rows would not give, and a server that batches requests needs."""
+
+    def __init__(self, vocab: int, classes: int, dim: int = 48, hidden: int = 64, dropout: float = 0.3):
+        super().__init__()
+        self.config = {"arch": "lstm", "vocab": vocab, "classes": classes, "dim": dim, "hidden": hidden,
+                       "dropout": dropout}
+        self.embed = nn.Embedding(vocab, dim, padding_idx=0)
+        self.forward_rnn = nn.LSTM(dim, hidden, batch_first=True)
+        self.backward_rnn = nn.LSTM(dim, hidden, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(2 * hidden, classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> StudentLogits:
+        x = self.embed(input_ids)  # [batch, time, dim]
+        steps = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        length = attention_mask.sum(1, keepdim=True)
+        reverse = torch.where(steps < length, length - 1 - steps, steps)  # its own inverse
+        ahead, _ = self.forward_rnn(x)
+        back, _ = self.backward_rnn(x.gather(1, reverse.unsqueeze(-1).expand_as(x)))
+        back = back.gather(1, reverse.unsqueeze(-1).expand_as(back))
+        states = torch.cat([ahead, back], -1)
+        neg = (1 - attention_mask.to(states.dtype)).unsqueeze(-1) * -1e4
+        return StudentLogits(self.head(self.drop((states + neg).amax(1))))
+
+
+ARCHS: dict[str, type[nn.Module]] = {"bag": BagOfNgrams, "cnn": TextCNN, "lstm": BiLSTM}
 
 
 def build(config: Mapping[str, Any]) -> nn.Module:
@@ -104,7 +138,7 @@ def student_config(arch: str, params: Mapping[str, Any], classes: int) -> dict[s
     if size not in SIZES[arch]:
         raise ValueError(f"unknown size '{size}' for {arch} students (use one of {sorted(SIZES[arch])})")
     cfg = dict(SIZES[arch][size])
-    cfg.update({k: int(params[k]) for k in ("dim", "buckets", "filters", "vocab") if params.get(k)})
+    cfg.update({k: int(params[k]) for k in ("dim", "buckets", "filters", "hidden", "vocab") if params.get(k)})
     return {"arch": arch, "classes": classes, **cfg}
 
 
