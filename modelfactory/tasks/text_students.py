@@ -2,7 +2,7 @@
 1-D CNN (Kim 2014) and a BiLSTM (Tang et al. 2019's student), over a word vocabulary chosen from the data or the
 teacher's word pieces.
 
-Both take the same feeds as an encoder (`input_ids`, `attention_mask`) and ship a `tokenizer.json` beside their
+Each takes the same feeds as an encoder (`input_ids`, `attention_mask`) and ship a `tokenizer.json` beside their
 ONNX graph, so the text family's predictor, `mf serve` and tritonclient use them unchanged. They train in seconds,
 which is what lets a search afford dozens of trials. Their word embeddings may start from the teacher's own token
 embeddings (each word the mean of its word pieces, projected on the principal directions: model2vec's idea
@@ -47,6 +47,13 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+def masked_max(x: torch.Tensor, mask: torch.Tensor, time_dim: int = 1) -> torch.Tensor:
+    """Max over time with padded steps pushed far below any real value (`time_dim` 1: [batch, time, features];
+    -1: [batch, features, time])."""
+    neg = (1 - mask.to(x.dtype)) * -1e4
+    return (x + (neg.unsqueeze(-1) if time_dim == 1 else neg.unsqueeze(1))).amax(time_dim)
+
+
 class BagOfNgrams(nn.Module):
     """fastText (Joulin et al. 2017): the mean of word embeddings plus the mean of hashed bigram embeddings, then
     one linear layer. Bigram ids are hashed inside the graph, so the tokenizer stays a plain word vocabulary."""
@@ -86,8 +93,7 @@ class TextCNN(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> StudentLogits:
         x = self.embed(input_ids).transpose(1, 2)  # [batch, dim, time]
         seq = input_ids.shape[1]
-        neg = (1 - attention_mask.to(x.dtype)).unsqueeze(1) * -1e4
-        pooled = [(torch.relu(conv(x))[:, :, :seq] + neg).amax(-1) for conv in self.convs]
+        pooled = [masked_max(torch.relu(conv(x))[:, :, :seq], attention_mask, time_dim=-1) for conv in self.convs]
         return StudentLogits(self.head(self.drop(torch.cat(pooled, -1))))
 
 
@@ -118,8 +124,7 @@ class BiLSTM(nn.Module):
         back, _ = self.backward_rnn(x.gather(1, reverse.unsqueeze(-1).expand_as(x)))
         back = back.gather(1, reverse.unsqueeze(-1).expand_as(back))
         states = torch.cat([ahead, back], -1)
-        neg = (1 - attention_mask.to(states.dtype)).unsqueeze(-1) * -1e4
-        return StudentLogits(self.head(self.drop((states + neg).amax(1))))
+        return StudentLogits(self.head(self.drop(masked_max(states, attention_mask))))
 
 
 ARCHS: dict[str, type[nn.Module]] = {"bag": BagOfNgrams, "cnn": TextCNN, "lstm": BiLSTM}
