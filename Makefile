@@ -23,7 +23,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/mf demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -rs
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -rs --durations=15
 
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -rs -m "not slow"
