@@ -5,6 +5,7 @@ measured on the same test split and shown in the report and `mf models show --js
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -15,13 +16,13 @@ pytestmark = pytest.mark.slow
 
 
 def test_small_real_order_learns_and_reports_its_baselines(tmp_path, corpus_df, mf_home):
-    data = sample_csv(corpus_df, tmp_path / "reviews.csv", 100)  # 100 rows per class, 3 classes
+    data = sample_csv(corpus_df, tmp_path / "reviews.csv", 120)  # 120 rows per class, 3 classes
     order = tmp_path / "order.yaml"
     order.write_text(yaml.safe_dump({
         "name": "small-reviews", "task": "text-classification", "data": {"path": str(data)},
         "teacher": {"model": "sentence-transformers/all-MiniLM-L6-v2", "max_length": 32, "batch_size": 16,
                     "lr": 1e-4, "min_steps": 80},
-        "split": {"val": 0.2, "test": 0.25, "seed": 0},
+        "split": {"val": 0.2, "test": 0.25, "seed": 0, "max_rows": 300},  # 60 rows left out: transfer-set texts
         "search": {"max_trials": 4, "max_minutes": 3},
     }))
     proc = run_mf("order", "run", str(order), "--json", timeout=1200)
@@ -42,5 +43,7 @@ def test_small_real_order_learns_and_reports_its_baselines(tmp_path, corpus_df, 
     report = (mf_home / "orders" / "1" / "report.md").read_text()
     assert "baseline: majority class" in report and "baseline: classical" in report
     assert "## Recipe search" in report
+    left_out = re.search(r"(\d+) rows `split.max_rows` left out", report)  # distilled on, never evaluated on
+    assert left_out and 50 <= int(left_out[1]) <= 60, report
     archs = {t.split("arch=")[1].split(",")[0] for t in report.splitlines() if "arch=" in t}
     assert len(archs) >= 2  # the default search tried more than one student family

@@ -137,6 +137,39 @@ def test_the_transfer_set_is_labeled_in_length_sorted_batches_and_returned_in_ro
     assert spread < 150  # unsorted batches of 64 from 1-300 characters would span nearly all of it
 
 
+def test_rows_a_max_rows_sample_left_out_join_the_transfer_set_without_labels_or_held_out_inputs(corpus_df, tmp_path):
+    """A split that samples `max_rows` (a quick teacher on big data) leaves the user's other rows out; their inputs
+    are real texts a student can learn the teacher from. None may equal a validation or test input: the corpus
+    has every text twice here, so a held-out text's twin is among the left-out rows unless it is filtered."""
+    from types import SimpleNamespace
+
+    from modelfactory.data import versions
+    from modelfactory.data.split import sample_rows, stratified_split
+    from modelfactory.factory.stages import left_out_inputs
+
+    rows = corpus_df.groupby("label").head(40)
+    csv = tmp_path / "twice.csv"
+    pd.concat([rows, rows]).to_csv(csv, index=False)
+    ref = versions.add_file("twice", csv, {"text": "text", "label": "label"})
+    df = versions.load_rows(ref.artifact_id)
+    (tmp_path / "split").mkdir()
+    parts = stratified_split(df, val=0.1, test=0.2, seed=0, max_rows=60)
+    for name, part in parts.items():
+        part.to_parquet(tmp_path / "split" / f"{name}.parquet")
+    held_out = set(parts["val"]["text"]) | set(parts["test"]["text"])
+    _, left_rows = sample_rows(df, 60, 0)
+    assert held_out & set(left_rows["text"])  # twins of held-out texts were left out: the filter has work to do
+
+    split = SimpleNamespace(path=tmp_path / "split", manifest={"params": {"max_rows": 60, "seed": 0},
+                                                               "inputs": {"dataset": ref.artifact_id}})
+    left = left_out_inputs(split, "text", limit=10_000)
+    assert list(left.columns) == ["text"]  # the rows' labels stay behind: the teacher labels them
+    assert set(left["text"]) == set(left_rows["text"]) - held_out and left["text"].is_unique
+    assert len(left_out_inputs(split, "text", limit=7)) == 7
+    split.manifest["params"] = {"seed": 0}  # no sample, nothing left out
+    assert left_out_inputs(split, "text", limit=10_000).empty
+
+
 # --- students and their ONNX ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("arch", "tokens", "init"), [("bag", "word", "teacher"), ("cnn", "word", "teacher"),
                                                      ("bag", "teacher", "teacher_outputs"),

@@ -252,6 +252,17 @@ def _register(spec: OrderSpec, order_id: int, dataset: DatasetRef, the_plan: Pla
                        the_plan.candidates, searched)
 
 
+TRANSFER_SOURCES = {"train": "training rows", "unlabeled": "the dataset's unlabeled rows",
+                    "left_out": "rows `split.max_rows` left out (their labels unread)", "augmented": "augmented copies"}
+
+
+def transfer_text(m: dict[str, Any]) -> str:
+    """What the students learned the teacher from, row counts by source: real inputs teach more than copies."""
+    parts = [f"{m[f'{k}_rows']:,} {what}" for k, what in TRANSFER_SOURCES.items() if m.get(f"{k}_rows")]
+    return (f"Students distil over a transfer set of {m.get('rows', 0):,} rows labeled by the teacher: "
+            f"{', '.join(parts)}" + (f" ({m['copies']} per training row)" if m.get("augmented_rows") else "") + ".")
+
+
 def _write_report(spec: OrderSpec, order_id: int, dataset: DatasetRef, results: dict[str, NodeResult],
                   metrics: dict[str, dict], targets_met: dict[str, bool], ref: registry.ModelRef | None,
                   deployed: str, deploy: bool, searched: SearchResult | None = None,
@@ -266,6 +277,7 @@ def _write_report(spec: OrderSpec, order_id: int, dataset: DatasetRef, results: 
                                                 if spec.data.min_confidence is not None else "") + ")"
                    if spec.data.use_pseudo_labels else "") + ".", ""]
                if dataset.label_sources else []),
+             *([transfer_text(results["transfer"].artifact.metrics), ""] if "transfer" in results else []),
              "## Stages", "", "| stage | artifact | |", "|---|---|---|"]
     for name, res in results.items():
         how = "cache hit" if res.cached else (f"resumed from step {res.resumed_from_step}"

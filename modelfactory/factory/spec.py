@@ -152,11 +152,15 @@ class PruneSpec(Strict):
 
 
 class TransferSpec(Strict):
-    """The distillation transfer set: the training rows, augmented copies of them and the dataset's unlabeled
-    rows, all labeled by the teacher once (one cached artifact every student trial reuses)."""
+    """The distillation transfer set: the training rows, the dataset's unlabeled rows, the rows the split's
+    `max_rows` sample left out and augmented copies of the training rows, all labeled by the teacher once (one
+    cached artifact every student trial reuses)."""
 
     copies: int | None = Field(None, ge=0, le=50, description="augmented copies per training row (default: "
-                                                               "enough for about 36,000 rows, at most 20)")
+                                                               "enough for about 36,000 rows with the real "
+                                                               "inputs, at most 20)")
+    left_out: bool = Field(True, description="the inputs of the rows `split.max_rows` left out join, unlabeled "
+                                             "(real inputs before augmented copies, up to about 36,000 rows)")
     p_mask: float = Field(0.1, ge=0, le=1)
     p_replace: float = Field(0.1, ge=0, le=1)
     p_ngram: float = Field(0.25, ge=0, le=1)

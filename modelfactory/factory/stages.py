@@ -18,7 +18,7 @@ from ..compress.distill import DistillConfig, distill_loss, make_connectors, uni
 from ..compress.evaluate import evaluate_model
 from ..compress.export import export_and_verify
 from ..compress.quantize import optimize_onnx, quantize_dynamic_int8, quantize_static_int8
-from ..data.split import stratified_cut, stratified_split
+from ..data.split import sample_rows, stratified_cut, stratified_split
 from ..data.versions import load_rows, unlabeled_inputs
 from ..errors import MFError
 from ..tasks.base import ONNX_FILE, copy_model_files
@@ -171,22 +171,42 @@ def read_transfer(transfer: Artifact) -> tuple[pd.DataFrame, torch.Tensor]:
     return df, torch.from_numpy(np.load(transfer.path / "logits.npy"))
 
 
-@stage("transfer_set", version=2, kind="transfer")
+def left_out_inputs(split: Artifact, role: str, limit: int) -> pd.DataFrame:
+    """Up to `limit` inputs (column `role`) of the rows the split's `max_rows` sample left out, without their
+    labels; none equal to a validation or test input, so nothing the order is measured on is distilled on."""
+    params = split.manifest.get("params", {})
+    dataset = split.manifest.get("inputs", {}).get("dataset")
+    if not params.get("max_rows") or not dataset or limit <= 0:
+        return pd.DataFrame({role: []})
+    _, left = sample_rows(load_rows(dataset), params["max_rows"], params["seed"])
+    held_out = set(read_split(split, "val")[role]) | set(read_split(split, "test")[role])
+    left = left.loc[~left[role].isin(held_out), [role]].drop_duplicates(role)
+    return left.sample(n=min(limit, len(left)), random_state=params["seed"]).reset_index(drop=True)
+
+
+@stage("transfer_set", version=3, kind="transfer")
 def transfer_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
-    """The training rows, augmented copies of them and the dataset's unlabeled rows, each with the fp32 teacher's
-    logits: computed once per (teacher, split, augmentation), read by every student that distils over it."""
+    """The training rows, the dataset's unlabeled rows, the rows the split's sample left out, and augmented copies
+    of the training rows, each with the fp32 teacher's logits: computed once per (teacher, split, augmentation),
+    read by every student that distils over it. Real inputs come first and copies fill up to about
+    TRANSFER_ROWS: an input the user has teaches a student more than a perturbed copy of a training row."""
     task = tasks.get(params["task"])
     split, teacher = inputs["split"], inputs["teacher"]
     train = read_split(split, "train")
     labels = split.manifest["labels"]
-    copies = params.get("copies")
-    if copies is None:
-        copies = max(0, min(20, TRANSFER_ROWS // max(1, len(train)) - 1))
     role = task.roles[0]
     parts = [train.assign(source="train")]
     unlabeled = unlabeled_inputs(split.manifest.get("inputs", {}).get("dataset"), role)
     if len(unlabeled):
         parts.append(unlabeled.assign(source="unlabeled"))
+    if params.get("left_out", True):
+        left = left_out_inputs(split, role, TRANSFER_ROWS - len(train) - len(unlabeled))
+        if len(left):
+            parts.append(left.assign(source="left_out"))
+    copies = params.get("copies")
+    if copies is None:
+        room = TRANSFER_ROWS - sum(len(p) for p in parts)
+        copies = max(0, min(20, room // max(1, len(train))))
     if copies:
         parts.append(task.augment_rows(train, copies, params.get("seed", 0), params).assign(source="augmented"))
     df = pd.concat(parts, ignore_index=True)
