@@ -251,6 +251,12 @@ class Targets(Strict):
                                                    "classical baseline (text: TF-IDF + logistic regression)")
     max_latency_ms: float | None = Field(None, gt=0, le=1e7)
     max_size_mb: float | None = Field(None, gt=0, le=1e7)
+    # Relative to what any user gets with one call (the teacher quantized to dynamic INT8, measured in the same
+    # order), so an order can ask for "10x cheaper" without knowing the teacher's size or this machine's speed.
+    min_size_reduction: float | None = Field(None, ge=1, le=1e6, description="the deployed ONNX file at least this "
+                                             "many times smaller than the dynamic-INT8 teacher's")
+    min_speedup: float | None = Field(None, ge=1, le=1e6, description="batch-1 p50 latency at least this many "
+                                      "times lower than the dynamic-INT8 teacher's")
 
 
 class OrderSpec(Strict):
@@ -305,6 +311,16 @@ class OrderSpec(Strict):
         if self.quantize != "none":
             steps.append(RecipeStep(quantize=QuantizeSpec(mode=self.quantize)))
         return steps
+
+    @model_validator(mode="after")
+    def _relative_targets(self) -> OrderSpec:
+        from .. import tasks
+
+        relative = [k for k in ("min_size_reduction", "min_speedup") if getattr(self.targets, k) is not None]
+        if relative and tasks.get(self.task).pipeline != "compress":
+            raise ValueError(f"targets.{relative[0]}: relative to the dynamic-INT8 teacher, which a "
+                             f"'{self.task}' order does not make; use max_size_mb / max_latency_ms")
+        return self
 
     @field_validator("task")
     @classmethod

@@ -198,9 +198,23 @@ def baseline_accuracy(results: dict[str, NodeResult]) -> float | None:
 
 
 def targets_of(spec: OrderSpec, results: dict[str, NodeResult] | None = None) -> Targets:
-    t = spec.targets.model_dump()
-    beat = t.pop("beat_baseline", False)
-    return Targets(**t, min_accuracy=baseline_accuracy(results or {}) if beat else None)
+    """The order's targets in the search's absolute terms: the baseline's accuracy, and the relative size and
+    latency targets turned into megabytes and milliseconds of the INT8 teacher measured in this order."""
+    t = spec.targets
+    size_mb, latency_ms = t.max_size_mb, t.max_latency_ms
+    int8 = (results or {}).get("evaluate_teacher_int8")
+    if int8 is not None:
+        m = int8.artifact.metrics
+        if t.min_size_reduction is not None:
+            size_mb = _tighter(size_mb, m["size_bytes"] / 1e6 / t.min_size_reduction)
+        if t.min_speedup is not None:
+            latency_ms = _tighter(latency_ms, m["latency_ms_p50"] / t.min_speedup)
+    return Targets(min_accuracy_ratio=t.min_accuracy_ratio, max_latency_ms=latency_ms, max_size_mb=size_mb,
+                   min_accuracy=baseline_accuracy(results or {}) if t.beat_baseline else None)
+
+
+def _tighter(limit: float | None, other: float) -> float:
+    return other if limit is None else min(limit, other)
 
 
 def chosen_plan(spec: OrderSpec, teacher_plan: Plan, runs: dict[int, tuple[Plan, dict[str, NodeResult]]],
