@@ -1,7 +1,8 @@
 """Recipe search vs the teacher, the INT8 teacher and the simple baselines, on real labeled corpora, side by side.
 
 Text corpora (issue 15's bar) run as a user's order would: no recipe, so the factory's default search over every
-student family, with the targets `min_accuracy_ratio: 0.97` and `beat_baseline: true`, on the corpus and on
+student family, with issue 15's bar as its targets (`min_accuracy_ratio: 0.97`, `beat_baseline: true`,
+`min_size_reduction: 10`, `min_speedup: 10`, the last two against the INT8 teacher), on the corpus and on
 stratified cuts of its training part (1,000 and 500 rows; same test split). Each is measured here beside the
 majority class, TF-IDF + logistic regression, the fp32 teacher and the teacher simply quantized to INT8 — accuracy,
 macro-F1, size, batch-1 model latency and raw-text-in latency — and checked against the bar: at least as accurate
@@ -182,7 +183,9 @@ def write_index() -> None:
 
 
 TEXT_TEACHER = {"model": "sentence-transformers/all-MiniLM-L6-v2", "max_length": 64, "lr": 1e-4, "epochs": 2}
-TEXT_TARGETS = {"min_accuracy_ratio": 0.97, "beat_baseline": True}
+# Issue 15's bar as an order states it: the size and latency multiples are relative to the INT8 teacher the order
+# measures itself, so the search ranks only what is inside the bar.
+TEXT_TARGETS = {"min_accuracy_ratio": 0.97, "beat_baseline": True, "min_size_reduction": 10, "min_speedup": 10}
 
 
 def text_order(corpus: str, dataset: str, cut: int | None, trials: int, minutes: float) -> dict:
@@ -368,7 +371,8 @@ def write_text_corpus(name: str, parts: list[tuple[dict, list[str]]], pending: l
     when = parts[0][0]["when"]
     md = [f"<!-- measured {when}, {os.cpu_count()} CPU cores, one run of bench/compress.py -->",
           f"## {name}: full training set and stratified cuts (same test split)", "",
-          "Deployed model: what the user's order (`targets: {min_accuracy_ratio: 0.97, beat_baseline: true}`, "
+          "Deployed model: what the user's order (`targets: {min_accuracy_ratio: 0.97, beat_baseline: true, "
+          "min_size_reduction: 10, min_speedup: 10}`, "
           "default search) registered; when it registered nothing, the trial that is >= 10x smaller and >= 10x "
           "faster than the INT8 teacher with the best validation accuracy is shown instead. The search chooses by "
           "validation accuracy, so these test figures are a held-out check of its choice. Multiples are vs the "
