@@ -61,3 +61,15 @@ def test_relative_targets_are_refused_where_no_int8_teacher_is_made():
         parse_spec({**BASE, "task": "causal-lm", "targets": {"min_speedup": 10}})
     with pytest.raises(MFError, match=r"targets\.min_size_reduction"):
         parse_spec({**BASE, "targets": {"min_size_reduction": 0.5}})
+
+
+def test_the_choice_margin_is_one_standard_error_of_the_teachers_validation_accuracy():
+    spec = parse_spec({**BASE, "targets": {"min_accuracy_ratio": 0.97}})
+    results = {"split": _evaluated({"train": 4000, "val": 500, "test": 750}),
+               "evaluate_teacher": _evaluated({"accuracy": 0.82, "val_accuracy": 0.80})}
+    t = targets_of(spec, results)
+    assert t.accuracy_margin == pytest.approx((0.8 * 0.2 / 500) ** 0.5)  # 1.79 points
+    assert t.ratio_margin == pytest.approx(t.accuracy_margin / 0.80)
+    bigger = targets_of(spec, {**results, "split": _evaluated({"train": 40000, "val": 5000, "test": 750})})
+    assert bigger.accuracy_margin == pytest.approx(t.accuracy_margin / 10 ** 0.5)
+    assert targets_of(spec, {"evaluate_teacher": results["evaluate_teacher"]}).accuracy_margin == 0.0

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from modelfactory.compress.search import Targets, Trial, choose, infeasible_message, pareto_front, search
+from modelfactory.compress.search import Targets, Trial, choose, infeasible_message, margin_reason, pareto_front, search
 
 from .conftest import run_mf, sample_csv, tiny_order
 
@@ -32,6 +32,39 @@ def test_choose_prefers_fastest_feasible_then_smallest():
     assert choose(front, Targets(min_accuracy_ratio=0.97)).number == 2
     assert choose(front, Targets(min_accuracy_ratio=0.98)).number == 0
     assert choose(front, Targets(min_accuracy_ratio=0.995)) is None
+
+
+def _acc(n, acc, teacher_acc, mb, ms):
+    return Trial(n, {"n": n}, accuracy_ratio=acc / teacher_acc, size_mb=mb, latency_ms=ms, accuracy=acc)
+
+
+def test_choose_takes_the_cheapest_clearing_the_accuracy_bar_by_the_margin():
+    # Teacher 0.80 on validation, bar 0.97 x 0.80 = 0.776; margin 2 points (0.025 as a ratio).
+    targets = Targets(min_accuracy_ratio=0.97, max_size_mb=2.0, accuracy_margin=0.02, ratio_margin=0.025)
+    grazing = _acc(0, 0.780, 0.80, 1.0, 0.1)  # cheapest over the bar, by 0.4 points
+    clear = _acc(1, 0.800, 0.80, 1.5, 0.2)  # 2.4 points over
+    clearer = _acc(2, 0.810, 0.80, 1.8, 0.3)
+    too_big = _acc(3, 0.820, 0.80, 5.0, 0.05)
+    assert choose([grazing, clear, clearer, too_big], targets).number == 1
+    assert "clearing the accuracy targets by one standard error" in margin_reason(clear, targets)
+    # Without the margin (a split of unknown size): the cheapest meeting the bar, as before.
+    assert choose([grazing, clear, clearer], Targets(min_accuracy_ratio=0.97)).number == 0
+
+
+def test_choose_falls_back_to_the_cheapest_meeting_the_targets_when_none_clears_by_the_margin():
+    targets = Targets(min_accuracy_ratio=0.97, min_accuracy=0.70, max_latency_ms=0.5, accuracy_margin=0.03,
+                      ratio_margin=0.0375)
+    cheap = _acc(0, 0.780, 0.80, 1.0, 0.1)
+    better = _acc(1, 0.790, 0.80, 1.5, 0.2)
+    slow = _acc(2, 0.830, 0.80, 1.5, 0.9)  # clears by far, but misses the latency target
+    under = _acc(3, 0.770, 0.80, 0.5, 0.05)  # misses the bar
+    chosen = choose([cheap, better, slow, under], targets)
+    assert chosen.number == 0
+    assert "none cleared the accuracy targets" in margin_reason(chosen, targets)
+    # The margin applies to the baseline's accuracy too: 0.79 clears 0.755 by 3.5 points, 0.78 only by 2.5.
+    assert choose([cheap, better], Targets(min_accuracy=0.755, accuracy_margin=0.03)).number == 1
+    assert choose([under], targets) is None
+    assert margin_reason(cheap, Targets(max_size_mb=2, accuracy_margin=0.03)).startswith("the fastest")
 
 
 def test_infeasible_message_names_the_best_trade_offs():

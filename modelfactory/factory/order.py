@@ -219,7 +219,8 @@ def baseline_lines(metrics: dict[str, dict], baselines: dict[str, dict], deploye
             lines.append(f"The deployed `{deployed}` is at least as accurate as the classical baseline "
                          f"({d['accuracy']:.4f} vs {classical['accuracy']:.4f}).")
         else:
-            why = ("it was chosen as the cheapest model meeting the targets" if spec_targets_set else
+            why = ("it was chosen as meeting the targets (the recipe search section says why this one)"
+                   if spec_targets_set else
                    "no targets were set, so the fastest model of the Pareto front was chosen")
             lines.append(f"The deployed `{deployed}` is **less accurate than the classical baseline** "
                          f"({d['accuracy']:.4f} vs {classical['accuracy']:.4f}): {why}; "

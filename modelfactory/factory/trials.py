@@ -4,11 +4,12 @@ the same cached stage runner, so finished trials are cache hits when the search 
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
 from .. import tasks
-from ..compress.search import SearchResult, Targets, Trial, choose, pareto_front, plot_front, search
+from ..compress.search import SearchResult, Targets, Trial, choose, margin_reason, pareto_front, plot_front, search
 from ..errors import MFError
 from .planner import Node, Plan, evaluate_node, student_chain, teacher_plan, transfer_node
 from .runner import NodeResult, Reporter, run_plan
@@ -209,8 +210,24 @@ def targets_of(spec: OrderSpec, results: dict[str, NodeResult] | None = None) ->
             size_mb = _tighter(size_mb, m["size_bytes"] / 1e6 / t.min_size_reduction)
         if t.min_speedup is not None:
             latency_ms = _tighter(latency_ms, m["latency_ms_p50"] / t.min_speedup)
+    accuracy_margin, ratio_margin = _validation_noise(results or {})
     return Targets(min_accuracy_ratio=t.min_accuracy_ratio, max_latency_ms=latency_ms, max_size_mb=size_mb,
-                   min_accuracy=baseline_accuracy(results or {}) if t.beat_baseline else None)
+                   min_accuracy=baseline_accuracy(results or {}) if t.beat_baseline else None,
+                   accuracy_margin=accuracy_margin, ratio_margin=ratio_margin)
+
+
+def _validation_noise(results: dict[str, NodeResult]) -> tuple[float, float]:
+    """One standard error of an accuracy near the teacher's measured on the validation split, sqrt(p(1-p)/n), in
+    points and as a ratio to the teacher's accuracy: the margin `choose` wants a cheap pick to clear the targets
+    by. (0, 0) when the split or the teacher's validation accuracy is unknown."""
+    split, teacher = results.get("split"), results.get("evaluate_teacher")
+    if split is None or teacher is None or "val_accuracy" not in teacher.artifact.metrics:
+        return 0.0, 0.0
+    n, p = split.artifact.metrics.get("val", 0), teacher.artifact.metrics["val_accuracy"]
+    if not n or not 0.0 < p < 1.0:
+        return 0.0, 0.0
+    se = math.sqrt(p * (1.0 - p) / n)
+    return se, se / p
 
 
 def _tighter(limit: float | None, other: float) -> float:
@@ -238,11 +255,15 @@ def search_report(result: SearchResult, spec: OrderSpec, folder: Path,
                   results: dict[str, NodeResult] | None = None) -> list[str]:
     from ..compress.search import front_table
 
-    png = plot_front(result, folder / "pareto.png", targets_of(spec, results), title=f"{spec.name}: recipe search")
+    targets = targets_of(spec, results)
+    png = plot_front(result, folder / "pareto.png", targets, title=f"{spec.name}: recipe search")
     lines = ["## Recipe search", "",
              f"{len(result.trials)} trials (stopped by {result.stopped_by}); objectives: accuracy on the validation "
              "split and its ratio to the fp32 teacher's there (what the search chooses by, so the test split stays a "
              "held-out check of the choice; test accuracy beside), ONNX file size, batch-1 p50 latency (1 thread).",
              "",
              front_table(result), "", f"![Pareto front]({png.name})", ""]
+    if result.chosen is not None:
+        number = "the baseline" if result.chosen.number == BASELINE_TRIAL else f"trial {result.chosen.number}"
+        lines[-1:-1] = [f"Chosen: {number}, {margin_reason(result.chosen, targets)}.", ""]
     return lines
