@@ -262,8 +262,8 @@ def search_report(result: SearchResult, spec: OrderSpec, folder: Path,
              "split and its ratio to the fp32 teacher's there (what the search chooses by, so the test split stays a "
              "held-out check of the choice; test accuracy beside), ONNX file size, batch-1 p50 latency (1 thread).",
              "",
-             front_table(result), "", f"![Pareto front]({png.name})", ""]
+             front_table(result), ""]
     if result.chosen is not None:
         number = "the baseline" if result.chosen.number == BASELINE_TRIAL else f"trial {result.chosen.number}"
-        lines[-1:-1] = [f"Chosen: {number}, {margin_reason(result.chosen, targets)}.", ""]
-    return lines
+        lines += [f"Chosen: {number}, {margin_reason(result.chosen, targets)}.", ""]
+    return lines + [f"![Pareto front]({png.name})", ""]
