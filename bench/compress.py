@@ -27,6 +27,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import platform
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,17 @@ CORPORA = {
                              "alpha": [0.9, 0.7], "quantize": ["static"]},
                             split={"val": 0.1, "test": 0.15, "seed": 0}, fast_threshold=0.97),
 }
+
+
+def cpu_model() -> str:
+    """The processor's name: figures from two runs compare only on the same hardware, so each run records it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def order_for(corpus: str, dataset: str, trials: int, minutes: float) -> dict:
@@ -191,10 +203,12 @@ MAX_LENGTH = {"rotten-tomatoes": 64, "convention-2012": 128}
 TEXT_TARGETS = {"min_accuracy_ratio": 0.97, "beat_baseline": True, "min_size_reduction": 10, "min_speedup": 10}
 
 
-def text_order(corpus: str, dataset: str, cut: int | None, trials: int, minutes: float) -> dict:
+def text_order(corpus: str, dataset: str, cut: int | None, trials: int, minutes: float,
+               split_seed: int = 0) -> dict:
     """What a user would write: data, a teacher, targets; no recipe (the factory's default search)."""
-    split = {"val": 0.1, "test": 0.15, "seed": 0, "max_rows": 5000, **({"train_rows": cut} if cut else {})}
-    return {"name": f"bench-{corpus}" + (f"-{cut}" if cut else ""), "tenant": "bench",
+    split = {"val": 0.1, "test": 0.15, "seed": split_seed, "max_rows": 5000, **({"train_rows": cut} if cut else {})}
+    name = f"bench-{corpus}" + (f"-{cut}" if cut else "") + (f"-seed{split_seed}" if split_seed else "")
+    return {"name": name, "tenant": "bench",
             "task": "text-classification", "data": {"dataset": dataset},
             "teacher": {**TEXT_TEACHER, "max_length": MAX_LENGTH.get(corpus, 128)}, "split": split,
             "search": {"max_trials": trials, "max_minutes": minutes, "seed": 0}, "targets": TEXT_TARGETS}
@@ -254,7 +268,8 @@ def order_artifacts(order_id: int) -> dict:
     return {node: store.get(key) for node, key in runs.items() if store.exists(key)}
 
 
-def run_text(name: str, cut: int | None, trials: int, minutes: float) -> tuple[dict, list[str]]:
+def run_text(name: str, cut: int | None, trials: int, minutes: float,
+             split_seed: int = 0) -> tuple[dict, list[str]]:
     """One cut of a corpus: the user's order, then every model of interest measured here on its test rows."""
     from modelfactory import tasks
     from modelfactory.compress.evaluate import evaluate_model
@@ -270,8 +285,8 @@ def run_text(name: str, cut: int | None, trials: int, minutes: float) -> tuple[d
     when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     corpus = builtin.corpus(name)
     ds = versions.add_table(corpus.name, corpus.table(), tenant="bench")
-    spec = parse_spec(text_order(name, str(ds), cut, trials, minutes), f"bench order {name}")
-    key = f"{name}@{cut or 'full'}"
+    spec = parse_spec(text_order(name, str(ds), cut, trials, minutes, split_seed), f"bench order {name}")
+    key = f"{name}@{cut or 'full'}" + (f" (split seed {split_seed})" if split_seed else "")
     print(f"== {key}: {ds}, default search of up to {trials} trials / {minutes:g} min", flush=True)
     t0 = dt.datetime.now(dt.UTC)
     error = None
@@ -319,7 +334,10 @@ def run_text(name: str, cut: int | None, trials: int, minutes: float) -> tuple[d
     checks = bar_checks(rows, deployed)
     fit = art["teacher"].metrics
     load = os.getloadavg()[0]  # latency is only comparable to another run's on a machine equally busy
-    entry = {"when": when, "cores": os.cpu_count(), "load_1min": load, "corpus": name, "cut": cut, "dataset": str(ds),
+    # Whether the INT8 teacher was graph-optimized before quantization (it moves its latency and accuracy).
+    optimized = art["optimize_teacher"].metrics.get("optimized") if "optimize_teacher" in art else None
+    entry = {"when": when, "split_seed": split_seed, "cores": os.cpu_count(), "cpu": cpu_model(), "load_1min": load,
+             "teacher_int8_optimized": optimized, "corpus": name, "cut": cut, "dataset": str(ds),
              "test_rows": len(test), "train_rows": art["split"].metrics.get("train"), "order_seconds": wall,
              "teacher_fit": {k: v for k, v in fit.items() if k != "confusion"}, "models": rows,
              "deployed": deployed, "checks": checks, "error": error, "trials": tried,
@@ -329,8 +347,9 @@ def run_text(name: str, cut: int | None, trials: int, minutes: float) -> tuple[d
           "", f"Order wall time {wall / 60:.1f} min (teacher, transfer set, baselines and search). Teacher "
           f"fine-tune: {len(fit.get('attempts', []))} attempt(s), best validation macro-F1 "
           f"{fit.get('val_macro_f1', float('nan')):.3f} (majority class {fit.get('majority_val_macro_f1', 0):.3f}), "
-          f"collapsed: {fit.get('collapsed')}. Load average when measured: {load:.1f} on {os.cpu_count()} cores "
-          "(batch-1 latencies of the larger models grow with it).", "", metrics_table(rows), "", *val_lines, ""]
+          f"collapsed: {fit.get('collapsed')}. INT8 teacher graph-optimized before quantization: {optimized}. "
+          f"Load average when measured: {load:.1f} on {os.cpu_count()} cores ({cpu_model()}; batch-1 latencies of "
+          "the larger models grow with the load).", "", metrics_table(rows), "", *val_lines, ""]
     if error:
         md += [f"The order deployed nothing: {error.split(' (report:')[0]}.", ""]
     md += ["Every trial of the default search (the order's own measurements):", "",
@@ -362,19 +381,23 @@ def cut_row(e: dict) -> str:
             f"{'all pass' if not failed else 'FAIL: ' + '; '.join(failed)} |")
 
 
-def run_text_corpus(name: str, cuts: list[int | None], trials: int, minutes: float) -> None:
+def run_text_corpus(name: str, cuts: list[int | None], trials: int, minutes: float, split_seed: int = 0) -> None:
     """Every cut of one corpus in this one run; one JSON + markdown for the corpus (summary row per cut),
     rewritten after each cut so a run stopped part-way keeps the cuts it measured."""
     parts: list[tuple[dict, list[str]]] = []
     for cut in cuts:
-        parts.append(run_text(name, cut, trials, minutes))
-        write_text_corpus(name, parts, [c for c in cuts[len(parts):]])
+        parts.append(run_text(name, cut, trials, minutes, split_seed))
+        write_text_corpus(name, parts, [c for c in cuts[len(parts):]], split_seed)
 
 
-def write_text_corpus(name: str, parts: list[tuple[dict, list[str]]], pending: list[int | None]) -> None:
+def write_text_corpus(name: str, parts: list[tuple[dict, list[str]]], pending: list[int | None],
+                      split_seed: int = 0) -> None:
+    """compress_<corpus>.{json,md}; another split seed writes compress_<corpus>_seed<N>.* (not in the index)."""
     when = parts[0][0]["when"]
-    md = [f"<!-- measured {when}, {os.cpu_count()} CPU cores, one run of bench/compress.py -->",
-          f"## {name}: full training set and stratified cuts (same test split)", "",
+    stem = f"compress_{name}" + (f"_seed{split_seed}" if split_seed else "")
+    md = [f"<!-- measured {when}, {os.cpu_count()} CPU cores ({cpu_model()}), one run of bench/compress.py -->",
+          f"## {name}: full training set and stratified cuts (same test split"
+          + (f"; split seed {split_seed}, not the bench's 0" if split_seed else "") + ")", "",
           "Deployed model: what the user's order (`targets: {min_accuracy_ratio: 0.97, beat_baseline: true, "
           "min_size_reduction: 10, min_speedup: 10}`, "
           "default search) registered; when it registered nothing, the trial that is >= 10x smaller and >= 10x "
@@ -389,10 +412,11 @@ def write_text_corpus(name: str, parts: list[tuple[dict, list[str]]], pending: l
         md += [f"Not measured in this run (stopped first): cuts {', '.join(str(c or 'full') for c in pending)}.", ""]
     for _, section in parts:
         md += section + [""]
-    (RESULTS / f"compress_{name}.json").write_text(json.dumps(
-        {"benchmark": "compress", "corpus": name, "when": when, "bar": BARS["text-classification"].__dict__,
+    (RESULTS / f"{stem}.json").write_text(json.dumps(
+        {"benchmark": "compress", "corpus": name, "when": when, "split_seed": split_seed,
+         "bar": BARS["text-classification"].__dict__,
          "cuts": {str(e["cut"] or "full"): e for e, _ in parts}, "pending": pending}, indent=2, default=str))
-    (RESULTS / f"compress_{name}.md").write_text("\n".join(md) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md[:len(parts) + 10]), flush=True)
 
 
@@ -403,6 +427,9 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=25.0)
     ap.add_argument("--corpora", default=",".join(CORPORA))
     ap.add_argument("--cuts", default="full,1000,500", help="text corpora: training-set cuts to run")
+    ap.add_argument("--split-seed", type=int, default=0,
+                    help="text corpora: draw the train/val/test split with this seed (results in "
+                         "compress_<corpus>_seed<N>.*; the README's table is seed 0)")
     args = ap.parse_args()
     os.environ["MF_HOME"] = args.home
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -410,7 +437,7 @@ def main() -> None:
     names = args.corpora.split(",")
     cuts = [None if c == "full" else int(c) for c in args.cuts.split(",")]
     for name in [n for n in names if CORPORA[n].task == "text-classification"]:
-        run_text_corpus(name, cuts, args.trials, args.minutes)
+        run_text_corpus(name, cuts, args.trials, args.minutes, args.split_seed)
     names = [n for n in names if CORPORA[n].task != "text-classification"]
     if not names:
         write_index()
@@ -459,12 +486,13 @@ def main() -> None:
         plot = result.report_path.parent / "pareto.png"
         if plot.exists():
             shutil.copy(plot, RESULTS / f"compress_{name}_pareto.png")
-        entry = {"benchmark": "compress", "when": when, "cores": os.cpu_count(), "task": config.task,
+        entry = {"benchmark": "compress", "when": when, "cores": os.cpu_count(), "cpu": cpu_model(),
+                 "task": config.task,
                  "bar": bar.__dict__, "search_space": config.space, "dataset": str(ds), "test_rows": len(test),
                  "models": rows, "achieved": results,
                  "trials": [{"number": x.number, "params": x.params, "accuracy_ratio": x.accuracy_ratio,
                              "size_mb": x.size_mb, "latency_ms": x.latency_ms} for x in trials]}
-        md = [f"<!-- measured {when}, {os.cpu_count()} CPU cores -->",
+        md = [f"<!-- measured {when}, {os.cpu_count()} CPU cores ({cpu_model()}) -->",
               f"## {name} (`{ds}`, {len(test)} test rows, {config.task})", "", corpus.description, "",
               f"Best-accuracy recipe (trial {best.number}): `{json.dumps(best.extra['recipe'])}`", "",
               metrics_table(rows), "",

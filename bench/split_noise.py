@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -30,19 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from compress import cpu_model  # a sibling script: bench/ is not a package
+
 RESULTS = Path(__file__).parent / "results"
 SPLIT = {"val": 0.1, "test": 0.15, "max_rows": 5000}
 MAX_LENGTH = {"rotten-tomatoes": 64, "convention-2012": 128}  # as bench/compress.py's orders
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_split(corpus: str, seed: int, folder: Path):
