@@ -29,11 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compress import cpu_model  # a sibling script: bench/ is not a package
+from compress import MAX_LENGTH, TEXT_TEACHER, cpu_model  # a sibling script: bench/ is not a package
 
 RESULTS = Path(__file__).parent / "results"
 SPLIT = {"val": 0.1, "test": 0.15, "max_rows": 5000}
-MAX_LENGTH = {"rotten-tomatoes": 64, "convention-2012": 128}  # as bench/compress.py's orders
 
 
 def make_split(corpus: str, seed: int, folder: Path):
@@ -67,8 +66,9 @@ def teacher_scores(corpus: str, split, parts, seed: int, work: Path) -> dict[str
     ctx = StageContext(out=work / "out", work=work / "work")
     shutil.rmtree(ctx.out, ignore_errors=True)
     ctx.out.mkdir(parents=True)
-    params = {"task": "text-classification", "_pretrained": "sentence-transformers/all-MiniLM-L6-v2",
-              "lr": 1e-4, "epochs": 2.0, "batch_size": 32, "max_length": MAX_LENGTH[corpus], "seed": seed,
+    # bench/compress.py's teacher, as its orders' planner passes it to the stage (batch 32: the spec's default).
+    params = {"task": "text-classification", "_pretrained": TEXT_TEACHER["model"], "lr": TEXT_TEACHER["lr"],
+              "epochs": float(TEXT_TEACHER["epochs"]), "batch_size": 32, "max_length": MAX_LENGTH[corpus], "seed": seed,
               "min_steps": task.teacher_min_steps, "retries": task.teacher_retries}
     t0 = time.perf_counter()
     fit = TeacherFit(ctx, split, params).run()["metrics"]
@@ -112,8 +112,8 @@ def write(corpus: str, when: str, runs: list[dict]) -> None:
           f"# Split noise: teacher vs TF-IDF + LR on {corpus}, one random split per seed", "",
           f"Val {SPLIT['val']} / test {SPLIT['test']} of up to {SPLIT['max_rows']} rows, stratified, per seed "
           "(seed 0 is bench/compress.py's split). Teacher: all-MiniLM-L6-v2 fine-tuned by the factory's teacher "
-          f"stage ({MAX_LENGTH[corpus]} tokens, lr 1e-4); TF-IDF + LR: the factory's baseline. Gap = teacher - "
-          "TF-IDF + LR, in points. CV5: the baseline's 5-fold accuracy over train + validation.", "",
+          f"stage ({MAX_LENGTH[corpus]} tokens, lr {TEXT_TEACHER['lr']:g}); TF-IDF + LR: the factory's baseline. "
+          "Gap = teacher - TF-IDF + LR, in points. CV5: the baseline's 5-fold accuracy over train + validation.", "",
           "| seed | teacher val | TF-IDF val | gap val | teacher test | TF-IDF test | gap test | TF-IDF CV5 | "
           "teacher minutes |", "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
