@@ -87,13 +87,14 @@ def _with_ngram_tuples(pipe):
     fires in the graph. Our token pattern never matches a space, so splitting on it is exact."""
     import copy
 
-    tfidf = pipe.steps[0][1]
-    if tfidf.token_pattern != r"(?u)\b\w\w+\b" or tfidf.tokenizer is not None or tfidf.analyzer != "word":
+    from sklearn.pipeline import Pipeline
+
+    (name, fitted), *rest = pipe.steps
+    if fitted.token_pattern != r"(?u)\b\w\w+\b" or fitted.tokenizer is not None or fitted.analyzer != "word":
         raise ValueError("only scikit-learn's default word tokenization has an exact ONNX equivalent here")
-    pipe = copy.deepcopy(pipe)
-    tfidf = pipe.steps[0][1]
-    tfidf.vocabulary_ = {tuple(gram.split(" ")): index for gram, index in tfidf.vocabulary_.items()}
-    return pipe, tfidf
+    tfidf = copy.copy(fitted)  # shares the fitted arrays; only the vocabulary is replaced
+    tfidf.vocabulary_ = {tuple(gram.split(" ")): index for gram, index in fitted.vocabulary_.items()}
+    return Pipeline([(name, tfidf), *rest]), tfidf
 
 
 def _fix_sublinear_tf(graph) -> None:
