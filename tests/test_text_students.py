@@ -164,11 +164,54 @@ def test_rows_a_max_rows_sample_left_out_join_the_transfer_set_without_labels_or
                                                                "inputs": {"dataset": ref.artifact_id}})
     left = left_out_inputs(split, "text", limit=10_000)
     assert list(left.columns) == ["text"]  # the rows' labels stay behind: the teacher labels them
-    assert set(left["text"]) == set(left_rows["text"]) - held_out and left["text"].is_unique
+    # ...nor a training input's twin: that text is in the transfer set already, with its label
+    assert set(left["text"]) == set(left_rows["text"]) - held_out - set(parts["train"]["text"])
+    assert left["text"].is_unique
     assert len(left_out_inputs(split, "text", limit=7)) == 7
     split.manifest["params"] = {"seed": 0}  # no sample, nothing left out
     assert left_out_inputs(split, "text", limit=10_000).empty
 
+
+
+def test_rows_a_train_rows_cut_dropped_join_the_transfer_set_unlabeled(corpus_df, tmp_path):
+    """An order on a few labeled rows of a bigger corpus (`split.train_rows`) still has the other training rows'
+    texts: they join the transfer set unlabeled, with the rows a `max_rows` sample left out, and never a text the
+    order trains, validates or tests on."""
+    from types import SimpleNamespace
+
+    from modelfactory.data import versions
+    from modelfactory.data.split import sample_rows, stratified_cut, stratified_split
+    from modelfactory.factory.stages import left_out_inputs
+
+    csv = tmp_path / "rows.csv"
+    corpus_df.groupby("label").head(60).to_csv(csv, index=False)
+    ref = versions.add_file("rows", csv, {"text": "text", "label": "label"})
+    df = versions.load_rows(ref.artifact_id)
+
+    def split_of(max_rows: int | None) -> tuple[SimpleNamespace, set[str], set[str]]:
+        """The split stage's files for these params, and the texts the cut dropped and the sample left out."""
+        params = {"val": 0.1, "test": 0.2, "seed": 0, "max_rows": max_rows, "train_rows": 30}
+        parts = stratified_split(df, val=0.1, test=0.2, seed=0, max_rows=max_rows)
+        before_cut = parts["train"]
+        parts["train"] = stratified_cut(parts["train"], 30, 0)
+        out = tmp_path / f"split{max_rows}"
+        out.mkdir()
+        for name, part in parts.items():
+            part.to_parquet(out / f"{name}.parquet")
+        seen = set(parts["train"]["text"]) | set(parts["val"]["text"]) | set(parts["test"]["text"])
+        return (SimpleNamespace(path=out, manifest={"params": params, "inputs": {"dataset": ref.artifact_id}}),
+                set(before_cut["text"]) - seen, set(sample_rows(df, max_rows, 0)[1]["text"]) - seen)
+
+    split, cut_away, sampled_away = split_of(150)
+    assert len(cut_away) >= 50 and sampled_away  # both sources have rows to give
+    left = left_out_inputs(split, "text", limit=10_000)
+    assert list(left.columns) == ["text"] and left["text"].is_unique
+    assert set(left["text"]) == cut_away | sampled_away
+    few = left_out_inputs(split, "text", limit=20)
+    assert len(few) == 20 and set(few["text"]) <= cut_away | sampled_away
+    split, cut_away, sampled_away = split_of(None)  # a cut alone: only the rows it dropped
+    assert not sampled_away and len(cut_away) >= 90
+    assert set(left_out_inputs(split, "text", limit=10_000)["text"]) == cut_away
 
 # --- students and their ONNX ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("arch", "tokens", "init"), [("bag", "word", "teacher"), ("cnn", "word", "teacher"),

@@ -275,7 +275,9 @@ def _register(spec: OrderSpec, order_id: int, dataset: DatasetRef, the_plan: Pla
 
 
 TRANSFER_SOURCES = {"train": "training rows", "unlabeled": "the dataset's unlabeled rows",
-                    "left_out": "rows `split.max_rows` left out (their labels unread)", "augmented": "augmented copies"}
+                    "left_out": "rows the split left out (`split.train_rows` cut, `split.max_rows` sample; their "
+                                "labels unread)",
+                    "augmented": "augmented copies"}
 
 
 def transfer_text(m: dict[str, Any]) -> str:

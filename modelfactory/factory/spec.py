@@ -159,8 +159,9 @@ class TransferSpec(Strict):
     copies: int | None = Field(None, ge=0, le=50, description="augmented copies per training row (default: "
                                                                "enough for about 36,000 rows with the real "
                                                                "inputs, at most 20)")
-    left_out: bool = Field(True, description="the inputs of the rows `split.max_rows` left out join, unlabeled "
-                                             "(real inputs before augmented copies, up to about 36,000 rows)")
+    left_out: bool = Field(True, description="the inputs of the rows the split left out (a `split.train_rows` "
+                                             "cut, a `split.max_rows` sample) join, unlabeled (real inputs "
+                                             "before augmented copies, up to about 36,000 rows)")
     p_mask: float = Field(0.1, ge=0, le=1)
     p_replace: float = Field(0.1, ge=0, le=1)
     p_ngram: float = Field(0.25, ge=0, le=1)

@@ -172,24 +172,37 @@ def read_transfer(transfer: Artifact) -> tuple[pd.DataFrame, torch.Tensor]:
 
 
 def left_out_inputs(split: Artifact, role: str, limit: int) -> pd.DataFrame:
-    """Up to `limit` inputs (column `role`) of the rows the split's `max_rows` sample left out, without their
-    labels; none equal to a validation or test input, so nothing the order is measured on is distilled on."""
+    """Up to `limit` inputs (column `role`) of the rows the split did not train on with their labels - those a
+    `train_rows` cut dropped from the training part, then those the `max_rows` sample left out - without their
+    labels; none equal to a training, validation or test input, so nothing the order is measured on is distilled
+    on. Why the cut's rows too: an order on 500 of a corpus' rows still has the others' texts, the situation
+    distillation with unlabeled data is for."""
     params = split.manifest.get("params", {})
     dataset = split.manifest.get("inputs", {}).get("dataset")
-    if not params.get("max_rows") or not dataset or limit <= 0:
+    if not (params.get("max_rows") or params.get("train_rows")) or not dataset or limit <= 0:
         return pd.DataFrame({role: []})
-    _, left = sample_rows(load_rows(dataset), params["max_rows"], params["seed"])
-    held_out = set(read_split(split, "val")[role]) | set(read_split(split, "test")[role])
-    left = left.loc[~left[role].isin(held_out), [role]].drop_duplicates(role)
-    return left.sample(n=min(limit, len(left)), random_state=params["seed"]).reset_index(drop=True)
+    rows = load_rows(dataset)
+    _, left = sample_rows(rows, params.get("max_rows"), params["seed"])
+    parts = [left]
+    if params.get("train_rows"):  # the split stage's training part before its cut (the same seed: the same rows)
+        parts.insert(0, stratified_split(rows, val=params["val"], test=params["test"], seed=params["seed"],
+                                         max_rows=params.get("max_rows"))["train"])
+    seen = set(read_split(split, "train")[role]) | set(read_split(split, "val")[role]) \
+        | set(read_split(split, "test")[role])
+    unused = pd.concat(parts, ignore_index=True)
+    unused = unused.loc[~unused[role].isin(seen), [role]].drop_duplicates(role)
+    if len(unused) <= limit:  # all of them when there is room, else a sample of them
+        return unused.reset_index(drop=True)
+    return unused.sample(n=limit, random_state=params["seed"]).reset_index(drop=True)
 
 
-@stage("transfer_set", version=3, kind="transfer")
+@stage("transfer_set", version=4, kind="transfer")
 def transfer_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
-    """The training rows, the dataset's unlabeled rows, the rows the split's sample left out, and augmented copies
-    of the training rows, each with the fp32 teacher's logits: computed once per (teacher, split, augmentation),
-    read by every student that distils over it. Real inputs come first and copies fill up to about
-    TRANSFER_ROWS: an input the user has teaches a student more than a perturbed copy of a training row."""
+    """The training rows, the dataset's unlabeled rows, the rows the split left out (a `train_rows` cut, a
+    `max_rows` sample), and augmented copies of the training rows, each with the fp32 teacher's logits: computed
+    once per (teacher, split, augmentation), read by every student that distils over it. Real inputs come first
+    and copies fill up to about TRANSFER_ROWS: an input the user has teaches a student more than a perturbed copy
+    of a training row."""
     task = tasks.get(params["task"])
     split, teacher = inputs["split"], inputs["teacher"]
     train = read_split(split, "train")
