@@ -173,27 +173,24 @@ def read_transfer(transfer: Artifact) -> tuple[pd.DataFrame, torch.Tensor]:
 
 def left_out_inputs(split: Artifact, role: str, limit: int) -> pd.DataFrame:
     """Up to `limit` inputs (column `role`) of the rows the split did not train on with their labels - those a
-    `train_rows` cut dropped from the training part, then those the `max_rows` sample left out - without their
-    labels; none equal to a training, validation or test input, so nothing the order is measured on is distilled
-    on. Why the cut's rows too: an order on 500 of a corpus' rows still has the others' texts, the situation
-    distillation with unlabeled data is for."""
+    `train_rows` cut dropped from the training part and those the `max_rows` sample left out - without their
+    labels; none equal to a validation or test input, so nothing the order is measured on is distilled on. Why
+    the cut's rows too: an order on 500 of a corpus' rows still has the others' texts, the situation distillation
+    with unlabeled data is for."""
     params = split.manifest.get("params", {})
     dataset = split.manifest.get("inputs", {}).get("dataset")
     if not (params.get("max_rows") or params.get("train_rows")) or not dataset or limit <= 0:
         return pd.DataFrame({role: []})
     rows = load_rows(dataset)
     _, left = sample_rows(rows, params.get("max_rows"), params["seed"])
-    parts = [left]
     if params.get("train_rows"):  # the split stage's training part before its cut (the same seed: the same rows)
-        parts.insert(0, stratified_split(rows, val=params["val"], test=params["test"], seed=params["seed"],
-                                         max_rows=params.get("max_rows"))["train"])
-    seen = set(read_split(split, "train")[role]) | set(read_split(split, "val")[role]) \
-        | set(read_split(split, "test")[role])
-    unused = pd.concat(parts, ignore_index=True)
-    unused = unused.loc[~unused[role].isin(seen), [role]].drop_duplicates(role)
-    if len(unused) <= limit:  # all of them when there is room, else a sample of them
-        return unused.reset_index(drop=True)
-    return unused.sample(n=limit, random_state=params["seed"]).reset_index(drop=True)
+        before_cut = stratified_split(rows, val=params["val"], test=params["test"], seed=params["seed"],
+                                      max_rows=params.get("max_rows"))["train"]
+        left = pd.concat([before_cut.loc[~before_cut[role].isin(set(read_split(split, "train")[role]))], left],
+                         ignore_index=True)
+    held_out = set(read_split(split, "val")[role]) | set(read_split(split, "test")[role])
+    left = left.loc[~left[role].isin(held_out), [role]].drop_duplicates(role)
+    return left.sample(n=min(limit, len(left)), random_state=params["seed"]).reset_index(drop=True)
 
 
 @stage("transfer_set", version=4, kind="transfer")
