@@ -193,7 +193,8 @@ def left_out_inputs(split: Artifact, role: str, limit: int) -> pd.DataFrame:
     return left.sample(n=min(limit, len(left)), random_state=params["seed"]).reset_index(drop=True)
 
 
-@stage("transfer_set", version=4, kind="transfer")
+# v5: the rows a train_rows cut dropped join (v4, never measured: the same, unshuffled)
+@stage("transfer_set", version=5, kind="transfer")
 def transfer_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
     """The training rows, the dataset's unlabeled rows, the rows the split left out (a `train_rows` cut, a
     `max_rows` sample), and augmented copies of the training rows, each with the fp32 teacher's logits: computed
@@ -247,7 +248,8 @@ def _teacher_logits(ctx: StageContext, predictor: Any, raw: list[Any]) -> np.nda
     return out
 
 
-@stage("fit_student", version=2, kind="onnx")
+# v3: the classical export computes scikit-learn's pipeline exactly (aab6067); a v2 graph may differ by a few rows
+@stage("fit_student", version=3, kind="onnx")
 def fit_student_stage(ctx: StageContext, inputs: dict[str, Artifact], params: dict[str, Any]) -> dict[str, Any]:
     """A student the family fits in one go (text: TF-IDF + logistic regression) straight into an ONNX model dir:
     on the rows' own labels (a baseline), or on the teacher's probabilities over the transfer set (distilled)."""
