@@ -170,7 +170,6 @@ def test_rows_a_max_rows_sample_left_out_join_the_transfer_set_without_labels_or
     assert left_out_inputs(split, "text", limit=10_000).empty
 
 
-
 def test_rows_a_train_rows_cut_dropped_join_the_transfer_set_unlabeled(corpus_df, tmp_path):
     """An order on a few labeled rows of a bigger corpus (`split.train_rows`) still has the other training rows'
     texts: they join the transfer set unlabeled, with the rows a `max_rows` sample left out, and never a text the
@@ -211,6 +210,7 @@ def test_rows_a_train_rows_cut_dropped_join_the_transfer_set_unlabeled(corpus_df
     split, cut_away, sampled_away = split_of(None)  # a cut alone: only the rows it dropped
     assert not sampled_away and len(cut_away) >= 90
     assert set(left_out_inputs(split, "text", limit=10_000)["text"]) == cut_away
+
 
 # --- students and their ONNX ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("arch", "tokens", "init"), [("bag", "word", "teacher"), ("cnn", "word", "teacher"),
