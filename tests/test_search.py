@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -65,6 +66,23 @@ def test_choose_falls_back_to_the_cheapest_meeting_the_targets_when_none_clears_
     assert choose([cheap, better], Targets(min_accuracy=0.755, accuracy_margin=0.03)).number == 1
     assert choose([under], targets) is None
     assert margin_reason(cheap, Targets(max_size_mb=2, accuracy_margin=0.03)).startswith("the fastest")
+
+
+def test_choose_keeps_a_baseline_meeting_the_targets_unless_a_trial_clears_them_by_the_margin():
+    # Teacher 0.75 on validation; the baseline (TF-IDF + LR) 0.734 meets the 0.97 ratio and is its own bar.
+    teacher, se = 0.75, 0.025
+    targets = Targets(min_accuracy_ratio=0.97, min_accuracy=0.734, max_size_mb=2.0, accuracy_margin=se,
+                      ratio_margin=se / teacher)
+    baseline = _acc(-1, 0.734, teacher, 1.1, 0.18)
+    grazing = _acc(0, 0.741, teacher, 0.2, 0.05)  # dominates the baseline by 0.7 points: noise
+    assert choose([grazing], targets, baseline) is baseline  # off the front, and still chosen
+    assert "none replaced it" in margin_reason(baseline, targets, baseline)
+    assert choose([grazing], targets) is grazing  # without a baseline: the cheapest meeting the targets
+    clearing = _acc(1, 0.762, teacher, 1.5, 0.3)  # 2.8 points over the baseline: evidence
+    assert choose([grazing, clearing], targets, baseline) is clearing
+    # A baseline missing a target (here the teacher's ratio) is never the fallback.
+    weak = _acc(-1, 0.70, teacher, 1.1, 0.18)
+    assert choose([grazing], replace(targets, min_accuracy=0.70), weak) is grazing
 
 
 def test_infeasible_message_names_the_best_trade_offs():
@@ -175,7 +193,8 @@ def test_a_search_blends_a_neural_and_a_classical_trial_and_a_chosen_blend_ships
                       search={"max_trials": 2, "max_minutes": 10, "space": {
                           "arch": ["bag", "classical"], "size": ["xs"], "tokens": ["word"], "init": ["random"],
                           "quantize": ["dynamic"]}})
-    monkeypatch.setattr(trials_mod, "choose", lambda front, targets: next(t for t in front if "blend" in t.params))
+    monkeypatch.setattr(trials_mod, "choose", lambda front, targets, baseline: next(t for t in front
+                                                                                    if "blend" in t.params))
     monkeypatch.setattr(trials_mod, "pareto_front", lambda trials: trials)  # the blend may well be dominated
     result = run_order(parse_spec(spec))
 

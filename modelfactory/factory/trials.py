@@ -89,15 +89,16 @@ def run_search(spec: OrderSpec, teacher: dict[str, NodeResult], *, order_id: int
 
     s = spec.searched()
     targets = targets_of(spec, teacher)
+    baseline = _baseline_trial(teacher, teacher_acc)
     result = search(search_space(spec), evaluate, max_trials=s.max_trials, max_minutes=s.max_minutes, seed=s.seed,
-                    targets=targets, measured=_baseline_trial(teacher, teacher_acc))
+                    targets=targets, baseline=baseline)
     extra = _blend_members(spec, result.trials, evaluate)
     blends = blend_trials(spec, result.trials + extra, teacher, targets, runs, order_id=order_id, reporter=reporter,
                           should_stop=should_stop)
     if extra or blends:
         trials = result.trials + extra + blends
         front = pareto_front(trials)
-        result = SearchResult(trials, front, choose(front, targets), result.stopped_by)
+        result = SearchResult(trials, front, choose(front, targets, baseline), result.stopped_by, baseline)
     return result, runs
 
 
@@ -183,14 +184,15 @@ def _trial(number: int, params: dict[str, Any], m: dict[str, Any], teacher_acc: 
 BASELINE_TRIAL = -1
 
 
-def _baseline_trial(teacher: dict[str, NodeResult], teacher_acc: float) -> list[Trial]:
+def _baseline_trial(teacher: dict[str, NodeResult], teacher_acc: float) -> Trial | None:
     """The classical baseline as a candidate like any trial: when the deep path cannot beat it, it ships (the
-    report says so), rather than a worse model or none."""
+    report says so), rather than a worse model or none; when it meets the targets, only a trial that clears them
+    by the validation split's noise replaces it (`choose`)."""
     node = teacher.get("evaluate_baseline_classical")
     if node is None:
-        return []
-    return [_trial(BASELINE_TRIAL, {"baseline": "classical, on the rows' own labels"}, node.artifact.metrics,
-                   teacher_acc, teacher["baseline_classical"].artifact.id, None)]
+        return None
+    return _trial(BASELINE_TRIAL, {"baseline": "classical, on the rows' own labels"}, node.artifact.metrics,
+                  teacher_acc, teacher["baseline_classical"].artifact.id, None)
 
 
 def baseline_accuracy(results: dict[str, NodeResult]) -> float | None:
@@ -265,5 +267,5 @@ def search_report(result: SearchResult, spec: OrderSpec, folder: Path,
              front_table(result), ""]
     if result.chosen is not None:
         number = "the baseline" if result.chosen.number == BASELINE_TRIAL else f"trial {result.chosen.number}"
-        lines += [f"Chosen: {number}, {margin_reason(result.chosen, targets)}.", ""]
+        lines += [f"Chosen: {number}, {margin_reason(result.chosen, targets, result.baseline)}.", ""]
     return lines + [f"![Pareto front]({png.name})", ""]
