@@ -99,8 +99,8 @@ def margin_reason(chosen: Trial, targets: Targets, baseline: Trial | None = None
         return ("the fastest, then smallest, model clearing the accuracy targets by one standard error of the "
                 f"validation split ({targets.accuracy_margin * 100:.1f} points)")
     if chosen is baseline:
-        return ("the baseline, which meets every target: no trial cleared the accuracy targets by one standard "
-                f"error of the validation split ({targets.accuracy_margin * 100:.1f} points), so none replaced it")
+        return ("kept because it meets every target and no trial cleared the accuracy targets by one standard "
+                f"error of the validation split ({targets.accuracy_margin * 100:.1f} points) to replace it")
     return ("the fastest, then smallest, model meeting every target: none cleared the accuracy targets by one "
             f"standard error of the validation split ({targets.accuracy_margin * 100:.1f} points)")
 
