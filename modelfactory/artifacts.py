@@ -9,6 +9,7 @@ half-written artifact that looks finished.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -115,6 +116,20 @@ def file_hash(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=4096)
+def _file_hash_as_of(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    return file_hash(Path(path))
+
+
+def _stat_keyed_hash(path: Path) -> str:
+    """`file_hash`, re-read only when the file's size, mtime or inode changed (git's index does the same).
+
+    Why: every order submit keys its plan on the teacher dir's content, and re-hashing a 90 MB checkpoint per
+    submit was most of a submit's CPU time; the dir does not change between orders."""
+    st = path.stat()
+    return _file_hash_as_of(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 def dir_hash(path: Path) -> str:
     """Hash of a folder's files (relative names + contents): identifies a pretrained model dir."""
     h = hashlib.sha256()
@@ -122,7 +137,7 @@ def dir_hash(path: Path) -> str:
         rel = p.relative_to(path).as_posix()
         if rel.startswith(".") or "/." in rel:
             continue
-        h.update(rel.encode() + b"\0" + file_hash(p).encode())
+        h.update(rel.encode() + b"\0" + _stat_keyed_hash(p).encode())
     return h.hexdigest()
 
 

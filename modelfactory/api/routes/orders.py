@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse
 
 from ... import registry
@@ -91,8 +92,6 @@ def _order(order_id: int, p: Principal) -> dict:
 async def submit(request: Request, priority: Literal["batch", "standard", "urgent"] = "standard",
                  p: Principal = Depends(principal)) -> OrderSubmitted:
     """Submit an order to the compute pool: one job per stage that is not a cache hit."""
-    import asyncio
-
     spec = parse_body(await request.body(), request.headers.get("content-type", "application/yaml"))
 
     def go() -> OrderSubmitted:
@@ -100,7 +99,9 @@ async def submit(request: Request, priority: Literal["batch", "standard", "urgen
             may_use_priority(p.tenant, priority)  # 'urgent' preempts other tenants: an operator's grant
         return submitted(jobkinds.submit_order(check_reach(spec, p), priority=priority))
 
-    return await asyncio.to_thread(go)
+    # The thread pool sync routes run in (40 threads), not asyncio's default executor (cores + 4): a submit that
+    # is refused at once (no such dataset) must not queue behind others that ingest and plan.
+    return await run_in_threadpool(go)
 
 
 @router.get("/orders", response_model=list[OrderSummary])
