@@ -45,7 +45,7 @@ ADMIN = "mfk_load-bench-admin-key"
 TENANTS = ("acme", "globex", "initech", "umbrella")
 WORDS = ("great", "awful", "boring", "lovely", "slow", "sharp", "dull", "moving", "funny", "flat", "bright", "cold")
 SAMPLE_S = 3.0
-# What the runs of 2026-12-01 found (kept by hand; a rerun rewrites the figures above it, not this).
+# What the runs of 2026-12-01 and 2026-12-04 found (kept by hand; a rerun rewrites the figures above it, not this).
 NOTES = """## Found, and what became of it
 
 - **500 on concurrent uploads of one dataset name** (first run: 3 of 197 `POST /datasets`, `IntegrityError:
@@ -57,16 +57,35 @@ NOTES = """## Found, and what became of it
   them, when locust stopped its users with requests in flight; no client saw a 500, nobody was left to answer).
   Fixed: a `ClientDisconnect` is counted as status 499 and not logged; test
   `test_a_client_hanging_up_mid_body_is_no_internal_error`.
-- **Not fixed, named: order submits are slow under this load.** `POST /orders` p50 is ~45 s while reads are
-  ~0.3 s, and the *invalid* order naming a missing dataset (a 404 decided before any work) waits as long as a
-  valid one, so the time is spent queueing, not working: submits run in asyncio's default thread pool
-  (`asyncio.to_thread`; min(32, cores + 4) = 6 threads here), and each valid submit ingests, plans and takes the
-  database write lock; the spec-invalid one (422, refused before the pool) answers in ~0.1 s. A submit holds a
-  pool thread about 4 s (6 threads / ~1.5 submits completed per second); not measured: how that splits between
-  CPU, the write lock and the machine's load (load average 18-37 on 2 cores during the run, from other work on
-  the machine). `GET /orders/{id}` (p50 ~2.6 s vs ~0.3 s for the other reads) is the other slow read.
-- Memory: neither server's RSS grows after the warm-up (slopes -2.1 and +0.5 MB/min over 3 minutes); the rise
-  from the first sample is the first requests loading code, the model and caches.
+- **Order submits were slow under load; fixed 2026-12-04.** The first runs (2026-12-01, other work on the
+  machine, load average 18-37) had `POST /orders` at p50 ~45 s and the *invalid* order naming a missing dataset
+  (a 404 decided before any work) waiting as long as a valid one. On a quiet machine the same code (33cd308,
+  2026-12-04 14:13 UTC, load 0.6-4.8) still had valid submits at p50 1,600 ms / p99 6,500 ms and the 404 at
+  730 / 5,100 ms, against ~50 ms for reads. Two causes, both fixed: (1) every submit re-hashed the teacher dir
+  (a 90 MB checkpoint) to key its plan, 70% of the 85 ms a submit took in-process (now 27 ms): the hash is
+  now re-read only when a file's size, mtime or inode changed (`artifacts.dir_hash`); (2) submits ran in
+  asyncio's default executor (cores + 4 = 6 threads), so the cheap 404 queued behind submits that ingest and
+  plan: they now run in the 40-thread pool sync routes use. The run above is after the fix: valid submits p50
+  49 ms / p99 1,600 ms, the 404 7 / 160 ms, all requests 13 / 420 ms, 92.5 req/s against 75.0 (same machine,
+  one run each, 100 users, 3 minutes).
+- **Not fixed, named: the control plane's RSS grows with submitted orders**, about 10 KB per order. Measured
+  2026-12-04 with a throwaway script (not in the repo) against `mf server --workers 0`: 7,000 sequential-ish
+  submits (8 client threads) took RSS from 467 to 531 MB with no sign of a plateau, while 4,000 `GET /jobs` on
+  the same server stayed flat (463.5 -> 463.9 MB); in-process, 4,000 `jobkinds.submit_order` calls and a
+  scheduling round over the 4,000 queued orders left RSS flat (421 -> 425 MB) and Python's heap (tracemalloc)
+  grew ~0.1 MB per 1,000 submits. So the growth is in the HTTP path of a submit or below Python's heap
+  (allocator, SQLite across threads); not found in the time I had. It predates the fix above (the quiet-machine
+  run before it: 609 -> 624 MB over 3 minutes, 1,183 submits, under this bench's 5% trend line); with submits
+  ~30x faster, more orders land per minute and the 3-minute run above crosses the line (531 -> 562 MB, +17.8
+  MB/min, 1,496 submits); a 6-minute run ([`load_6min.md`](load_6min.md)) kept growing, 562 -> 598 MB
+  (+11.1 MB/min). `mf serve` (inference) is flat in every run.
+- **Not explained, named: 2 tracebacks in the control plane's log in the 6-minute run** (no client saw a 5xx;
+  `load_6min.json` keeps the first, cut at 4,000 characters before its exception line: it passes through the
+  body-limit middleware into a route). A rerun of the control-plane half for 6 minutes (14:40 UTC) logged none.
+  A guess, not checked: a client hanging up mid-body when locust stops its users, which `mf serve` counts as
+  499 (above) and the control plane does not.
+- Memory, 2026-12-01 runs: neither server's RSS grew after the warm-up (slopes -2.1 and +0.5 MB/min over 3
+  minutes); the rise from the first sample is the first requests loading code, the model and caches.
 """
 
 
