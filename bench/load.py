@@ -67,7 +67,9 @@ NOTES = """## Found, and what became of it
   asyncio's default executor (cores + 4 = 6 threads), so the cheap 404 queued behind submits that ingest and
   plan: they now run in the 40-thread pool sync routes use. The run above is after the fix: valid submits p50
   49 ms / p99 1,600 ms, the 404 7 / 160 ms, all requests 13 / 420 ms, 92.5 req/s against 75.0 (same machine,
-  one run each, 100 users, 3 minutes).
+  one run each, 100 users, 3 minutes). Submits still slow down as orders pile up in the queue (no worker runs
+  them here): over 6 minutes (2,650 orders) their p50 was 250 ms / p99 5,200 ms ([`load_6min.md`](load_6min.md))
+  and 290 / 5,700 ms in a rerun of the control-plane half; not investigated.
 - **Not fixed, named: the control plane's RSS grows with submitted orders**, about 10 KB per order. Measured
   2026-12-04 with a throwaway script (not in the repo) against `mf server --workers 0`: 7,000 sequential-ish
   submits (8 client threads) took RSS from 467 to 531 MB with no sign of a plateau, while 4,000 `GET /jobs` on
