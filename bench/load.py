@@ -81,13 +81,14 @@ NOTES = """## Found, and what became of it
   ~30x faster, more orders land per minute and the 3-minute run above crosses the line (531 -> 562 MB, +17.8
   MB/min, 1,496 submits); a 6-minute run ([`load_6min.md`](load_6min.md)) kept growing, 562 -> 598 MB
   (+11.1 MB/min). `mf serve` (inference) is flat in every run.
-- **Not explained, named: 2 tracebacks in the control plane's log in the 6-minute run** (no client saw a 5xx;
-  `load_6min.json` keeps the first, cut at 4,000 characters before its exception line: it passes through the
-  body-limit middleware into a route). A rerun of the control-plane half for 6 minutes (14:40 UTC) logged none.
-  A guess, not checked: a client hanging up mid-body when locust stops its users, which `mf serve` counts as
-  499 (above) and the control plane does not.
-- Memory, 2026-12-01 runs: neither server's RSS grew after the warm-up (slopes -2.1 and +0.5 MB/min over 3
-  minutes); the rise from the first sample is the first requests loading code, the model and caches.
+- **2 tracebacks in the control plane's log in the 6-minute run; fixed 2026-12-04** (no client saw a 5xx;
+  `load_6min.json` keeps the first, cut at 4,000 characters before its exception line; a rerun of the
+  control-plane half for 6 minutes logged none). The likely cause (a test shows the mechanism; that it made
+  those two is a guess): a client hanging up mid-body (locust stopping its users) reached the control plane's
+  catch-all handler, which logged "POST /api/v1/orders failed" with a traceback. It is now answered 499 and
+  logged at INFO as a hang-up, as `mf serve` already did; test
+  `test_api.py::test_a_client_hanging_up_mid_body_is_no_internal_error` (fails without it). Not rerun under
+  load since.
 """
 
 

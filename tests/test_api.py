@@ -449,3 +449,27 @@ def test_nothing_on_disk_is_left_by_uploads(acme, corpus_df, tmp_path, mf_home):
     uploads = mf_home / "uploads"
     assert not uploads.exists() or not any(uploads.iterdir())
     shutil.rmtree(uploads, ignore_errors=True)
+
+
+def test_a_client_hanging_up_mid_body_is_no_internal_error(api, acme, caplog):
+    """A client that closes its connection before sending its whole body (locust stopping its users, in
+    bench/load.py) is logged as such at INFO, not as a failed request with a traceback."""
+    import logging
+    import socket
+    import time
+
+    caplog.set_level(logging.INFO, logger="modelfactory.api")
+    key = acme.headers["Authorization"]
+    with socket.create_connection(("127.0.0.1", api.port)) as sock:
+        sock.sendall(f"POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n".encode() + b'{"name": ')
+
+    def seen() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "modelfactory.api"]
+
+    deadline = time.monotonic() + 60
+    while not seen() and time.monotonic() < deadline:  # the server sees the hang-up, then logs it
+        time.sleep(0.1)
+    assert seen() == ["POST /api/v1/orders: the client closed the connection before its body was read"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert acme.get("/me").status_code == 200

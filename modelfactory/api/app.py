@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..errors import MFError, NotFound
@@ -56,6 +57,12 @@ def create_app() -> FastAPI:
         elif exc.status_code == 413:  # counted while the body streams in, chunked bodies too
             message = f"request body larger than {datasets.upload_limit() / 1e6:g} MB (MF_UPLOAD_MAX_MB)"
         return error(exc.status_code, message)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect):  # nobody to answer, nothing broken: not a bug
+        log.info("%s %s: the client closed the connection before its body was read", request.method,
+                 request.url.path)
+        return error(499, "the client closed the connection before its body was read")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
